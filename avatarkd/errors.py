@@ -1,0 +1,25 @@
+"""Exceptions the CLI turns into one readable line and a non-zero exit code.
+
+Every error a user can cause by their input (config, data, checkpoint) derives from
+``AvatarKDError`` so the command line can tell "your input is wrong" from "our bug".
+"""
+
+
+class AvatarKDError(Exception):
+    """Base class for errors caused by user input."""
+
+
+class ConfigError(AvatarKDError, ValueError):
+    """A configuration value is missing, misspelt or of the wrong type."""
+
+
+class DataError(AvatarKDError, ValueError):
+    """A dataset file is missing, unreadable or inconsistent."""
+
+
+class CheckpointError(AvatarKDError, ValueError):
+    """A checkpoint is missing, corrupted or belongs to another architecture."""
+
+
+class DistillationError(AvatarKDError, RuntimeError):
+    """A distillation point cannot be computed (bad module name, shapes, non-finite values)."""
