@@ -1,0 +1,125 @@
+"""AvatarLoss: turns any base loss ``f(student, teacher)`` into its Avatar version.
+
+    L_AKD(s, t) = mean_k f(s / sigma, a_k / sigma),   a_k = P(t),   k = 1..K
+
+All K avatars are evaluated at once: through the base loss's exact ``avatar_mean`` form when it
+has one (one student-side evaluation whatever K is), else by stacking avatars into the batch when
+the loss is ``batch_separable``, else with ``torch.func.vmap``; a Python loop over avatars is only
+the last resort.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .avatars import Avatars, Perturbation
+from .errors import ConfigError
+from .uncertainty import Uncertainty, UncertaintyMode
+
+log = logging.getLogger(__name__)
+
+BaseLoss = Callable[..., Tensor]
+
+
+def check_kwargs(fn: Callable[..., Any], kwargs: Mapping[str, Any], what: str) -> None:
+    """Fail at construction, not mid-training, when hyperparameters do not fit ``fn``."""
+    try:
+        sig = inspect.signature(fn.forward if isinstance(fn, nn.Module) else fn)
+    except (TypeError, ValueError):  # builtins without a signature: nothing to check
+        return
+    params = list(sig.parameters.values())
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return
+    accepted = [p.name for p in params[2:] if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    for key in kwargs:
+        if key not in accepted:
+            hint = f"; accepted: {', '.join(accepted)}" if accepted else "; it takes none"
+            raise ConfigError(f"{what} got an unknown hyperparameter {key!r}{hint}")
+
+
+class AvatarLoss(nn.Module):
+    """Avatar Knowledge Distillation around a base loss.
+
+    Args:
+        base: ``f(student, teacher, **kw) -> scalar``: a function from ``avatarkd.losses`` or
+            any callable / ``nn.Module`` (modules are registered so their parameters train).
+        num_avatars: K, avatars per call.
+        perturbation, p: how avatars are drawn (see ``Avatars``).
+        uncertainty: ``"variance"`` (default), ``"batchnorm"`` (reference code) or ``"none"``.
+        momentum: EMA momentum of the ``"variance"`` estimate.
+        generator: optional ``torch.Generator`` for reproducible avatars.
+        base_kwargs: hyperparameters passed to ``base`` on every call (checked against its
+            signature now).
+
+    With ``num_avatars=1, p=0, uncertainty="none"`` it equals the base loss exactly.
+    """
+
+    def __init__(
+        self,
+        base: BaseLoss,
+        num_avatars: int = 1,
+        perturbation: Perturbation = "dropout",
+        p: float = 0.1,
+        uncertainty: UncertaintyMode = "variance",
+        momentum: float = 0.1,
+        generator: torch.Generator | None = None,
+        base_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        kwargs = dict(base_kwargs or {})
+        if isinstance(base, functools.partial):
+            kwargs = {**base.keywords, **kwargs}
+            base = base.func
+        if not callable(base):
+            raise TypeError(f"AvatarLoss: base must be callable, got {type(base).__name__}")
+        check_kwargs(base, kwargs, f"base loss {getattr(base, '__name__', type(base).__name__)}")
+        self.base = base  # an nn.Module base is registered as a submodule by this assignment
+        self.base_kwargs = kwargs
+        self.avatars = Avatars(num_avatars, perturbation, p, generator)
+        self.uncertainty = Uncertainty(uncertainty, momentum)
+
+    @property
+    def num_avatars(self) -> int:
+        return self.avatars.num
+
+    def extra_repr(self) -> str:
+        name = getattr(self.base, "__name__", None)
+        return f"base={name}, avatars={self.avatars!r}" if name else f"avatars={self.avatars!r}"
+
+    def forward(self, student: Tensor, teacher: Tensor, avatars: Tensor | None = None, **kw: Any) -> Tensor:
+        """``kw`` (e.g. ``target=`` for dkd) is passed to the base loss with ``base_kwargs``."""
+        teacher = teacher.detach()
+        if avatars is None:
+            avatars = self.avatars(teacher)
+        elif avatars.shape[1:] != teacher.shape:
+            raise ValueError(
+                f"AvatarLoss: avatars shape {tuple(avatars.shape)} is not (K, *{tuple(teacher.shape)})"
+            )
+        avatars = avatars.detach()
+        s, a = self.uncertainty(student, teacher, avatars)
+        return self._mean_over_avatars(s, a, {**self.base_kwargs, **kw})
+
+    def _mean_over_avatars(self, s: Tensor, a: Tensor, kw: dict[str, Any]) -> Tensor:
+        k = a.shape[0]
+        mean_form = getattr(self.base, "avatar_mean", None)
+        if mean_form is not None:
+            return mean_form(s, a, **kw)
+        if k == 1:
+            return self.base(s, a[0], **kw)
+        per_sample = any(isinstance(v, Tensor) for v in kw.values())
+        if getattr(self.base, "batch_separable", False) and not per_sample:
+            s_rep = s.repeat(k, *([1] * (s.dim() - 1)))
+            return self.base(s_rep, a.reshape(k * a.shape[1], *a.shape[2:]), **kw)
+        try:
+            losses = torch.func.vmap(lambda av: self.base(s, av, **kw), randomness="same")(a)
+        except Exception as err:  # noqa: BLE001 - vmap has no batching rule for some ops
+            log.debug("vmap over avatars failed (%s); looping over %d avatars", err, k)
+            losses = torch.stack([self.base(s, a[i], **kw) for i in range(k)])
+        return losses.mean()

@@ -1,0 +1,8 @@
+"""Model-agnostic distillation: recorders, connectors, the Distiller and its config."""
+
+from .config import AKDConfig, DistillerConfig, PointConfig, build_points
+from .connectors import Connector
+from .distiller import DistillPoint, Distiller
+from .recorder import Recorder
+
+__all__ = ["AKDConfig", "DistillerConfig", "PointConfig", "build_points", "Connector", "DistillPoint", "Distiller", "Recorder"]

@@ -1,0 +1,277 @@
+"""Distiller: AKD between any two ``nn.Module``s, with distillation points named by module path.
+
+The teacher runs frozen, in eval mode and under ``torch.no_grad``; forward hooks record the named
+modules' outputs; connectors (built from the recorded shapes) align the student's; one loss per
+point and per output level (e.g. per FPN level) compares them.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import DistillationError
+from .connectors import Connector
+from .recorder import Recorder
+
+log = logging.getLogger(__name__)
+
+LossLike = Callable[..., Tensor]
+TeacherForward = Callable[..., Any]
+
+
+@dataclass
+class DistillPoint:
+    """One pair of modules whose outputs are compared.
+
+    Args:
+        name: label of the point in the loss dict (``distill.<name>[.<level>]``).
+        student, teacher: module paths, e.g. ``"backbone.layer4"`` or ``"backbone.fpn"``.
+        loss: ``f(student, teacher) -> scalar`` (e.g. an ``AvatarLoss``); deep-copied per output
+            level so that each level has its own state (uncertainty estimate, generator).
+        loss_factory: alternatively, ``channels -> loss``, for losses whose parameters depend on
+            the teacher's channel count (MGD, MasKD); called once per level at ``build``.
+        weight: multiplies the point's loss.
+        key: picks one item of a dict / tuple output (e.g. ``"out"`` of a torchvision
+            segmentation model); without it every item is a level of its own.
+        connector_bn: add a BatchNorm after a 1x1 conv connector.
+    """
+
+    name: str
+    student: str
+    teacher: str
+    loss: LossLike | None = None
+    loss_factory: Callable[[int], LossLike] | None = None
+    weight: float = 1.0
+    key: str | int | None = None
+    connector_bn: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.loss is None) == (self.loss_factory is None):
+            raise DistillationError(f"point {self.name!r}: give exactly one of loss= or loss_factory=")
+        if not (isinstance(self.weight, (int, float)) and math.isfinite(self.weight) and self.weight >= 0):
+            raise DistillationError(f"point {self.name!r}: weight must be a finite number >= 0, got {self.weight!r}")
+
+
+def _default_teacher_forward(teacher: nn.Module, *args: Any) -> Any:
+    return teacher(*args)
+
+
+def _slot(text: str) -> str:
+    """A ModuleDict key (no dots) for a point/level label."""
+    return re.sub(r"[^0-9A-Za-z_]", "_", text)
+
+
+def _levels(output: Any, point: DistillPoint, role: str) -> dict[str, Tensor]:
+    if point.key is not None:
+        try:
+            output = output[point.key]
+        except (KeyError, IndexError, TypeError) as err:
+            raise DistillationError(
+                f"point {point.name!r}: {role} output of {getattr(point, role)!r} has no item {point.key!r}"
+            ) from err
+    if isinstance(output, Tensor):
+        return {"": output}
+    if isinstance(output, Mapping):
+        items = {str(k): v for k, v in output.items()}
+    elif isinstance(output, (list, tuple)):
+        items = {str(i): v for i, v in enumerate(output)}
+    else:
+        raise DistillationError(
+            f"point {point.name!r}: {role} output is a {type(output).__name__}, not a tensor, dict or tuple"
+        )
+    bad = [k for k, v in items.items() if not isinstance(v, Tensor)]
+    if bad:
+        raise DistillationError(f"point {point.name!r}: {role} output items {bad} are not tensors; set key=")
+    return items
+
+
+class Distiller(nn.Module):
+    """Distils ``teacher`` into ``student`` at ``points``.
+
+    Typical use::
+
+        distiller = Distiller(student, teacher, points)
+        distiller.build(example_images)              # creates connectors/loss modules
+        optim = SGD(distiller.trainable_parameters(), ...)
+        out, losses = distiller(images)              # losses["distill_total"], per point
+        (task_loss(out) + losses["distill_total"]).backward()
+
+    Args:
+        teacher_forward: ``f(teacher, *teacher_args)``; the default calls the teacher. Give a
+            cheaper one (e.g. only the backbone) when the points do not need the full forward.
+        check_finite: raise, naming the point, when a recorded feature holds NaN/Inf.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        points: Sequence[DistillPoint],
+        teacher_forward: TeacherForward | None = None,
+        check_finite: bool = True,
+    ) -> None:
+        super().__init__()
+        if not points:
+            raise DistillationError("Distiller needs at least one distillation point")
+        names = [p.name for p in points]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise DistillationError(f"distillation point names must be unique; repeated: {dupes}")
+        self.student = student
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.points = list(points)
+        self.teacher_forward = teacher_forward or _default_teacher_forward
+        self.check_finite = check_finite
+        self._student_rec = Recorder(student, [p.student for p in points], "student")
+        self._teacher_rec = Recorder(teacher, [p.teacher for p in points], "teacher")
+        self.connectors = nn.ModuleDict()
+        self.loss_modules = nn.ModuleDict()
+        self._loss_fns: dict[str, LossLike] = {}
+        self._levels: dict[str, list[str]] = {}
+        self.built = False
+
+    # ------------------------------------------------------------------ modes and parameters
+    def train(self, mode: bool = True) -> Distiller:
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Student, connectors and loss parameters: what the optimizer should get (after build)."""
+        self._require_built()
+        return [p for name, p in self.named_parameters() if not name.startswith("teacher.") and p.requires_grad]
+
+    def distill_state_dict(self) -> dict[str, Tensor]:
+        """Everything but the teacher (student, connectors, loss modules and their buffers)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("teacher.")}
+
+    def load_distill_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("teacher.")]
+        if missing or unexpected:
+            raise DistillationError(f"state does not match this distiller: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+    def _require_built(self) -> None:
+        if not self.built:
+            raise DistillationError(
+                "Distiller is not built: call distiller.build(example_inputs) before training "
+                "(it creates the connectors and loss modules the optimizer must see)"
+            )
+
+    # ------------------------------------------------------------------ running the models
+    def _run_teacher(self, teacher_args: Sequence[Any]) -> dict[str, Any]:
+        if self.teacher.training:
+            raise DistillationError(
+                "the teacher is in train mode; the Distiller keeps it frozen in eval mode "
+                "(do not call teacher.train())"
+            )
+        with self._teacher_rec.recording() as rec, torch.no_grad():
+            self.teacher_forward(self.teacher, *teacher_args)
+        return rec
+
+    @torch.no_grad()
+    def build(self, *args: Any, teacher_args: Sequence[Any] | None = None, **kwargs: Any) -> Distiller:
+        """Run both models once on example inputs and create connectors and loss modules."""
+        was_training = self.student.training
+        self.student.eval()
+        try:
+            t_rec = self._run_teacher(args if teacher_args is None else teacher_args)
+            with self._student_rec.recording() as s_rec:
+                self.student(*args, **kwargs)
+        finally:
+            self.student.train(was_training)
+        device = next((p.device for p in self.student.parameters()), torch.device("cpu"))
+        for point in self.points:
+            s_levels, t_levels = self._point_levels(point, s_rec, t_rec)
+            self._levels[point.name] = list(t_levels)
+            for level, t_feat in t_levels.items():
+                label = f"{point.name}.{level}" if level else point.name
+                s_feat = s_levels[level]
+                if s_feat.shape[0] != t_feat.shape[0]:
+                    raise DistillationError(
+                        f"point {label!r}: batch sizes differ (student {s_feat.shape[0]}, teacher {t_feat.shape[0]})"
+                    )
+                conn = Connector(tuple(s_feat.shape), tuple(t_feat.shape), label, point.connector_bn)
+                if not conn.is_identity:
+                    self.connectors[_slot(label)] = conn.to(device)
+                loss = point.loss_factory(t_feat.shape[1]) if point.loss_factory else copy.deepcopy(point.loss)
+                if isinstance(loss, nn.Module):
+                    self.loss_modules[_slot(label)] = loss.to(device)
+                else:
+                    self._loss_fns[_slot(label)] = loss  # type: ignore[assignment]
+                log.info("point %s: student %s -> teacher %s%s", label, tuple(s_feat.shape), tuple(t_feat.shape),
+                         "" if conn.is_identity else " via connector")
+        self.built = True
+        return self
+
+    def _point_levels(self, point: DistillPoint, s_rec: dict, t_rec: dict) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        for role, rec, path in (("student", s_rec, point.student), ("teacher", t_rec, point.teacher)):
+            if path not in rec:
+                raise DistillationError(
+                    f"point {point.name!r}: {role} module {path!r} did not run during the forward pass"
+                )
+        s_levels = _levels(s_rec[point.student], point, "student")
+        t_levels = _levels(t_rec[point.teacher], point, "teacher")
+        if list(s_levels) != list(t_levels):
+            raise DistillationError(
+                f"point {point.name!r}: student levels {list(s_levels)} do not match teacher levels {list(t_levels)}"
+            )
+        return s_levels, t_levels
+
+    def forward(self, *args: Any, teacher_args: Sequence[Any] | None = None, **kwargs: Any) -> tuple[Any, dict[str, Tensor]]:
+        """Teacher (no grad) then student on the inputs; returns (student output, losses).
+
+        ``teacher_args`` replaces ``args`` for the teacher (e.g. images without targets);
+        ``kwargs`` go to the student only. Losses are keyed ``distill.<point>[.<level>]``,
+        plus ``distill_total``, and are already multiplied by their weights.
+        """
+        self._require_built()
+        t_rec = self._run_teacher(args if teacher_args is None else teacher_args)
+        with self._student_rec.recording() as s_rec:
+            out = self.student(*args, **kwargs)
+        return out, self.compute_losses(s_rec, t_rec)
+
+    def compute_losses(self, s_rec: Mapping[str, Any], t_rec: Mapping[str, Any], **loss_kwargs: Any) -> dict[str, Tensor]:
+        pairs: list[tuple[str, DistillPoint, Tensor, Tensor]] = []
+        for point in self.points:
+            s_levels, t_levels = self._point_levels(point, dict(s_rec), dict(t_rec))
+            for level in self._levels[point.name]:
+                label = f"{point.name}.{level}" if level else point.name
+                pairs.append((label, point, s_levels[level], t_levels[level]))
+        if self.check_finite:
+            self._check_finite(pairs)
+        losses: dict[str, Tensor] = {}
+        for label, point, s_feat, t_feat in pairs:
+            slot = _slot(label)
+            if slot in self.connectors:
+                s_feat = self.connectors[slot](s_feat)
+            if s_feat.shape != t_feat.shape:
+                raise DistillationError(
+                    f"point {label!r}: student feature {tuple(s_feat.shape)} does not match teacher "
+                    f"{tuple(t_feat.shape)} (shapes changed since build?)"
+                )
+            loss_fn = self.loss_modules[slot] if slot in self.loss_modules else self._loss_fns[slot]
+            with torch.autocast(s_feat.device.type, enabled=False):
+                value = loss_fn(s_feat.float(), t_feat.float(), **loss_kwargs)
+            losses[f"distill.{label}"] = point.weight * value
+        losses["distill_total"] = torch.stack(list(losses.values())).sum()
+        return losses
+
+    @staticmethod
+    def _check_finite(pairs: list[tuple[str, DistillPoint, Tensor, Tensor]]) -> None:
+        flags = torch.stack([torch.isfinite(f).all() for _, _, s, t in pairs for f in (s, t)])
+        if bool(flags.all()):
+            return
+        bad = flags.view(-1, 2).logical_not().nonzero().tolist()
+        label = pairs[bad[0][0]][0]
+        role = "student" if bad[0][1] == 0 else "teacher"
+        raise DistillationError(f"point {label!r}: {role} feature contains NaN or Inf")

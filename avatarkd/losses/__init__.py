@@ -1,0 +1,7 @@
+"""Distillation losses: pure functions (``functional``) and modules with learnable parts."""
+
+from .functional import cwd, dkd, kd, kl_div_probs, l1, mse, pkd, smooth_l1
+from .maskd import MasKD, maskd_loss
+from .mgd import MGD
+
+__all__ = ["mse", "cwd", "kd", "dkd", "pkd", "l1", "smooth_l1", "kl_div_probs", "MGD", "MasKD", "maskd_loss"]

@@ -1,0 +1,246 @@
+"""Base distillation losses as plain functions of ``(student, teacher, **hyperparams)``.
+
+Each function is the readable formula; nothing here holds state or parameters. Losses whose
+dependence on the teacher is through a mean-able quantity (features for squared errors,
+probabilities for KL divergences) also get an ``avatar_mean`` twin, attached as a function
+attribute, that returns ``mean_k L(s, a_k)`` for K avatars with ONE student-side evaluation:
+
+    mean_k D(a_k, s) = D(abar, s) + mean_k D(a_k, abar)
+
+holds exactly for squared error (abar = mean feature) and for KL divergence (abar = mean
+probability). The second term does not depend on the student, so it is computed without autograd;
+the student-side cost of AKD then does not grow with K. Losses without such a form (L1,
+smooth L1) are marked ``batch_separable`` instead: their value on a batch of K*N samples is the
+mean of their K per-avatar values, so all avatars go through one call.
+
+Reductions (stated because papers differ):
+- ``mse``: sum of squared differences over all non-batch dims, divided by N (FitNet/MGD style).
+- ``cwd``: per (sample, channel) KL over spatial positions, times tau^2, divided by N*C.
+- ``kd``: KL over dim 1, summed over classes, mean over batch (and positions for dense logits),
+  times T^2.
+- ``dkd``: alpha * TCKD + beta * NCKD, each summed over classes, batch mean, times T^2.
+- ``pkd``: per-channel standardisation over (batch, positions), element-wise mean squared error / 2.
+- ``l1`` / ``smooth_l1``: element-wise mean.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["mse", "cwd", "kd", "dkd", "pkd", "l1", "smooth_l1", "kl_div_probs"]
+
+
+def _check_same_shape(name: str, student: Tensor, teacher: Tensor) -> None:
+    if student.shape != teacher.shape:
+        raise ValueError(
+            f"{name}: student shape {tuple(student.shape)} != teacher shape {tuple(teacher.shape)}"
+        )
+
+
+def kl_div_probs(p: Tensor, log_q: Tensor, dim: int | tuple[int, ...]) -> Tensor:
+    """KL(p || q) summed over ``dim``, with 0 * log 0 = 0 and no NaN gradient where p == 0."""
+    plogp = torch.special.xlogy(p, p)
+    cross = torch.where(p > 0, p * log_q, torch.zeros_like(log_q))
+    return (plogp - cross).sum(dim=dim)
+
+
+def _mean_gap(per_avatar: Callable[[Tensor], Tensor], avatars: Tensor) -> Tensor:
+    """mean_k of a student-independent term, evaluated without autograd."""
+    with torch.no_grad():
+        return per_avatar(avatars).mean()
+
+
+# --------------------------------------------------------------------------- MSE / FitNet
+def mse(student: Tensor, teacher: Tensor) -> Tensor:
+    """FitNet: sum of squared differences over C,H,W divided by the batch size N."""
+    _check_same_shape("mse", student, teacher)
+    return (student - teacher).pow(2).sum() / student.shape[0]
+
+
+def _mse_avatar_mean(student: Tensor, avatars: Tensor) -> Tensor:
+    abar = avatars.mean(0)
+    n = student.shape[0]
+    gap = _mean_gap(lambda a: (a - abar).pow(2).flatten(1).sum(1) / n, avatars)
+    return mse(student, abar) + gap
+
+
+# --------------------------------------------------------------------------- CWD
+def _cwd_flat(x: Tensor) -> Tensor:
+    if x.dim() < 3:
+        raise ValueError(f"cwd needs (N, C, spatial...) features, got shape {tuple(x.shape)}")
+    return x.flatten(2)
+
+
+def cwd(student: Tensor, teacher: Tensor, tau: float = 1.0) -> Tensor:
+    """Channel-wise distillation: spatial softmax per channel, KL(teacher || student) * tau^2 / (N*C)."""
+    _check_same_shape("cwd", student, teacher)
+    s, t = _cwd_flat(student), _cwd_flat(teacher)
+    p_t = F.softmax(t / tau, dim=-1)
+    log_p_s = F.log_softmax(s / tau, dim=-1)
+    n, c = s.shape[:2]
+    return kl_div_probs(p_t, log_p_s, dim=-1).sum() * tau**2 / (n * c)
+
+
+def _cwd_avatar_mean(student: Tensor, avatars: Tensor, tau: float = 1.0) -> Tensor:
+    s = _cwd_flat(student)
+    n, c = s.shape[:2]
+    with torch.no_grad():
+        p_k = F.softmax(avatars.flatten(3) / tau, dim=-1)
+        p_bar = p_k.mean(0)
+        gap = kl_div_probs(p_k, p_bar.clamp_min(torch.finfo(p_bar.dtype).tiny).log(), dim=-1)
+        gap = gap.sum((1, 2)).mean() * tau**2 / (n * c)
+    main = kl_div_probs(p_bar, F.log_softmax(s / tau, dim=-1), dim=-1).sum() * tau**2 / (n * c)
+    return main + gap
+
+
+# --------------------------------------------------------------------------- KD
+def _kd_reduce(kl: Tensor) -> Tensor:
+    # kl has the class dim summed away: (N, *positions); batch (and position) mean.
+    return kl.mean()
+
+
+def kd(student: Tensor, teacher: Tensor, T: float = 4.0) -> Tensor:
+    """Hinton KD: KL(softmax(t/T) || softmax(s/T)) over dim 1, batch mean, times T^2."""
+    _check_same_shape("kd", student, teacher)
+    p_t = F.softmax(teacher / T, dim=1)
+    return _kd_reduce(kl_div_probs(p_t, F.log_softmax(student / T, dim=1), dim=1)) * T**2
+
+
+def _kd_avatar_mean(student: Tensor, avatars: Tensor, T: float = 4.0) -> Tensor:
+    with torch.no_grad():
+        p_k = F.softmax(avatars / T, dim=2)
+        p_bar = p_k.mean(0)
+        log_bar = p_bar.clamp_min(torch.finfo(p_bar.dtype).tiny).log()
+        gap = kl_div_probs(p_k, log_bar, dim=2).flatten(1).mean(1).mean() * T**2
+    main = _kd_reduce(kl_div_probs(p_bar, F.log_softmax(student / T, dim=1), dim=1)) * T**2
+    return main + gap
+
+
+# --------------------------------------------------------------------------- DKD
+def _dkd_parts(logits: Tensor, target: Tensor, T: float) -> tuple[Tensor, Tensor]:
+    """Binary (target, non-target) probabilities and the log-softmax over non-target classes."""
+    c = logits.shape[-1]
+    gt = F.one_hot(target, c).to(torch.bool).expand_as(logits)
+    p = F.softmax(logits / T, dim=-1)
+    p_gt = p.masked_select(gt).view(*logits.shape[:-1], 1)
+    binary = torch.cat([p_gt, 1 - p_gt], dim=-1)
+    others = logits.masked_select(~gt).view(*logits.shape[:-1], c - 1)
+    return binary, F.log_softmax(others / T, dim=-1)
+
+
+def _check_dkd(student: Tensor, target: Tensor | None) -> Tensor:
+    if target is None:
+        raise ValueError("dkd needs the ground-truth labels: pass target=<(N,) int64 tensor>")
+    if student.dim() != 2 or target.shape != student.shape[:1]:
+        raise ValueError(
+            f"dkd expects (N, C) logits and (N,) targets, got {tuple(student.shape)} and "
+            f"{tuple(target.shape)}"
+        )
+    return target.long()
+
+
+def dkd(
+    student: Tensor,
+    teacher: Tensor,
+    target: Tensor | None = None,
+    alpha: float = 1.0,
+    beta: float = 8.0,
+    T: float = 4.0,
+) -> Tensor:
+    """Decoupled KD: alpha * KL of (target, non-target) mass + beta * KL among non-target classes."""
+    _check_same_shape("dkd", student, teacher)
+    target = _check_dkd(student, target)
+    b_s, log_o_s = _dkd_parts(student, target, T)
+    b_t, log_o_t = _dkd_parts(teacher, target, T)
+    n = student.shape[0]
+    tckd = kl_div_probs(b_t, b_s.clamp_min(torch.finfo(b_s.dtype).tiny).log(), dim=-1).sum() / n
+    nckd = kl_div_probs(log_o_t.exp(), log_o_s, dim=-1).sum() / n
+    return (alpha * tckd + beta * nckd) * T**2
+
+
+def _dkd_avatar_mean(
+    student: Tensor,
+    avatars: Tensor,
+    target: Tensor | None = None,
+    alpha: float = 1.0,
+    beta: float = 8.0,
+    T: float = 4.0,
+) -> Tensor:
+    target = _check_dkd(student, target)
+    n = student.shape[0]
+    tiny = torch.finfo(student.dtype).tiny
+    with torch.no_grad():
+        b_k, log_o_k = _dkd_parts(avatars, target, T)
+        o_k = log_o_k.exp()
+        b_bar, o_bar = b_k.mean(0), o_k.mean(0)
+        gap_b = kl_div_probs(b_k, b_bar.clamp_min(tiny).log(), dim=-1).sum() / (n * len(avatars))
+        gap_o = kl_div_probs(o_k, o_bar.clamp_min(tiny).log(), dim=-1).sum() / (n * len(avatars))
+    b_s, log_o_s = _dkd_parts(student, target, T)
+    tckd = kl_div_probs(b_bar, b_s.clamp_min(tiny).log(), dim=-1).sum() / n + gap_b
+    nckd = kl_div_probs(o_bar, log_o_s, dim=-1).sum() / n + gap_o
+    return (alpha * tckd + beta * nckd) * T**2
+
+
+# --------------------------------------------------------------------------- PKD
+def _standardise(x: Tensor, channel_dim: int, eps: float) -> Tensor:
+    """Zero mean, unit (population) std per channel over every other dim after ``channel_dim - 1``."""
+    dims = tuple(d for d in range(channel_dim - 1, x.dim()) if d != channel_dim)
+    mean = x.mean(dim=dims, keepdim=True)
+    std = x.std(dim=dims, keepdim=True, unbiased=False)
+    return (x - mean) / (std + eps)
+
+
+def _resize_like(student: Tensor, size: torch.Size) -> Tensor:
+    if student.shape[2:] == size:
+        return student
+    return F.interpolate(student, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def pkd(student: Tensor, teacher: Tensor, eps: float = 1e-6) -> Tensor:
+    """Pearson-correlation KD: per-channel standardised features, mean squared error / 2.
+
+    The student is bilinearly resized to the teacher's spatial size when they differ.
+    """
+    if student.dim() == 4:
+        student = _resize_like(student, teacher.shape[2:])
+    _check_same_shape("pkd", student, teacher)
+    s = _standardise(student, 1, eps)
+    t = _standardise(teacher, 1, eps)
+    return (s - t).pow(2).mean() / 2
+
+
+def _pkd_avatar_mean(student: Tensor, avatars: Tensor, eps: float = 1e-6) -> Tensor:
+    if student.dim() == 4:
+        student = _resize_like(student, avatars.shape[3:])
+    with torch.no_grad():
+        n_k = _standardise(avatars, 2, eps)
+        n_bar = n_k.mean(0)
+        gap = (n_k - n_bar).pow(2).mean() / 2
+    s = _standardise(student, 1, eps)
+    return (s - n_bar).pow(2).mean() / 2 + gap
+
+
+# --------------------------------------------------------------------------- head losses
+def l1(student: Tensor, teacher: Tensor) -> Tensor:
+    """Element-wise mean absolute error (box-regression heads)."""
+    _check_same_shape("l1", student, teacher)
+    return (student - teacher).abs().mean()
+
+
+def smooth_l1(student: Tensor, teacher: Tensor, beta: float = 1.0) -> Tensor:
+    """Element-wise mean Huber loss with transition point ``beta``."""
+    _check_same_shape("smooth_l1", student, teacher)
+    return F.smooth_l1_loss(student, teacher, beta=beta)
+
+
+mse.avatar_mean = _mse_avatar_mean  # type: ignore[attr-defined]
+cwd.avatar_mean = _cwd_avatar_mean  # type: ignore[attr-defined]
+kd.avatar_mean = _kd_avatar_mean  # type: ignore[attr-defined]
+dkd.avatar_mean = _dkd_avatar_mean  # type: ignore[attr-defined]
+pkd.avatar_mean = _pkd_avatar_mean  # type: ignore[attr-defined]
+l1.batch_separable = True  # type: ignore[attr-defined]
+smooth_l1.batch_separable = True  # type: ignore[attr-defined]
