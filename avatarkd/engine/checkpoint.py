@@ -1,0 +1,130 @@
+"""Checkpoints that survive crashes: atomic writes, keep-last-N, readable errors on load.
+
+A checkpoint holds everything needed to continue bit-exactly: student, connectors and loss
+modules (MGD generators, MasKD tokens, uncertainty estimates), optimizer, LR schedule, grad scaler,
+every RNG state (torch, CUDA, NumPy, Python, the avatar generator) and the data position.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import CheckpointError
+
+log = logging.getLogger(__name__)
+_NAME = re.compile(r"^step_(\d+)\.pt$")
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save to a temp file in the same folder, fsync, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if generator is not None:
+        state["avatars"] = generator.get_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any], generator: torch.Generator | None = None) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if generator is not None and "avatars" in state:
+        generator.set_state(state["avatars"])
+
+
+def checkpoint_dir(output_dir: Path) -> Path:
+    return output_dir / "checkpoints"
+
+
+def list_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
+    folder = checkpoint_dir(output_dir)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
+    return sorted(found)
+
+
+def save_checkpoint(output_dir: Path, step: int, state: dict[str, Any], keep_last: int) -> Path:
+    path = checkpoint_dir(output_dir) / f"step_{step:07d}.pt"
+    atomic_save({"format": "avatarkd-checkpoint-1", "step": step, **state}, path)
+    for _, old in list_checkpoints(output_dir)[:-keep_last]:
+        old.unlink(missing_ok=True)
+    log.info("saved checkpoint %s", path)
+    return path
+
+
+def load_file(path: Path) -> dict[str, Any]:
+    """torch.load with one-line errors for a missing, truncated or foreign file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - zip/pickle errors have many types
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupted?): {type(err).__name__}") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a dict checkpoint, found {type(obj).__name__}")
+    return obj
+
+
+def extract_model_state(obj: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The model weights from our checkpoint, an exported file, or a plain state_dict."""
+    for key in ("model", "state_dict"):
+        if isinstance(obj.get(key), dict):
+            return obj[key]
+    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj
+    raise CheckpointError("file holds no model weights (expected a state_dict or an avatarkd checkpoint)")
+
+
+def load_model_weights(model: torch.nn.Module, path: Path, role: str) -> None:
+    """Strictly load weights from a file, naming the first mismatches when the architecture differs."""
+    load_checked(model, extract_model_state(load_file(path)), path, role)
+
+
+def load_checked(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, role: str) -> None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or wrong:
+        parts = []
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} shape mismatches (e.g. {k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)})")
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+        raise CheckpointError(f"{path}: weights do not fit the {role} architecture: {'; '.join(parts)}")
+    model.load_state_dict(state)

@@ -1,0 +1,109 @@
+"""The training configuration: one YAML file per run, validated before anything is built."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..configio import apply_overrides, load_yaml, validate
+from ..distiller.config import DistillerConfig
+
+Task = Literal["segmentation", "detection", "classification"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class ModelConfig(Strict):
+    """A model from torchvision parts (see ``avatarkd.tasks.models``).
+
+    ``arch``: segmentation ``fcn``/``deeplabv3``/``lraspp``; detection ``retinanet``/``fcos``/
+    ``fasterrcnn``; classification ``classifier``. ``weights``: a local checkpoint or state_dict
+    (nothing is downloaded).
+    """
+
+    arch: str
+    backbone: str = "resnet18"
+    weights: Path | None = None
+    output_stride: Literal[8, 16, 32] = 8
+    fpn_channels: int = Field(256, ge=8)
+    image_size: int = Field(128, ge=16)
+    anchor_sizes: tuple[int, ...] = (16, 32, 64, 128, 256)
+    freeze_bn: bool = Field(False, description="keep BatchNorm statistics fixed while training (small batches)")
+
+
+class DataConfig(Strict):
+    """Dataset locations; ``root: null`` means the bundled Fashion-MNIST canvases.
+
+    Layout under ``root``: ``{train,val}/images``, ``{train,val}/masks`` (segmentation),
+    ``{train,val}/annotations.json`` (detection), ``classify/{train,val}/<class>/`` (classification).
+    Explicit paths override the layout.
+    """
+
+    root: Path | None = None
+    train_images: Path | None = None
+    val_images: Path | None = None
+    train_masks: Path | None = None
+    val_masks: Path | None = None
+    train_annotations: Path | None = None
+    val_annotations: Path | None = None
+    ignore_index: int = 255
+    num_classes: int | None = Field(None, ge=2, description="segmentation: classes incl. background; "
+                                    "default: read from annotations.json categories + 1")
+    hflip: float = Field(0.5, ge=0.0, le=1.0)
+    batch_size: int = Field(16, ge=1)
+    val_batch_size: int | None = Field(None, ge=1)
+    num_workers: int = Field(0, ge=0)
+    limit_train: int | None = Field(None, ge=1, description="use only the first N training samples")
+    limit_val: int | None = Field(None, ge=1)
+
+
+class OptimConfig(Strict):
+    name: Literal["sgd", "adamw"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    max_grad_norm: float | None = Field(10.0, gt=0)
+
+
+class TrainLoopConfig(Strict):
+    steps: int = Field(200, ge=1)
+    log_every: int = Field(10, ge=1)
+    eval_every: int | None = Field(None, ge=1, description="default: only at the end")
+    checkpoint_every: int = Field(100, ge=1)
+    keep_last: int = Field(2, ge=1)
+    amp: Literal["off", "bf16", "fp16"] = "off"
+    device: str = "auto"
+    sync_bn: bool = Field(True, description="SyncBatchNorm under multi-GPU DDP (CUDA only)")
+    plots: bool = True
+
+
+class TrainConfig(Strict):
+    task: Task
+    seed: int = 0
+    output_dir: Path = Path("runs/default")
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig
+    teacher: ModelConfig | None = None
+    distill: DistillerConfig | None = None
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainLoopConfig = Field(default_factory=TrainLoopConfig)
+
+    @model_validator(mode="after")
+    def _teacher_for_distillation(self) -> TrainConfig:
+        if self.distill is not None and self.teacher is None:
+            raise ValueError("distill needs a teacher: add a 'teacher:' section with its weights")
+        if self.teacher is not None and self.teacher.weights is None:
+            raise ValueError("teacher.weights: a distillation teacher must be trained; give its checkpoint path")
+        return self
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    data: dict[str, Any] = load_yaml(path)
+    apply_overrides(data, overrides or [])
+    return validate(TrainConfig, data, str(path))

@@ -1,0 +1,353 @@
+"""The training loop: one code path for teacher, student-alone and distilled runs, 1..N processes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from ..distiller import Distiller, build_points
+from ..errors import AvatarKDError, DataError
+from ..tasks import make_task
+from .checkpoint import (atomic_save, list_checkpoints, load_checked, load_file, load_model_weights, rng_state,
+                         save_checkpoint, set_rng_state)
+from .config import TrainConfig
+from .distributed import DistContext, all_true, barrier, cleanup, init_distributed
+from .logger import MetricLogger
+from .sampling import EvalShardSampler, ResumableSampler, SeededAugmentation
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(AvatarKDError, FloatingPointError):
+    """The loss became NaN/Inf; the last good state was saved."""
+
+
+class Stopped(Exception):
+    """SIGTERM/SIGINT arrived; a checkpoint was saved."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _limit(ds: Any, n: int | None) -> Any:
+    return Subset(ds, range(min(n, len(ds)))) if n is not None else ds
+
+
+def _lr_lambda(cfg: TrainConfig):
+    total, warm = cfg.train.steps, cfg.optim.warmup_steps
+
+    def factor(step: int) -> float:
+        if warm and step < warm:
+            return (step + 1) / warm
+        if cfg.optim.schedule == "constant":
+            return 1.0
+        progress = (step - warm) / max(1, total - warm)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+class Trainer:
+    """Builds everything from a validated ``TrainConfig`` and runs it.
+
+    ``resume``: ``True`` continues from the newest checkpoint in ``output_dir`` (if any), a path
+    continues from that checkpoint, ``False`` starts afresh (refusing to overwrite a finished run's
+    checkpoints unless they are absent).
+    """
+
+    def __init__(self, cfg: TrainConfig, resume: bool | Path = False, ctx: DistContext | None = None,
+                 check_output: bool = True) -> None:
+        self.cfg = cfg
+        self.ctx = ctx or init_distributed(cfg.train.device)
+        self.out = Path(cfg.output_dir)
+        self.task = make_task(cfg)
+        self._signal: int | None = None
+        self._resume_from = self._find_resume(resume) if check_output else None  # fail before building
+        torch.manual_seed(cfg.seed)
+        self._build_data()
+        self._build_models()
+        self._build_optim()
+        self.step = 0
+
+    # ------------------------------------------------------------------ building
+    def _build_data(self) -> None:
+        cfg, ctx = self.cfg, self.ctx
+        train, val = self.task.datasets(cfg.data)
+        train, val = _limit(train, cfg.data.limit_train), _limit(val, cfg.data.limit_val)
+        if len(train) == 0 or len(val) == 0:
+            raise DataError(f"empty dataset: {len(train)} training and {len(val)} validation samples")
+        per_rank = cfg.data.batch_size // ctx.world_size
+        if per_rank < 1 or cfg.data.batch_size % ctx.world_size:
+            raise DataError(f"data.batch_size {cfg.data.batch_size} is not divisible by {ctx.world_size} processes")
+        self.train_set = SeededAugmentation(train, cfg.seed)
+        self.val_set = val
+        self.sampler = ResumableSampler(self.train_set, ctx.world_size, ctx.rank, cfg.seed, shuffle=True, drop_last=True)
+        self.batch_size = per_rank
+        if len(self.sampler) < per_rank:
+            raise DataError(f"{len(train)} training samples cannot fill one batch of {cfg.data.batch_size}")
+        self.batches_per_epoch = len(self.sampler) // per_rank
+
+    def _loader(self, dataset: Any, sampler: Any, batch_size: int, drop_last: bool, epoch: int = 0) -> DataLoader:
+        # Its own generator: creating an iterator would otherwise draw from the global RNG, and a
+        # resumed run creates one at a different step than an uninterrupted run.
+        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=self.task.collate,
+                          num_workers=self.cfg.data.num_workers, drop_last=drop_last,
+                          pin_memory=self.ctx.device.type == "cuda", generator=gen)
+
+    def val_loader(self) -> DataLoader:
+        sampler = EvalShardSampler(len(self.val_set), self.ctx.world_size, self.ctx.rank)
+        return self._loader(self.val_set, sampler, self.cfg.data.val_batch_size or self.cfg.data.batch_size, False)
+
+    def _build_models(self) -> None:
+        cfg, device = self.cfg, self.ctx.device
+        self.model = self.task.build_model(cfg.model).to(device)
+        if cfg.model.weights is not None:
+            load_model_weights(self.model, cfg.model.weights, "student")
+        self.distiller: Distiller | None = None
+        self.generator: torch.Generator | None = None
+        if cfg.distill is not None:
+            assert cfg.teacher is not None and cfg.teacher.weights is not None  # validated in config
+            teacher = self.task.build_model(cfg.teacher).to(device)
+            load_model_weights(teacher, cfg.teacher.weights, "teacher")
+            # independent avatars per rank, reproducible from the seed
+            self.generator = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + self.ctx.rank)
+            points = build_points(cfg.distill, self.generator)
+            self.distiller = Distiller(self.model, teacher, points, teacher_forward=self.task.teacher_forward())
+            example = self.task.collate([self.val_set[i] for i in range(min(2, len(self.val_set)))])
+            images = self.task.to_device(example, device)
+            self.distiller.build(self.task.images_of(images))
+        self.trainable: nn.Module = self.distiller if self.distiller is not None else self.model
+        self.train_module: nn.Module = self.trainable
+        if self.ctx.distributed:
+            ids = [device.index] if device.type == "cuda" else None
+            if device.type == "cuda" and cfg.train.sync_bn:
+                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)  # before DDP wraps it
+            self.train_module = DDP(self.trainable, device_ids=ids)
+
+    def _build_optim(self) -> None:
+        o = self.cfg.optim
+        params = (self.distiller.trainable_parameters() if self.distiller is not None
+                  else [p for p in self.model.parameters() if p.requires_grad])
+        if o.name == "sgd":
+            self.optimizer = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        else:
+            self.optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(self.cfg))
+        amp = self.cfg.train.amp
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+        if amp == "fp16" and self.ctx.device.type != "cuda":
+            raise AvatarKDError("train.amp: fp16 needs a CUDA device; use bf16 on CPU")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
+
+    # ------------------------------------------------------------------ state
+    def state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "distill": self.distiller.distill_state_dict() if self.distiller is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "config": json.loads(self.cfg.model_dump_json()),
+            "task": self.cfg.task,
+            "class_names": self.task.class_names,
+        }
+
+    def load_state(self, ckpt: dict[str, Any], path: Path) -> None:
+        if ckpt.get("format") != "avatarkd-checkpoint-1":
+            raise AvatarKDError(f"{path}: not an avatarkd training checkpoint (use model.weights for plain weights)")
+        load_checked(self.model, ckpt["model"], path, "student")
+        if self.distiller is not None:
+            if ckpt.get("distill") is None:
+                raise AvatarKDError(f"{path}: checkpoint has no distillation state but this run distils")
+            self.distiller.load_distill_state_dict(ckpt["distill"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        per_rank = ckpt["rng"]
+        if len(per_rank) != self.ctx.world_size:
+            log.warning("checkpoint saved by %d processes, resuming with %d: random streams restart per rank",
+                        len(per_rank), self.ctx.world_size)
+        set_rng_state(per_rank[min(self.ctx.rank, len(per_rank) - 1)], self.generator)
+        self.step = int(ckpt["step"])
+
+    def _find_resume(self, resume: bool | Path) -> Path | None:
+        if isinstance(resume, Path):
+            return resume
+        found = list_checkpoints(self.out)
+        if resume:
+            return found[-1][1] if found else None
+        if found:
+            raise AvatarKDError(f"{self.out} already holds checkpoints; pass --resume to continue it or choose another output_dir")
+        return None
+
+    def save(self) -> Path | None:
+        """Collective: every rank contributes its RNG states, rank 0 writes."""
+        rngs = [rng_state(self.generator)]
+        if self.ctx.distributed:
+            rngs = [None] * self.ctx.world_size
+            torch.distributed.all_gather_object(rngs, rng_state(self.generator))
+        path = None
+        if self.ctx.is_main:
+            path = save_checkpoint(self.out, self.step, {**self.state(), "rng": rngs}, self.cfg.train.keep_last)
+        barrier(self.ctx)
+        return path
+
+    # ------------------------------------------------------------------ loop
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        log.warning("received signal %d: saving a checkpoint after this step", signum)
+        self._signal = signum
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.ctx.device.type, dtype=self.amp_dtype)
+
+    def train_step(self, batch: Any) -> dict[str, torch.Tensor]:
+        self.train_module.train()
+        if self.cfg.model.freeze_bn:
+            for m in self.model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        with self._autocast():
+            if self.distiller is not None:
+                losses = self.task.distill_losses(self.train_module, batch)
+            else:
+                losses = self.task.losses(self.train_module, batch)
+        task_total = sum(v for k, v in losses.items() if k.startswith("loss_"))
+        total = task_total + losses.get("distill_total", 0.0)
+        if not all_true(bool(torch.isfinite(total).item()), self.ctx):
+            path = self.save()
+            raise NonFiniteLossError(
+                f"loss is NaN/Inf at step {self.step + 1}; last good state saved to {path or self.out / 'checkpoints'}"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        if self.cfg.optim.max_grad_norm:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
+                                           self.cfg.optim.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.step += 1
+        return {"loss": total.detach(), "loss_task": task_total.detach(), **{k: v.detach() for k, v in losses.items()}}
+
+    def evaluate(self) -> dict[str, float]:
+        self.model.eval()
+        with self._autocast():
+            metrics = self.task.evaluate(self.model, self.val_loader(), self.ctx.device)
+        self.model.train()
+        return metrics
+
+    def fit(self) -> dict[str, Any]:
+        cfg, ctx = self.cfg, self.ctx
+        if self._resume_from is not None:
+            self.load_state(load_file(self._resume_from), self._resume_from)
+            log.info("resumed from %s at step %d", self._resume_from, self.step)
+        logger = MetricLogger(self.out, enabled=ctx.is_main, resume_step=self.step)
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        start = time.perf_counter()
+        try:
+            self._loop(logger)
+            metrics = self.evaluate()
+            logger.log(self.step, {f"eval/{k}": v for k, v in metrics.items()})
+            self.save()
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+            logger.close()
+        wall = time.perf_counter() - start
+        result = {"task": cfg.task, "step": self.step, "metrics": metrics, "primary_metric": self.task.primary_metric,
+                  "wall_seconds": round(wall, 1), "world_size": ctx.world_size, "device": str(ctx.device)}
+        if ctx.is_main:
+            self._finish(result)
+        return result
+
+    def _loop(self, logger: MetricLogger) -> None:
+        cfg, ctx = self.cfg, self.ctx
+        every = cfg.train
+        bar = tqdm(total=every.steps, initial=self.step, disable=not ctx.is_main, desc=f"{cfg.task} {self.out.name}",
+                   mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
+        while self.step < every.steps:
+            epoch, in_epoch = divmod(self.step, self.batches_per_epoch)
+            self.train_set.epoch = epoch
+            self.sampler.set_position(epoch, in_epoch * self.batch_size)
+            for batch in self._loader(self.train_set, self.sampler, self.batch_size, drop_last=True, epoch=epoch):
+                values = self.train_step(self.task.to_device(batch, ctx.device))
+                bar.update(1)
+                if self.step % every.log_every == 0 or self.step == every.steps:
+                    row = {k: float(v) for k, v in values.items()}
+                    row["lr"] = self.scheduler.get_last_lr()[0]
+                    row["epoch"] = epoch
+                    logger.log(self.step, row)
+                    bar.set_postfix(loss=f"{row['loss']:.4g}")
+                if every.eval_every and self.step % every.eval_every == 0 and self.step < every.steps:
+                    logger.log(self.step, {f"eval/{k}": v for k, v in self.evaluate().items()})
+                if self.step % every.checkpoint_every == 0:
+                    self.save()
+                if not all_true(self._signal is None, ctx):
+                    self.save()
+                    raise Stopped(self._signal or signal.SIGTERM)
+                if self.step >= every.steps:
+                    break
+        bar.close()
+
+    # ------------------------------------------------------------------ outputs
+    def _finish(self, result: dict[str, Any]) -> None:
+        from .export import export_student
+
+        export_student(self.model, self.out / "student.pt", self.cfg, self.task.class_names)
+        atomic_write_json(self.out / "metrics.json", result)
+        if self.cfg.train.plots:
+            self._plots()
+
+    def _plots(self) -> None:
+        from .plots import plot_training_curves, plot_uncertainty
+
+        try:
+            plot_training_curves(self.out / "metrics.jsonl", self.out / "curves.png")
+            batch = self.task.collate([self.val_set[i] for i in range(min(8, len(self.val_set)))])
+            batch = self.task.to_device(batch, self.ctx.device)
+            self.model.eval()
+            self.task.plot_predictions(batch, self.task.predict(self.model, batch), self.out / "predictions.png")
+            if self.distiller is not None:
+                sigmas = {name.replace("_", "."): m.uncertainty.running_var.sqrt().cpu()
+                          for name, m in self.distiller.loss_modules.items()
+                          if getattr(getattr(m, "uncertainty", None), "running_var", torch.empty(0)).numel()}
+                if sigmas:
+                    plot_uncertainty(sigmas, self.out / "uncertainty.png", title="per-channel sigma of the avatars")
+        except Exception as err:  # noqa: BLE001 - a failed picture must not fail a finished run
+            log.warning("plotting failed: %s", err)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    tmp.replace(path)
+
+
+def train(cfg: TrainConfig, resume: bool | Path = False) -> dict[str, Any]:
+    """Train from a config (what ``avatarkd train`` runs); returns the final metrics."""
+    trainer = Trainer(cfg, resume=resume)
+    try:
+        return trainer.fit()
+    finally:
+        cleanup(trainer.ctx)
+
+
+__all__ = ["Trainer", "train", "NonFiniteLossError", "Stopped", "atomic_save"]

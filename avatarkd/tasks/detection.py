@@ -1,0 +1,86 @@
+"""Object detection: COCO-format data, torchvision detectors, COCO mAP from pycocotools."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from ..data import CocoDetection, collate_detection
+from ..engine.config import DataConfig, ModelConfig
+from ..engine.plots import plot_detections
+from ..metrics import CocoEvaluator
+from .base import Batch, Task
+from .models import build_detector
+
+
+def backbone_only(teacher: nn.Module, images: list[Tensor]) -> Any:
+    """The teacher's transform + backbone/FPN: all that FPN-level points need (no heads, no NMS)."""
+    return teacher.backbone(teacher.transform(images)[0].tensors)
+
+
+class DetectionTask(Task):
+    name = "detection"
+    primary_metric = "map"
+
+    def datasets(self, data: DataConfig) -> tuple[Dataset, Dataset]:
+        train = CocoDetection(self.data_path(data.train_images, "train", "images"),
+                              self.data_path(data.train_annotations, "train", "annotations.json"), hflip=data.hflip)
+        val = CocoDetection(self.data_path(data.val_images, "val", "images"),
+                            self.data_path(data.val_annotations, "val", "annotations.json"))
+        self.num_classes, self.class_names = train.num_classes, list(train.cat_names)
+        self.val_dataset = val
+        return train, val
+
+    def collate(self, batch: list[Any]) -> Batch:
+        return collate_detection(batch)
+
+    def to_device(self, batch: Batch, device: torch.device) -> Batch:
+        images, targets = batch
+        images = [im.to(device, non_blocking=True) for im in images]
+        targets = [{k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in t.items()}
+                   for t in targets]
+        return images, targets
+
+    def build_model(self, mcfg: ModelConfig) -> nn.Module:
+        return build_detector(mcfg.arch, mcfg.backbone, self.num_classes, mcfg.fpn_channels,  # type: ignore[arg-type]
+                              mcfg.image_size, tuple(mcfg.anchor_sizes))
+
+    def teacher_forward(self) -> Callable[..., Any] | None:
+        points = self.cfg.distill.points if self.cfg.distill else []
+        if all((p.teacher or p.student).startswith("backbone") for p in points):
+            return backbone_only
+        return None
+
+    def losses(self, model: nn.Module, batch: Batch) -> dict[str, Tensor]:
+        images, targets = batch
+        return {f"loss_{k}" if not k.startswith("loss") else k: v for k, v in model(images, targets).items()}
+
+    def distill_losses(self, distiller: nn.Module, batch: Batch) -> dict[str, Tensor]:
+        images, targets = batch
+        task, losses = distiller(images, targets, teacher_args=(images,))
+        return {**{f"loss_{k}" if not k.startswith("loss") else k: v for k, v in task.items()}, **losses}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batches: Iterable[Batch], device: torch.device) -> dict[str, float]:
+        evaluator = CocoEvaluator(self.val_dataset.coco, self.val_dataset.label_to_cat_id)
+        for batch in batches:
+            images, targets = self.to_device(batch, device)
+            outputs = model(images)
+            evaluator.update([int(t["image_id"]) for t in targets], [{k: v.cpu() for k, v in o.items()} for o in outputs])
+        evaluator.sync()
+        return {k: float(v) for k, v in evaluator.compute().items()}
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, batch: Batch) -> Any:
+        return [{k: v.cpu() for k, v in o.items()} for o in model(batch[0])]
+
+    def plot_predictions(self, batch: Batch, predictions: Any, out_png: Path) -> Path:
+        images, targets = batch
+        return plot_detections([im.cpu() for im in images], predictions,
+                               [{k: v.cpu() for k, v in t.items() if k in ("boxes", "labels")} for t in targets],
+                               out_png, class_names=["background"] + self.class_names)

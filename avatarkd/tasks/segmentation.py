@@ -1,0 +1,87 @@
+"""Semantic segmentation: image + PNG label-mask folders, cross-entropy, mIoU."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from ..data import SegmentationFolder
+from ..engine.config import DataConfig, ModelConfig
+from ..engine.plots import plot_segmentation
+from ..errors import ConfigError
+from ..metrics import SegmentationMetric
+from .base import Batch, Task
+from .models import build_segmenter
+
+
+def _class_names_from_coco(path: Path) -> list[str] | None:
+    if not path.is_file():
+        return None
+    cats = sorted(json.loads(path.read_text()).get("categories", []), key=lambda c: c["id"])
+    return ["background"] + [c["name"] for c in cats]
+
+
+class SegmentationTask(Task):
+    name = "segmentation"
+    primary_metric = "miou"
+
+    def datasets(self, data: DataConfig) -> tuple[Dataset, Dataset]:
+        names = _class_names_from_coco(self.data_path(data.val_annotations, "val", "annotations.json"))
+        if data.num_classes is not None:
+            self.num_classes = data.num_classes
+            names = names if names and len(names) == data.num_classes else None
+        elif names:
+            self.num_classes = len(names)
+        else:
+            raise ConfigError("data.num_classes: set it (classes incl. background) for your segmentation data")
+        self.class_names = names or [str(i) for i in range(self.num_classes)]
+        common = dict(ignore_index=data.ignore_index, num_classes=self.num_classes, class_names=self.class_names)
+        train = SegmentationFolder(self.data_path(data.train_images, "train", "images"),
+                                   self.data_path(data.train_masks, "train", "masks"), hflip=data.hflip, **common)
+        val = SegmentationFolder(self.data_path(data.val_images, "val", "images"),
+                                 self.data_path(data.val_masks, "val", "masks"), **common)
+        return train, val
+
+    def build_model(self, mcfg: ModelConfig) -> nn.Module:
+        return build_segmenter(mcfg.arch, mcfg.backbone, self.num_classes, mcfg.output_stride)  # type: ignore[arg-type]
+
+    def _ce(self, logits: Tensor, masks: Tensor) -> Tensor:
+        return F.cross_entropy(logits.float(), masks, ignore_index=self.cfg.data.ignore_index)
+
+    def losses(self, model: nn.Module, batch: Batch) -> dict[str, Tensor]:
+        images, masks = batch
+        return {"loss_ce": self._ce(model(images)["out"], masks)}
+
+    def distill_losses(self, distiller: nn.Module, batch: Batch) -> dict[str, Tensor]:
+        images, masks = batch
+        out, losses = distiller(images)
+        return {"loss_ce": self._ce(out["out"], masks), **losses}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batches: Iterable[Batch], device: torch.device) -> dict[str, float]:
+        metric = SegmentationMetric(self.num_classes, ignore_index=self.cfg.data.ignore_index)
+        for batch in batches:
+            images, masks = self.to_device(batch, device)
+            metric.update(model(images)["out"].argmax(1), masks)
+        metric.sync()
+        result = metric.compute()
+        out = {"miou": float(result["miou"]), "pixel_acc": float(result["pixel_acc"])}
+        for name, iou in zip(self.class_names, result["per_class_iou"]):
+            out[f"iou/{name}"] = float(iou)
+        return out
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, batch: Batch) -> Any:
+        return model(batch[0])["out"].argmax(1)
+
+    def plot_predictions(self, batch: Batch, predictions: Any, out_png: Path) -> Path:
+        images, masks = batch
+        return plot_segmentation(images.cpu(), predictions.cpu(), masks.cpu(), out_png,
+                                 class_names=self.class_names, ignore_index=self.cfg.data.ignore_index)

@@ -1,0 +1,234 @@
+"""Does AKD beat its base loss? Student alone vs base distillation vs AKD, several seeds, bundled data.
+
+For each task: a teacher is trained once (cached); then, with the same schedule and data, the
+student alone, each base loss alone (``base``), each base loss with reference-compatible AKD
+(``akd-reference``: K=1, dropout 0.1, uncertainty ``batchnorm``) and with our defaults (``akd``:
+K=4, dropout 0.1, uncertainty ``variance``), over several seeds. Ablations vary one AKD setting
+at a time around our defaults on one base loss.
+
+    python benchmarks/quality.py                      # everything (hours on 2 CPU cores)
+    python benchmarks/quality.py --tasks segmentation --seeds 0 1 2 --steps 200 --no-ablations
+
+Finished runs are reused (their metrics.json), so an interrupted study continues where it stopped.
+Writes ``benchmarks/out/quality.json``, and with ``--docs`` merges the runs into
+``docs/results.json`` and redraws ``docs/quality_*.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from avatarkd.configio import apply_overrides, validate  # noqa: E402
+from avatarkd.demo import packaged_config  # noqa: E402
+from avatarkd.engine.config import TrainConfig  # noqa: E402
+from avatarkd.engine.trainer import train  # noqa: E402
+
+log = logging.getLogger("quality")
+
+# Students are small on purpose: the teacher/student gap is what distillation can close.
+TASKS: dict[str, dict[str, Any]] = {
+    "segmentation": {
+        "teacher": ("seg_teacher.yaml", []),
+        "student": ("seg_student.yaml", []),
+        "distill": "seg_akd.yaml",
+        "bases": {"cwd": {"tau": 1.0}, "mgd": {"alpha": 2.0e-5}, "mse": {}},
+        "weights": {"cwd": 3.0, "mgd": 1.0, "mse": 1.0e-3},
+        "metric": "miou",
+    },
+    "detection": {
+        "teacher": ("det_teacher.yaml", []),
+        "student": ("det_akd.yaml", ["distill=null", "teacher=null"]),
+        "distill": "det_akd.yaml",
+        "bases": {"cwd": {"tau": 1.0}, "mgd": {"alpha": 2.0e-5}, "mse": {}, "pkd": {}},
+        "weights": {"cwd": 2.0, "mgd": 1.0, "mse": 1.0e-3, "pkd": 1.0},
+        "metric": "map",
+    },
+}
+ARMS = {
+    "base": ["distill.akd.enabled=false"],
+    "akd-reference": ["distill.akd.num_avatars=1", "distill.akd.p=0.1", "distill.akd.perturbation=dropout",
+                      "distill.akd.uncertainty=batchnorm"],
+    "akd": ["distill.akd.num_avatars=4", "distill.akd.p=0.1", "distill.akd.perturbation=dropout",
+            "distill.akd.uncertainty=variance"],
+}
+ABLATIONS = {
+    "num_avatars": [1, 2, 4, 8],
+    "p": [0.05, 0.1, 0.2],
+    "perturbation": ["dropout", "channel_dropout", "gaussian", "multiplicative"],
+    "uncertainty": ["variance", "batchnorm", "none"],
+}
+
+
+def _cfg(name: str, overrides: list[str]) -> TrainConfig:
+    return validate(TrainConfig, apply_overrides(packaged_config(name), overrides), name)
+
+
+def _run(name: str, overrides: list[str], out: Path) -> dict[str, Any]:
+    done = out / "metrics.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    return train(_cfg(name, overrides + [f"output_dir={out}", "train.plots=false"]), resume=True)
+
+
+def distill_overrides(spec: dict[str, Any], base: str) -> list[str]:
+    """Point 0 (the feature point) uses ``base``; the segmentation logits point is dropped so the
+    comparison isolates the base loss."""
+    kwargs = json.dumps(spec["bases"][base])
+    return [f"distill.points=[{{name: feat, student: {'backbone.body' if spec['metric'] == 'miou' else 'backbone.fpn'}, "
+            f"teacher: {'backbone' if spec['metric'] == 'miou' else 'backbone.fpn'}, "
+            f"{'key: out, ' if spec['metric'] == 'miou' else ''}loss: {base}, loss_kwargs: {kwargs}, "
+            f"weight: {spec['weights'][base]}}}]"]
+
+
+def study(tasks: list[str], seeds: list[int], steps: int | None, out: Path, ablations: bool) -> list[dict[str, Any]]:
+    runs: list[dict[str, Any]] = []
+    sched = [f"train.steps={steps}"] if steps else []
+    for task in tasks:
+        spec = TASKS[task]
+        metric = spec["metric"]
+        tname, textra = spec["teacher"]
+        teacher_dir = out / "cache" / f"{task}_teacher"
+        t0 = time.perf_counter()
+        teacher = _run(tname, textra + ["seed=0"], teacher_dir)
+        log.info("%s teacher %s=%.4f (%.0f s)", task, metric, teacher["metrics"][metric], time.perf_counter() - t0)
+        runs.append({"task": task, "base": "-", "arm": "teacher", "seed": 0, "metric": metric,
+                     "value": teacher["metrics"][metric], "wall_seconds": teacher["wall_seconds"]})
+        weights = [f"teacher.weights={teacher_dir / 'student.pt'}"]
+        for seed in seeds:
+            sname, sextra = spec["student"]
+            r = _run(sname, sextra + sched + [f"seed={seed}"], out / task / f"student_s{seed}")
+            runs.append({"task": task, "base": "-", "arm": "student", "seed": seed, "metric": metric,
+                         "value": r["metrics"][metric], "wall_seconds": r["wall_seconds"]})
+            for base in spec["bases"]:
+                for arm, arm_over in ARMS.items():
+                    over = sched + weights + [f"seed={seed}"] + distill_overrides(spec, base) + arm_over
+                    r = _run(spec["distill"], over, out / task / f"{base}_{arm}_s{seed}")
+                    runs.append({"task": task, "base": base, "arm": arm, "seed": seed, "metric": metric,
+                                 "value": r["metrics"][metric], "wall_seconds": r["wall_seconds"]})
+                    log.info("%s %s %s seed %d: %s=%.4f", task, base, arm, seed, metric, r["metrics"][metric])
+        if ablations:
+            base = "cwd"
+            for key, values in ABLATIONS.items():
+                for value in values:
+                    for seed in seeds:
+                        over = (sched + weights + [f"seed={seed}"] + distill_overrides(spec, base) + ARMS["akd"]
+                                + [f"distill.akd.{key}={value}"])
+                        r = _run(spec["distill"], over, out / task / f"ablation_{key}_{value}_s{seed}")
+                        runs.append({"task": task, "base": base, "arm": f"ablation:{key}={value}", "seed": seed,
+                                     "metric": metric, "value": r["metrics"][metric], "wall_seconds": r["wall_seconds"]})
+    return runs
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.mean(values):.2f} ± {100 * sd:.2f}"
+
+
+def table(runs: list[dict[str, Any]]) -> str:
+    """Mean ± std (x100) per arm, and the per-seed paired difference of each AKD arm to its base."""
+    lines = []
+    for task in dict.fromkeys(r["task"] for r in runs):
+        rs = [r for r in runs if r["task"] == task]
+        metric = rs[0]["metric"]
+        teacher = [r["value"] for r in rs if r["arm"] == "teacher"]
+        student = [r["value"] for r in rs if r["arm"] == "student"]
+        lines += [f"\n### {task} ({metric} x 100; seeds: {sorted({r['seed'] for r in rs if r['arm'] == 'student'})})",
+                  f"teacher {_mean_std(teacher)}, student alone {_mean_std(student)}",
+                  "", "| base loss | base | akd-reference | akd | akd-ref - base (paired) | akd - base (paired) | akd > base |",
+                  "|---|---|---|---|---|---|---|"]
+        for base in dict.fromkeys(r["base"] for r in rs if r["arm"] in ARMS):
+            by = {arm: {r["seed"]: r["value"] for r in rs if r["base"] == base and r["arm"] == arm} for arm in ARMS}
+            seeds = sorted(set(by["base"]) & set(by["akd"]) & set(by["akd-reference"]))
+            d_ref = [by["akd-reference"][s] - by["base"][s] for s in seeds]
+            d_akd = [by["akd"][s] - by["base"][s] for s in seeds]
+            wins = sum(d > 0 for d in d_akd)
+            lines.append(f"| {base} | {_mean_std(list(by['base'].values()))} | {_mean_std(list(by['akd-reference'].values()))} "
+                         f"| {_mean_std(list(by['akd'].values()))} | {_mean_std(d_ref)} | {_mean_std(d_akd)} | {wins}/{len(seeds)} |")
+        abl = [r for r in rs if r["arm"].startswith("ablation:")]
+        if abl:
+            lines += ["", "| ablation (cwd + AKD, one setting changed) | value |", "|---|---|"]
+            for arm in dict.fromkeys(r["arm"] for r in abl):
+                lines.append(f"| {arm.split(':', 1)[1]} | {_mean_std([r['value'] for r in abl if r['arm'] == arm])} |")
+    return "\n".join(lines)
+
+
+def plot(runs: list[dict[str, Any]], out_png: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    tasks = list(dict.fromkeys(r["task"] for r in runs))
+    fig = Figure(figsize=(6 * len(tasks), 4))
+    FigureCanvasAgg(fig)
+    for i, task in enumerate(tasks):
+        ax = fig.add_subplot(1, len(tasks), i + 1)
+        rs = [r for r in runs if r["task"] == task and not r["arm"].startswith("ablation")]
+        groups = [("student", "-")] + [(arm, b) for b in dict.fromkeys(r["base"] for r in rs if r["arm"] in ARMS) for arm in ARMS]
+        for j, (arm, base) in enumerate(groups):
+            vals = [100 * r["value"] for r in rs if r["arm"] == arm and r["base"] == base]
+            color = {"student": "gray", "base": "C0", "akd-reference": "C1", "akd": "C2"}[arm]
+            ax.scatter([j] * len(vals), vals, color=color, s=18)
+            if vals:
+                ax.hlines(statistics.mean(vals), j - 0.3, j + 0.3, color=color)
+        teacher = [100 * r["value"] for r in runs if r["task"] == task and r["arm"] == "teacher"]
+        if teacher:
+            ax.axhline(teacher[0], color="k", ls="--", lw=1, label="teacher")
+            ax.legend(fontsize=8)
+        ax.set_xticks(range(len(groups)), [f"{b}\n{a}" if b != "-" else a for a, b in groups], fontsize=7, rotation=60)
+        ax.set_ylabel(f"{rs[0]['metric']} x 100")
+        ax.set_title(task)
+        ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--steps", type=int, default=None, help="student schedule (default: the config's)")
+    ap.add_argument("--no-ablations", dest="ablations", action="store_false")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "quality")
+    ap.add_argument("--docs", action="store_true", help="merge into docs/results.json and draw docs/quality.png")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("avatarkd").setLevel(logging.WARNING)
+    start = time.perf_counter()
+    runs = study(args.tasks, args.seeds, args.steps, args.out, args.ablations)
+    wall = time.perf_counter() - start
+    text = table(runs)
+    print(text)
+    print(f"\nwall clock of this invocation: {wall / 60:.1f} min (reused runs cost nothing)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "quality.json").write_text(json.dumps({"runs": runs, "table": text, "wall_seconds": wall,
+                                                       "command": " ".join(sys.argv)}, indent=2))
+    if args.docs:
+        docs = ROOT / "docs"
+        docs.mkdir(exist_ok=True)
+        results_path = docs / "results.json"
+        results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+        keep = [r for r in results.get("runs", []) if r["task"] not in args.tasks]
+        main_runs = [{k: r[k] for k in ("task", "base", "arm", "seed", "metric", "value")}
+                     for r in runs if r["arm"] in ("student", "base", "akd-reference", "akd")]
+        results["runs"] = keep + main_runs
+        results.setdefault("extra", {})
+        results["extra"].update({f"{t}_teacher": [r for r in runs if r["task"] == t and r["arm"] == "teacher"] for t in args.tasks})
+        results["extra"]["ablations"] = [r for r in runs if r["arm"].startswith("ablation")] or results["extra"].get("ablations", [])
+        results_path.write_text(json.dumps(results, indent=2))
+        plot(runs, docs / "quality.png")
+        (docs / "quality_table.md").write_text(text + f"\n\nCommand: `{' '.join(sys.argv)}`; wall clock {wall / 60:.1f} min.\n")
+
+
+if __name__ == "__main__":
+    main()
