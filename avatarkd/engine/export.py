@@ -12,6 +12,7 @@ from torch import nn
 
 from .checkpoint import atomic_save
 from .config import TrainConfig
+from .jsonio import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +27,7 @@ def export_student(model: nn.Module, path: Path, cfg: TrainConfig, class_names: 
     atomic_save(state, path)
     meta = {"task": cfg.task, "model": json.loads(cfg.model.model_dump_json()), "class_names": class_names,
             "builder": "avatarkd.tasks.models", "num_parameters": sum(v.numel() for v in state.values())}
-    sidecar = path.with_suffix(".json")
-    tmp = sidecar.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(meta, indent=2))
-    tmp.replace(sidecar)
+    atomic_write_json(path.with_suffix(".json"), meta)
     if torchscript:
         model = model.eval()
         scripted = torch.jit.script(model)

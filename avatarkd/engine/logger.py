@@ -7,6 +7,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from .jsonio import json_safe
+
 log = logging.getLogger(__name__)
 
 
@@ -48,13 +50,13 @@ class MetricLogger:
     def log(self, step: int, values: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        row = {"step": step, **values}
+        row = json_safe({"step": step, **values})
         assert self._file is not None
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
         if self._tb is not None:
-            for key, value in values.items():
-                if isinstance(value, (int, float)) and key != "epoch":
+            for key, value in row.items():
+                if isinstance(value, (int, float)) and key not in ("epoch", "step"):
                     self._tb.add_scalar(key, value, step)
         scalars = ", ".join(f"{k}={v:.4g}" for k, v in values.items()
                             if isinstance(v, float) and not k.startswith(("eval/iou/", "distill.")))

@@ -25,6 +25,7 @@ from .checkpoint import (atomic_save, list_checkpoints, load_checked, load_file,
                          save_checkpoint, set_rng_state)
 from .config import TrainConfig
 from .distributed import DistContext, all_true, barrier, cleanup, init_distributed
+from .jsonio import atomic_write_json
 from .logger import MetricLogger
 from .sampling import EvalShardSampler, ResumableSampler, SeededAugmentation
 
@@ -333,12 +334,6 @@ class Trainer:
                     plot_uncertainty(sigmas, self.out / "uncertainty.png", title="per-channel sigma of the avatars")
         except Exception as err:  # noqa: BLE001 - a failed picture must not fail a finished run
             log.warning("plotting failed: %s", err)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    tmp.replace(path)
 
 
 def train(cfg: TrainConfig, resume: bool | Path = False) -> dict[str, Any]:
