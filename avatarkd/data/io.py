@@ -1,0 +1,96 @@
+"""Reading images and label masks, turning every decoder failure into a one-line ``DataError``.
+
+PIL's exceptions name neither the file nor the dataset; a user with 100k images needs both,
+so every read in ``avatarkd.data`` goes through these two functions.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from ..errors import DataError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+MASK_MODES = ("L", "P", "I", "I;16")
+
+
+def one_line(exc: BaseException) -> str:
+    """The exception text squeezed onto one line (the CLI prints errors as a single line)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def require_dir(path: Path, what: str) -> Path:
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(f"{what} not found: {path} is not a directory")
+    return path
+
+
+def require_file(path: Path, what: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{what} not found: {path}")
+    return path
+
+
+def read_json(path: Path, what: str) -> Any:
+    path = require_file(path, what)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read {what} ({one_line(exc)})") from exc
+
+
+def _open(path: Path) -> Image.Image:
+    """A fully decoded PIL image; truncated or corrupt files fail here rather than deep in a model."""
+    if not path.is_file():
+        raise DataError(f"{path}: image file not found")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.copy()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise DataError(f"{path}: cannot read image ({one_line(exc)})") from exc
+
+
+def read_rgb(path: Path) -> Tensor:
+    """A float32 3xHxW tensor in [0, 1], the input format of torchvision models."""
+    path = Path(path)
+    im = _open(path)
+    try:
+        array = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot convert image to RGB ({one_line(exc)})") from exc
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+def read_mask(path: Path) -> Tensor:
+    """An int64 HxW tensor of class indices.
+
+    Palette ("P") masks are read as palette indices, which is how VOC-style datasets store
+    class ids; an RGB mask is refused because its colours cannot be mapped to classes safely.
+    """
+    path = Path(path)
+    im = _open(path)
+    if im.mode not in MASK_MODES:
+        raise DataError(f"{path}: a label mask must be single-channel (PIL mode L, P or I), got mode {im.mode}")
+    return torch.from_numpy(np.asarray(im).astype(np.int64))
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the header only, for cheap consistency checks."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"{path}: cannot read image ({one_line(exc)})") from exc

@@ -1,0 +1,7 @@
+"""Task metrics with one interface: ``update`` per batch, ``sync`` across ranks, ``compute``, ``reset``."""
+
+from .classification import Top1Accuracy
+from .detection import CocoEvaluator
+from .segmentation import SegmentationMetric
+
+__all__ = ["CocoEvaluator", "SegmentationMetric", "Top1Accuracy"]
