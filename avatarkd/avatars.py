@@ -69,11 +69,10 @@ class Avatars:
     def _draw(self, shape: tuple[int, ...], like: Tensor, kind: str) -> Tensor:
         device = self.generator.device if self.generator is not None else like.device
         dtype = like.dtype if like.is_floating_point() else torch.float32
-        out = torch.empty(shape, device=device, dtype=dtype)
-        if kind == "bernoulli":
-            out.bernoulli_(1.0 - self.p, generator=self.generator)
+        if kind == "keep":  # Bernoulli(1 - p) as a comparison: about 2x faster than bernoulli_ on CPU
+            out = torch.rand(shape, device=device, dtype=dtype, generator=self.generator) >= self.p
         else:
-            out.normal_(generator=self.generator)
+            out = torch.randn(shape, device=device, dtype=dtype, generator=self.generator)
         return out.to(like.device)
 
     @torch.no_grad()
@@ -83,11 +82,13 @@ class Avatars:
         t = t.detach()
         k = self.num
         shape = (k, *t.shape)
+        if self.p == 0:  # every perturbation is the identity: no noise to draw
+            return t.unsqueeze(0).expand(shape)
         if self.perturbation == "dropout":
-            return t * self._draw(shape, t, "bernoulli") / (1.0 - self.p)
+            return t * self._draw(shape, t, "keep") * (1.0 / (1.0 - self.p))
         if self.perturbation == "channel_dropout":
             mask_shape = (k, *t.shape[:2]) + (1,) * (t.dim() - 2)
-            return t * self._draw(mask_shape, t, "bernoulli") / (1.0 - self.p)
+            return t * self._draw(mask_shape, t, "keep") * (1.0 / (1.0 - self.p))
         noise = self._draw(shape, t, "normal")
         if self.perturbation == "multiplicative":
             return t * (1.0 + self.p * noise)

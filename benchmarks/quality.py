@@ -90,16 +90,17 @@ def distill_overrides(spec: dict[str, Any], base: str) -> list[str]:
             f"weight: {spec['weights'][base]}}}]"]
 
 
-def study(tasks: list[str], seeds: list[int], steps: int | None, out: Path, ablations: bool) -> list[dict[str, Any]]:
+def study(tasks: list[str], seeds: list[int], steps: int | None, out: Path, ablations: bool,
+          teachers: dict[str, Path] | None = None) -> list[dict[str, Any]]:
     runs: list[dict[str, Any]] = []
     sched = [f"train.steps={steps}"] if steps else []
     for task in tasks:
         spec = TASKS[task]
         metric = spec["metric"]
         tname, textra = spec["teacher"]
-        teacher_dir = out / "cache" / f"{task}_teacher"
+        teacher_dir = (teachers or {}).get(task) or out / "cache" / f"{task}_teacher"
         t0 = time.perf_counter()
-        teacher = _run(tname, textra + ["seed=0"], teacher_dir)
+        teacher = _run(tname, textra + ["seed=0"], teacher_dir)  # reused when finished
         log.info("%s teacher %s=%.4f (%.0f s)", task, metric, teacher["metrics"][metric], time.perf_counter() - t0)
         runs.append({"task": task, "base": "-", "arm": "teacher", "seed": 0, "metric": metric,
                      "value": teacher["metrics"][metric], "wall_seconds": teacher["wall_seconds"]})
@@ -200,12 +201,16 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="student schedule (default: the config's)")
     ap.add_argument("--no-ablations", dest="ablations", action="store_false")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "quality")
+    ap.add_argument("--seg-teacher", type=Path, help="reuse a finished segmentation teacher run (e.g. runs/demo/teacher)")
+    ap.add_argument("--det-teacher", type=Path, help="reuse a finished detection teacher run")
     ap.add_argument("--docs", action="store_true", help="merge into docs/results.json and draw docs/quality.png")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("avatarkd").setLevel(logging.WARNING)
     start = time.perf_counter()
-    runs = study(args.tasks, args.seeds, args.steps, args.out, args.ablations)
+    teachers = {"segmentation": args.seg_teacher, "detection": args.det_teacher}
+    runs = study(args.tasks, args.seeds, args.steps, args.out, args.ablations,
+                 {k: v for k, v in teachers.items() if v is not None})
     wall = time.perf_counter() - start
     text = table(runs)
     print(text)

@@ -74,6 +74,7 @@ def test_teacher_then_akd_student_then_eval_and_export(task, data_root, tmp_path
     if task != "classification":
         assert (tmp_path / "akd" / "predictions.png").stat().st_size > 0
         assert (tmp_path / "akd" / "uncertainty.png").stat().st_size > 0
+        assert (tmp_path / "akd" / "uncertainty_maps.png").stat().st_size > 0
 
     # the exported student is a plain state_dict with no teacher/connector keys
     exported = torch.load(tmp_path / "akd" / "student.pt", weights_only=True)

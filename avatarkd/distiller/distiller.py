@@ -240,6 +240,29 @@ class Distiller(nn.Module):
             out = self.student(*args, **kwargs)
         return out, self.compute_losses(s_rec, t_rec)
 
+    def point_losses(self) -> dict[str, LossLike]:
+        """Label (``point[.level]``) -> the loss (module or function) built for it."""
+        self._require_built()
+        out: dict[str, LossLike] = {}
+        for point in self.points:
+            for level in self._levels[point.name]:
+                label = f"{point.name}.{level}" if level else point.name
+                slot = _slot(label)
+                out[label] = self.loss_modules[slot] if slot in self.loss_modules else self._loss_fns[slot]
+        return out
+
+    @torch.no_grad()
+    def teacher_features(self, *teacher_args: Any) -> dict[str, Tensor]:
+        """Label -> the teacher tensor each point compares against, for one batch (for pictures)."""
+        self._require_built()
+        t_rec = self._run_teacher(teacher_args)
+        feats = {}
+        for point in self.points:
+            levels = _levels(t_rec[point.teacher], point, "teacher")
+            for level, feat in levels.items():
+                feats[f"{point.name}.{level}" if level else point.name] = feat
+        return feats
+
     def compute_losses(self, s_rec: Mapping[str, Any], t_rec: Mapping[str, Any], **loss_kwargs: Any) -> dict[str, Tensor]:
         pairs: list[tuple[str, DistillPoint, Tensor, Tensor]] = []
         for point in self.points:

@@ -318,7 +318,7 @@ class Trainer:
             self._plots()
 
     def _plots(self) -> None:
-        from .plots import plot_training_curves, plot_uncertainty
+        from .plots import plot_training_curves, plot_uncertainty, uncertainty_maps
 
         try:
             plot_training_curves(self.out / "metrics.jsonl", self.out / "curves.png")
@@ -327,11 +327,19 @@ class Trainer:
             self.model.eval()
             self.task.plot_predictions(batch, self.task.predict(self.model, batch), self.out / "predictions.png")
             if self.distiller is not None:
-                sigmas = {name.replace("_", "."): m.uncertainty.running_var.sqrt().cpu()
-                          for name, m in self.distiller.loss_modules.items()
+                losses = self.distiller.point_losses()
+                sigmas = {label: m.uncertainty.running_var.sqrt().cpu() for label, m in losses.items()
                           if getattr(getattr(m, "uncertainty", None), "running_var", torch.empty(0)).numel()}
                 if sigmas:
                     plot_uncertainty(sigmas, self.out / "uncertainty.png", title="per-channel sigma of the avatars")
+                # the paper's picture: where, in one image, the Avatars disagree with the teacher
+                feats = self.distiller.teacher_features(self.task.images_of(batch))
+                maps = {label: uncertainty_maps(feats[label][:1], loss.avatars(feats[label][:1]))[0].cpu()
+                        for label, loss in losses.items()
+                        if hasattr(loss, "avatars") and feats[label].dim() == 4 and loss.avatars.p > 0}
+                if maps:
+                    plot_uncertainty(maps, self.out / "uncertainty_maps.png",
+                                     title="E_k (a_k - t)^2 per position, first validation image")
         except Exception as err:  # noqa: BLE001 - a failed picture must not fail a finished run
             log.warning("plotting failed: %s", err)
 

@@ -42,10 +42,13 @@ def _check_same_shape(name: str, student: Tensor, teacher: Tensor) -> None:
 
 
 def kl_div_probs(p: Tensor, log_q: Tensor, dim: int | tuple[int, ...]) -> Tensor:
-    """KL(p || q) summed over ``dim``, with 0 * log 0 = 0 and no NaN gradient where p == 0."""
-    plogp = torch.special.xlogy(p, p)
-    cross = torch.where(p > 0, p * log_q, torch.zeros_like(log_q))
-    return (plogp - cross).sum(dim=dim)
+    """KL(p || q) summed over ``dim``, with 0 * log 0 = 0.
+
+    ``log_q`` must be finite (it comes from a log-softmax); clamping ``p`` inside the log makes
+    a zero probability contribute exactly 0 without the cost of xlogy/where.
+    """
+    log_p = p.clamp_min(torch.finfo(p.dtype).tiny).log()
+    return (p * (log_p - log_q)).sum(dim=dim)
 
 
 def _mean_gap(per_avatar: Callable[[Tensor], Tensor], avatars: Tensor) -> Tensor:

@@ -1,0 +1,150 @@
+"""Training-step cost of AKD over its base loss, on a detection and a segmentation student.
+
+One process times every arm of a task side by side: the same student, teacher, batch and base
+loss, with distillation as the plain base loss (``base``) or as AKD with K = 1, 4, 8 avatars
+(dropout 0.1, uncertainty ``variance``). Steps are interleaved round-robin over the arms so that
+machine noise hits all of them alike; each arm reports its median step time and the ratio to
+``base``. Peak memory: CUDA's allocator peak on GPU; on CPU the peak RSS of a fresh process per arm
+(``--memory``, slower), since the CPU allocator keeps no peak of its own.
+
+    python benchmarks/overhead.py                       # timings, both tasks
+    python benchmarks/overhead.py --memory --docs       # + peak RSS per arm, merge into docs/results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from avatarkd.configio import apply_overrides, validate  # noqa: E402
+from avatarkd.demo import packaged_config  # noqa: E402
+from avatarkd.engine.config import TrainConfig  # noqa: E402
+from avatarkd.engine.trainer import Trainer  # noqa: E402
+from avatarkd.tasks import make_task  # noqa: E402
+
+CONFIGS = {"segmentation": "seg_akd.yaml", "detection": "det_akd.yaml"}
+ARMS = {"base": ["distill.akd.enabled=false"]} | {
+    str(k): [f"distill.akd.num_avatars={k}", "distill.akd.p=0.1", "distill.akd.uncertainty=variance"] for k in (1, 4, 8)
+}
+
+
+def build(task: str, arm: str, workdir: Path, device: str) -> tuple[Trainer, Any]:
+    """A Trainer for one arm, with a random teacher (cost does not depend on the teacher's weights)."""
+    raw = packaged_config(CONFIGS[task])
+    teacher_weights = workdir / f"{task}_teacher.pt"
+    if not teacher_weights.exists():
+        cfg = validate(TrainConfig, apply_overrides(json.loads(json.dumps(raw)), ["distill=null", "teacher=null"]))
+        t = make_task(cfg)
+        t.datasets(cfg.data)
+        tcfg = cfg.model.model_copy(update=raw["teacher"] | {"weights": None})
+        torch.save(t.build_model(tcfg).state_dict(), teacher_weights)
+    over = ARMS[arm] + [f"teacher.weights={teacher_weights}", f"output_dir={workdir / task / arm}",
+                        f"train.device={device}", "data.limit_train=64", "data.limit_val=8"]
+    trainer = Trainer(validate(TrainConfig, apply_overrides(raw, over)), check_output=False)
+    samples = [trainer.train_set[i] for i in range(trainer.batch_size)]
+    return trainer, trainer.task.to_device(trainer.task.collate(samples), trainer.ctx.device)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_task(task: str, repeats: int, warmup: int, device: str, workdir: Path) -> dict[str, Any]:
+    arms = {arm: build(task, arm, workdir, device) for arm in ARMS}
+    for trainer, batch in arms.values():
+        for _ in range(warmup):
+            trainer.train_step(batch)
+    times: dict[str, list[float]] = {arm: [] for arm in arms}
+    peaks: dict[str, float] = {}
+    for _ in range(repeats):
+        for arm, (trainer, batch) in arms.items():
+            if device.startswith("cuda"):
+                torch.cuda.reset_peak_memory_stats()
+            _sync(device)
+            t0 = time.perf_counter()
+            trainer.train_step(batch)
+            _sync(device)
+            times[arm].append(time.perf_counter() - t0)
+            if device.startswith("cuda"):
+                peaks[arm] = max(peaks.get(arm, 0.0), torch.cuda.max_memory_allocated() / 2**20)
+    med = {arm: statistics.median(v) for arm, v in times.items()}
+    batch_size = arms["base"][0].batch_size
+    return {"batch_size": batch_size, "median_s": med, "all_s": times,
+            "ratio_to_base": {arm: med[arm] / med["base"] for arm in arms},
+            "peak_mib": peaks or None}
+
+
+def peak_rss_of_arm(task: str, arm: str, steps: int, device: str) -> float:
+    """Run one arm in a fresh process and return its peak RSS (MiB)."""
+    code = (f"import sys; sys.argv=['x']; sys.path.insert(0, {str(ROOT)!r}); import resource, tempfile; "
+            f"from pathlib import Path; from benchmarks.overhead import build; "
+            f"tr, b = build({task!r}, {arm!r}, Path(tempfile.mkdtemp()), {device!r}); "
+            f"[tr.train_step(b) for _ in range({steps})]; "
+            f"print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    return int(out.stdout.strip().splitlines()[-1]) / 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tasks", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--memory", action="store_true", help="CPU: peak RSS of one fresh process per arm")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "overhead.json")
+    ap.add_argument("--docs", action="store_true", help="merge the ratios into docs/results.json")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    report: dict[str, Any] = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                              "torch": torch.__version__, "threads": torch.get_num_threads(), "device": args.device,
+                              "machine": platform.processor() or platform.machine(), "repeats": args.repeats,
+                              "command": " ".join(sys.argv), "tasks": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for task in args.tasks:
+            res = time_task(task, args.repeats, args.warmup, args.device, Path(tmp))
+            if args.memory and not args.device.startswith("cuda"):
+                res["peak_rss_mib"] = {arm: peak_rss_of_arm(task, arm, 3, args.device) for arm in ARMS}
+            report["tasks"][task] = res
+    print(f"\nstudent training step, {args.device}, {report['threads']} threads, median of {args.repeats} "
+          f"(interleaved), config batch size")
+    print(f"{'task':<13} {'arm':<6} {'median ms':>10} {'x base':>7} {'peak MiB':>9}")
+    for task, res in report["tasks"].items():
+        mem = res.get("peak_mib") or res.get("peak_rss_mib") or {}
+        for arm in ARMS:
+            label = arm if arm == "base" else f"AKD K={arm}"
+            print(f"{task:<13} {label:<9} {1000 * res['median_s'][arm]:>7.1f} {res['ratio_to_base'][arm]:>7.3f} "
+                  f"{mem.get(arm, float('nan')):>9.0f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    if args.docs:
+        path = ROOT / "docs" / "results.json"
+        path.parent.mkdir(exist_ok=True)
+        results = json.loads(path.read_text()) if path.is_file() else {}
+        results.setdefault("overhead", {})
+        for task, res in report["tasks"].items():
+            results["overhead"][task] = {k: round(v, 4) for k, v in res["ratio_to_base"].items() if k != "base"}
+        results.setdefault("extra", {})["overhead_run"] = {k: report[k] for k in ("date", "torch", "threads", "device",
+                                                                                  "repeats", "command")}
+        results.setdefault("runs", [])
+        path.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""NaN loss handling and mixed precision on CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from avatarkd.engine.checkpoint import list_checkpoints
+from avatarkd.engine.config import TrainConfig
+from avatarkd.engine.trainer import NonFiniteLossError, Trainer
+from test_cli import MODELS, POINTS, base_config
+from tiny_data import write_tiny_dataset
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    return write_tiny_dataset(tmp_path_factory.mktemp("tiny"), n_train=8, n_val=4)
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_state(data_root, tmp_path):
+    cfg = base_config("classification", data_root, tmp_path / "run", MODELS["classification"][1], steps=5)
+    cfg["train"].update(checkpoint_every=100, plots=False)
+    trainer = Trainer(TrainConfig.model_validate(cfg))
+    real = trainer.task.losses
+
+    def poisoned(model, batch):
+        losses = real(model, batch)
+        if trainer.step == 2:  # the third step goes bad
+            losses["loss_ce"] = losses["loss_ce"] * float("nan")
+        return losses
+
+    trainer.task.losses = poisoned
+    with pytest.raises(NonFiniteLossError, match=r"loss is NaN/Inf at step 3; last good state saved to .*step_0000002\.pt"):
+        trainer.fit()
+    (step, path), = list_checkpoints(tmp_path / "run")
+    assert step == 2
+    saved = torch.load(path, weights_only=False)["model"]
+    assert all(torch.isfinite(v).all() for v in saved.values() if v.is_floating_point())
+    assert all(torch.equal(saved[k], v) for k, v in trainer.model.state_dict().items())
+
+
+def test_bf16_autocast_on_cpu_keeps_distillation_losses_in_float32(data_root, tmp_path):
+    teacher, student = MODELS["segmentation"]
+    folder = tmp_path / "t"
+    tcfg = TrainConfig.model_validate(base_config("segmentation", data_root, folder, teacher))
+    t = Trainer(tcfg)
+    weights = tmp_path / "teacher.pt"
+    torch.save(t.model.state_dict(), weights)
+    cfg = base_config("segmentation", data_root, tmp_path / "run", student, steps=1)
+    cfg["train"]["amp"] = "bf16"
+    cfg["teacher"] = {**teacher, "weights": str(weights)}
+    cfg["distill"] = {"akd": {"num_avatars": 2}, "points": POINTS["segmentation"]}
+    trainer = Trainer(TrainConfig.model_validate(cfg))
+    batch = trainer.task.to_device(trainer.task.collate([trainer.train_set[i] for i in range(4)]), trainer.ctx.device)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, losses = trainer.distiller(batch[0])
+    assert all(v.dtype == torch.float32 for v in losses.values())
+    values = trainer.train_step(batch)
+    assert torch.isfinite(values["loss"])
+    with pytest.raises(Exception, match="fp16 needs a CUDA device"):
+        Trainer(TrainConfig.model_validate({**cfg, "train": {**cfg["train"], "amp": "fp16"}}))
