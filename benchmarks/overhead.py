@@ -4,11 +4,12 @@ One process times every arm of a task side by side: the same student, teacher, b
 loss, with distillation as the plain base loss (``base``) or as AKD with K = 1, 4, 8 avatars
 (dropout 0.1, uncertainty ``variance``). Steps are interleaved round-robin over the arms so that
 machine noise hits all of them alike; each arm reports its median step time and the ratio to
-``base``. Peak memory: CUDA's allocator peak on GPU; on CPU the peak RSS of a fresh process per arm
-(``--memory``, slower), since the CPU allocator keeps no peak of its own.
+``base``. Peak memory of a step: CUDA's allocator peak on GPU; on CPU, which keeps no allocator
+peak, the resident-set growth during the step (sampled every millisecond by a thread, after
+``malloc_trim`` returns freed memory to the OS, so each step starts from the same floor).
 
-    python benchmarks/overhead.py                       # timings, both tasks
-    python benchmarks/overhead.py --memory --docs       # + peak RSS per arm, merge into docs/results.json
+    python benchmarks/overhead.py                 # both tasks, print the table
+    python benchmarks/overhead.py --docs          # and merge the ratios into docs/results.json
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import json
 import logging
 import platform
 import statistics
-import subprocess
+import ctypes
+import os
+import threading
 import sys
 import tempfile
 import time
@@ -60,6 +63,41 @@ def build(task: str, arm: str, workdir: Path, device: str) -> tuple[Trainer, Any
     return trainer, trainer.task.to_device(trainer.task.collate(samples), trainer.ctx.device)
 
 
+class RssPeak:
+    """Highest resident set size (MiB) seen while the context is open, minus the size at entry."""
+
+    _page = os.sysconf("SC_PAGE_SIZE")
+
+    def __init__(self) -> None:
+        try:
+            self._trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except OSError:  # not glibc: measure without trimming
+            self._trim = None
+
+    def _rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self._page
+
+    def __enter__(self) -> RssPeak:
+        if self._trim is not None:
+            self._trim(0)
+        self.base = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.001):
+            self.peak = max(self.peak, self._rss())
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+        self.mib = (self.peak - self.base) / 2**20
+
+
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -74,31 +112,26 @@ def time_task(task: str, repeats: int, warmup: int, device: str, workdir: Path) 
     peaks: dict[str, float] = {}
     for _ in range(repeats):
         for arm, (trainer, batch) in arms.items():
-            if device.startswith("cuda"):
-                torch.cuda.reset_peak_memory_stats()
             _sync(device)
             t0 = time.perf_counter()
             trainer.train_step(batch)
             _sync(device)
             times[arm].append(time.perf_counter() - t0)
+    for _ in range(3):  # memory in separate passes: the sampling thread would slow the timed steps
+        for arm, (trainer, batch) in arms.items():
             if device.startswith("cuda"):
-                peaks[arm] = max(peaks.get(arm, 0.0), torch.cuda.max_memory_allocated() / 2**20)
+                torch.cuda.reset_peak_memory_stats()
+            with RssPeak() as rss:
+                trainer.train_step(batch)
+                _sync(device)
+            peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else rss.mib
+            peaks[arm] = max(peaks.get(arm, 0.0), peak)
     med = {arm: statistics.median(v) for arm, v in times.items()}
     batch_size = arms["base"][0].batch_size
     return {"batch_size": batch_size, "median_s": med, "all_s": times,
             "ratio_to_base": {arm: med[arm] / med["base"] for arm in arms},
-            "peak_mib": peaks or None}
-
-
-def peak_rss_of_arm(task: str, arm: str, steps: int, device: str) -> float:
-    """Run one arm in a fresh process and return its peak RSS (MiB)."""
-    code = (f"import sys; sys.argv=['x']; sys.path.insert(0, {str(ROOT)!r}); import resource, tempfile; "
-            f"from pathlib import Path; from benchmarks.overhead import build; "
-            f"tr, b = build({task!r}, {arm!r}, Path(tempfile.mkdtemp()), {device!r}); "
-            f"[tr.train_step(b) for _ in range({steps})]; "
-            f"print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
-    return int(out.stdout.strip().splitlines()[-1]) / 1024
+            "peak_mib": peaks,
+            "peak_method": "cuda max_memory_allocated" if device.startswith("cuda") else "RSS growth during the step"}
 
 
 def main() -> None:
@@ -107,7 +140,6 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--memory", action="store_true", help="CPU: peak RSS of one fresh process per arm")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "overhead.json")
     ap.add_argument("--docs", action="store_true", help="merge the ratios into docs/results.json")
     args = ap.parse_args()
@@ -118,19 +150,16 @@ def main() -> None:
                               "command": " ".join(sys.argv), "tasks": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for task in args.tasks:
-            res = time_task(task, args.repeats, args.warmup, args.device, Path(tmp))
-            if args.memory and not args.device.startswith("cuda"):
-                res["peak_rss_mib"] = {arm: peak_rss_of_arm(task, arm, 3, args.device) for arm in ARMS}
-            report["tasks"][task] = res
+            report["tasks"][task] = time_task(task, args.repeats, args.warmup, args.device, Path(tmp))
     print(f"\nstudent training step, {args.device}, {report['threads']} threads, median of {args.repeats} "
           f"(interleaved), config batch size")
-    print(f"{'task':<13} {'arm':<6} {'median ms':>10} {'x base':>7} {'peak MiB':>9}")
+    print(f"{'task':<13} {'arm':<9} {'median ms':>9} {'x base':>7} {'peak MiB':>9}")
     for task, res in report["tasks"].items():
-        mem = res.get("peak_mib") or res.get("peak_rss_mib") or {}
+        mem = res["peak_mib"]
         for arm in ARMS:
             label = arm if arm == "base" else f"AKD K={arm}"
-            print(f"{task:<13} {label:<9} {1000 * res['median_s'][arm]:>7.1f} {res['ratio_to_base'][arm]:>7.3f} "
-                  f"{mem.get(arm, float('nan')):>9.0f}")
+            print(f"{task:<13} {label:<9} {1000 * res['median_s'][arm]:>9.1f} {res['ratio_to_base'][arm]:>7.3f} "
+                  f"{mem[arm]:>9.0f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     if args.docs:
