@@ -19,9 +19,6 @@ import json
 import logging
 import platform
 import statistics
-import ctypes
-import os
-import threading
 import sys
 import tempfile
 import time
@@ -39,6 +36,7 @@ from avatarkd.demo import packaged_config  # noqa: E402
 from avatarkd.engine.config import TrainConfig  # noqa: E402
 from avatarkd.engine.trainer import Trainer  # noqa: E402
 from avatarkd.tasks import make_task  # noqa: E402
+from benchmarks._timing import RssPeak  # noqa: E402
 
 CONFIGS = {"segmentation": "seg_akd.yaml", "detection": "det_akd.yaml"}
 ARMS = {"base": ["distill.akd.enabled=false"]} | {
@@ -61,41 +59,6 @@ def build(task: str, arm: str, workdir: Path, device: str) -> tuple[Trainer, Any
     trainer = Trainer(validate(TrainConfig, apply_overrides(raw, over)), check_output=False)
     samples = [trainer.train_set[i] for i in range(trainer.batch_size)]
     return trainer, trainer.task.to_device(trainer.task.collate(samples), trainer.ctx.device)
-
-
-class RssPeak:
-    """Highest resident set size (MiB) seen while the context is open, minus the size at entry."""
-
-    _page = os.sysconf("SC_PAGE_SIZE")
-
-    def __init__(self) -> None:
-        try:
-            self._trim = ctypes.CDLL("libc.so.6").malloc_trim
-        except OSError:  # not glibc: measure without trimming
-            self._trim = None
-
-    def _rss(self) -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * self._page
-
-    def __enter__(self) -> RssPeak:
-        if self._trim is not None:
-            self._trim(0)
-        self.base = self.peak = self._rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-        return self
-
-    def _watch(self) -> None:
-        while not self._stop.wait(0.001):
-            self.peak = max(self.peak, self._rss())
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._rss())
-        self.mib = (self.peak - self.base) / 2**20
 
 
 def _sync(device: str) -> None:
