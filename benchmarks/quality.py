@@ -98,7 +98,7 @@ def distill_overrides(spec: dict[str, Any], base: str) -> list[str]:
 
 
 def study(tasks: list[str], seeds: list[int], steps: int | None, out: Path, ablations: bool,
-          teachers: dict[str, Path] | None = None) -> list[dict[str, Any]]:
+          teachers: dict[str, Path] | None = None, bases: list[str] | None = None) -> list[dict[str, Any]]:
     runs: list[dict[str, Any]] = []
     sched = [f"train.steps={steps}"] if steps else []
     for task in tasks:
@@ -117,7 +117,7 @@ def study(tasks: list[str], seeds: list[int], steps: int | None, out: Path, abla
             r = _run(sname, sextra + sched + [f"seed={seed}"], out / task / f"student_s{seed}")
             runs.append({"task": task, "base": "-", "arm": "student", "seed": seed, "metric": metric,
                          "value": r["metrics"][metric], "wall_seconds": r["wall_seconds"]})
-            for base in spec["bases"]:
+            for base in [b for b in spec["bases"] if not bases or b in bases]:
                 for arm, arm_over in ARMS.items():
                     over = sched + weights + [f"seed={seed}"] + distill_overrides(spec, base) + arm_over
                     r = _run(spec["distill"], over, out / task / f"{base}_{arm}_s{seed}")
@@ -207,6 +207,7 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=None, help="student schedule (default: the config's)")
     ap.add_argument("--no-ablations", dest="ablations", action="store_false")
+    ap.add_argument("--bases", nargs="+", help="only these base losses (default: all of the task's)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "quality")
     ap.add_argument("--seg-teacher", type=Path, help="reuse a finished segmentation teacher run (e.g. runs/demo/teacher)")
     ap.add_argument("--det-teacher", type=Path, help="reuse a finished detection teacher run")
@@ -217,7 +218,7 @@ def main() -> None:
     start = time.perf_counter()
     teachers = {"segmentation": args.seg_teacher, "detection": args.det_teacher}
     runs = study(args.tasks, args.seeds, args.steps, args.out, args.ablations,
-                 {k: v for k, v in teachers.items() if v is not None})
+                 {k: v for k, v in teachers.items() if v is not None}, args.bases)
     wall = time.perf_counter() - start
     text = table(runs)
     print(text)
