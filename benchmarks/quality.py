@@ -7,9 +7,12 @@ K=4, dropout 0.1, uncertainty ``variance``), over several seeds. Ablations vary 
 at a time around our defaults on one base loss.
 
     python benchmarks/quality.py                      # everything (hours on 2 CPU cores)
-    python benchmarks/quality.py --tasks segmentation --seeds 0 1 2 --steps 200 --no-ablations
+    python benchmarks/quality.py --tasks segmentation --seeds 0 1 2 --steps segmentation=200 --no-ablations
 
 Finished runs are reused (their metrics.json), so an interrupted study continues where it stopped.
+Distilled runs share one on-disk cache of the frozen teacher's features per task
+(``<out>/cache/<task>_features``): the teacher runs once per distinct input image over the whole
+study instead of once per step of every run.
 Writes ``benchmarks/out/quality.json``, and with ``--docs`` merges the runs into
 ``docs/results.json`` and redraws ``docs/quality_*.png``.
 """
@@ -97,11 +100,18 @@ def distill_overrides(spec: dict[str, Any], base: str) -> list[str]:
             f"weight: {spec['weights'][base]}}}]"]
 
 
-def study(tasks: list[str], seeds: list[int], steps: int | None, out: Path, ablations: bool,
+def _ablation_dir(task_out: Path, base: str, key: str, value: Any, seed: int) -> Path:
+    """The ``akd`` arm already is the ablation at our default value: reuse it, do not train it twice."""
+    if f"distill.akd.{key}={value}" in ARMS["akd"]:
+        return task_out / f"{base}_akd_s{seed}"
+    return task_out / f"ablation_{key}_{value}_s{seed}"
+
+
+def study(tasks: list[str], seeds: list[int], steps: dict[str, int], out: Path, ablations: list[str],
           teachers: dict[str, Path] | None = None, bases: list[str] | None = None) -> list[dict[str, Any]]:
     runs: list[dict[str, Any]] = []
-    sched = [f"train.steps={steps}"] if steps else []
     for task in tasks:
+        sched = [f"train.steps={steps[task]}"] if task in steps else []
         spec = TASKS[task]
         metric = spec["metric"]
         tname, textra = spec["teacher"]
@@ -111,7 +121,7 @@ def study(tasks: list[str], seeds: list[int], steps: int | None, out: Path, abla
         log.info("%s teacher %s=%.4f (%.0f s)", task, metric, teacher["metrics"][metric], time.perf_counter() - t0)
         runs.append({"task": task, "base": "-", "arm": "teacher", "seed": 0, "metric": metric,
                      "value": teacher["metrics"][metric], "wall_seconds": teacher["wall_seconds"]})
-        weights = [f"teacher.weights={teacher_dir / 'student.pt'}"]
+        weights = [f"teacher.weights={teacher_dir / 'student.pt'}", f"distill.teacher_cache={out / 'cache' / f'{task}_features'}"]
         for seed in seeds:
             sname, sextra = spec["student"]
             r = _run(sname, sextra + sched + [f"seed={seed}"], out / task / f"student_s{seed}")
@@ -124,14 +134,14 @@ def study(tasks: list[str], seeds: list[int], steps: int | None, out: Path, abla
                     runs.append({"task": task, "base": base, "arm": arm, "seed": seed, "metric": metric,
                                  "value": r["metrics"][metric], "wall_seconds": r["wall_seconds"]})
                     log.info("%s %s %s seed %d: %s=%.4f", task, base, arm, seed, metric, r["metrics"][metric])
-        if ablations:
+        if task in ablations:
             base = "cwd"
             for key, values in ABLATIONS.items():
                 for value in values:
                     for seed in seeds:
                         over = (sched + weights + [f"seed={seed}"] + distill_overrides(spec, base) + ARMS["akd"]
                                 + [f"distill.akd.{key}={value}"])
-                        r = _run(spec["distill"], over, out / task / f"ablation_{key}_{value}_s{seed}")
+                        r = _run(spec["distill"], over, _ablation_dir(out / task, base, key, value, seed))
                         runs.append({"task": task, "base": base, "arm": f"ablation:{key}={value}", "seed": seed,
                                      "metric": metric, "value": r["metrics"][metric], "wall_seconds": r["wall_seconds"]})
     return runs
@@ -142,6 +152,16 @@ def _mean_std(values: list[float]) -> str:
         return "-"
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{100 * statistics.mean(values):.2f} ± {100 * sd:.2f}"
+
+
+def _parse_steps(items: list[str]) -> dict[str, int]:
+    out = {}
+    for item in items:
+        task, _, n = item.partition("=")
+        if task not in TASKS or not n.isdigit():
+            raise SystemExit(f"--steps: expected TASK=N with TASK in {list(TASKS)}, got {item!r}")
+        out[task] = int(n)
+    return out
 
 
 def table(runs: list[dict[str, Any]]) -> str:
@@ -166,9 +186,14 @@ def table(runs: list[dict[str, Any]]) -> str:
                          f"| {_mean_std(list(by['akd'].values()))} | {_mean_std(d_ref)} | {_mean_std(d_akd)} | {wins}/{len(seeds)} |")
         abl = [r for r in rs if r["arm"].startswith("ablation:")]
         if abl:
-            lines += ["", "| ablation (cwd + AKD, one setting changed) | value |", "|---|---|"]
+            cwd_alone = {r["seed"]: r["value"] for r in rs if r["base"] == "cwd" and r["arm"] == "base"}
+            lines += ["", "| ablation (cwd + AKD, one setting changed from K=4, dropout, p=0.1, variance) | value "
+                      "| - cwd alone (paired) | seeds |", "|---|---|---|---|"]
             for arm in dict.fromkeys(r["arm"] for r in abl):
-                lines.append(f"| {arm.split(':', 1)[1]} | {_mean_std([r['value'] for r in abl if r['arm'] == arm])} |")
+                by_seed = {r["seed"]: r["value"] for r in abl if r["arm"] == arm}
+                diff = [v - cwd_alone[s] for s, v in by_seed.items() if s in cwd_alone]
+                lines.append(f"| {arm.split(':', 1)[1]} | {_mean_std(list(by_seed.values()))} | {_mean_std(diff)} "
+                             f"| {len(by_seed)} |")
     return "\n".join(lines)
 
 
@@ -201,12 +226,48 @@ def plot(runs: list[dict[str, Any]], out_png: Path) -> None:
     fig.savefig(out_png, dpi=110)
 
 
+def plot_ablations(runs: list[dict[str, Any]], out_png: Path) -> bool:
+    """One panel per ablated setting: every seed's value, the mean, and CWD alone for reference."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    abl = [r for r in runs if r["arm"].startswith("ablation:")]
+    if not abl:
+        return False
+    task = abl[0]["task"]
+    keys = list(dict.fromkeys(r["arm"].split(":", 1)[1].split("=")[0] for r in abl))
+    cwd_alone = [100 * r["value"] for r in runs if r["task"] == task and r["base"] == "cwd" and r["arm"] == "base"]
+    fig = Figure(figsize=(3.2 * len(keys), 3.4))
+    FigureCanvasAgg(fig)
+    for i, key in enumerate(keys):
+        ax = fig.add_subplot(1, len(keys), i + 1)
+        arms = [a for a in dict.fromkeys(r["arm"] for r in abl) if a.split(":", 1)[1].split("=")[0] == key]
+        for j, arm in enumerate(arms):
+            vals = [100 * r["value"] for r in abl if r["arm"] == arm]
+            ax.scatter([j] * len(vals), vals, color="C2", s=16)
+            ax.hlines(statistics.mean(vals), j - 0.3, j + 0.3, color="C2")
+        if cwd_alone:
+            ax.axhline(statistics.mean(cwd_alone), color="C0", ls="--", lw=1, label="cwd alone (mean)")
+            ax.legend(fontsize=7)
+        ax.set_xticks(range(len(arms)), [a.split("=", 1)[1] for a in arms], fontsize=7, rotation=30)
+        ax.set_title(key, fontsize=9)
+        ax.grid(alpha=0.3, axis="y")
+        if i == 0:
+            ax.set_ylabel(f"{abl[0]['metric']} x 100 ({task})")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    return True
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--steps", type=int, default=None, help="student schedule (default: the config's)")
-    ap.add_argument("--no-ablations", dest="ablations", action="store_false")
+    ap.add_argument("--steps", nargs="+", default=[], metavar="TASK=N",
+                    help="student schedule per task, e.g. detection=200 (default: the config's)")
+    ap.add_argument("--ablations", nargs="*", default=["segmentation"], choices=list(TASKS),
+                    help="tasks to run the ablations on (default: segmentation)")
+    ap.add_argument("--no-ablations", dest="ablations", action="store_const", const=[])
     ap.add_argument("--bases", nargs="+", help="only these base losses (default: all of the task's)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "quality")
     ap.add_argument("--seg-teacher", type=Path, help="reuse a finished segmentation teacher run (e.g. runs/demo/teacher)")
@@ -217,14 +278,17 @@ def main() -> None:
     logging.getLogger("avatarkd").setLevel(logging.WARNING)
     start = time.perf_counter()
     teachers = {"segmentation": args.seg_teacher, "detection": args.det_teacher}
-    runs = study(args.tasks, args.seeds, args.steps, args.out, args.ablations,
+    runs = study(args.tasks, args.seeds, _parse_steps(args.steps), args.out, args.ablations,
                  {k: v for k, v in teachers.items() if v is not None}, args.bases)
     wall = time.perf_counter() - start
     text = table(runs)
     print(text)
-    print(f"\nwall clock of this invocation: {wall / 60:.1f} min (reused runs cost nothing)")
+    compute = sum(r["wall_seconds"] for r in runs)
+    print(f"\nwall clock of this invocation: {wall / 60:.1f} min; training time of all {len(runs)} runs "
+          f"(reused ones included): {compute / 60:.1f} min")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "quality.json").write_text(json.dumps({"runs": runs, "table": text, "wall_seconds": wall,
+                                                       "training_seconds_all_runs": compute,
                                                        "command": " ".join(sys.argv)}, indent=2))
     if args.docs:
         docs = ROOT / "docs"
@@ -240,7 +304,10 @@ def main() -> None:
         results["extra"]["ablations"] = [r for r in runs if r["arm"].startswith("ablation")] or results["extra"].get("ablations", [])
         results_path.write_text(json.dumps(results, indent=2))
         plot(runs, docs / "quality.png")
-        (docs / "quality_table.md").write_text(text + f"\n\nCommand: `{' '.join(sys.argv)}`; wall clock {wall / 60:.1f} min.\n")
+        plot_ablations(runs, docs / "ablations.png")
+        (docs / "quality_table.md").write_text(
+            text + f"\n\nCommand: `{' '.join(sys.argv)}`; training time of all runs {compute / 60:.1f} min "
+            f"(this invocation {wall / 60:.1f} min).\n")
 
 
 if __name__ == "__main__":

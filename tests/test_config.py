@@ -75,3 +75,15 @@ def test_overrides():
         apply_overrides(data, ["akd.num_avatars"])
     with pytest.raises(ConfigError, match="no list item '9'"):
         apply_overrides(data, ["points.9.weight=1"])
+
+
+def test_short_exponent_floats_are_floats_not_strings(tmp_path):
+    # PyYAML alone reads "2e-5" as the string "2e-5"; it would reach MGD as its loss scale.
+    from avatarkd.configio import apply_overrides, load_yaml
+
+    path = tmp_path / "c.yaml"
+    path.write_text("alpha: 2e-5\nlr: 1.0e-3\nsteps: 10\nname: '2e-5'\nbig: 1E+3\n")
+    assert load_yaml(path) == {"alpha": 2e-5, "lr": 1e-3, "steps": 10, "name": "2e-5", "big": 1000.0}
+    data = apply_overrides({}, ["distill.points=[{name: f, student: a, loss: mgd, loss_kwargs: {alpha: 2e-05}}]"])
+    assert data["distill"]["points"][0]["loss_kwargs"]["alpha"] == 2e-5
+    assert isinstance(data["distill"]["points"][0]["loss_kwargs"]["alpha"], float)

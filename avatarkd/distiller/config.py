@@ -8,6 +8,7 @@ an hour of training.
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -76,6 +77,9 @@ class PointConfig(Strict):
 class DistillerConfig(Strict):
     points: list[PointConfig] = Field(min_length=1)
     akd: AKDConfig = Field(default_factory=AKDConfig)
+    teacher_cache: Path | None = Field(
+        None, description="directory for the frozen teacher's features, reused whenever the teacher sees an input "
+        "again (every epoch after the first); keyed by teacher weights, points and input content")
 
     @field_validator("points")
     @classmethod

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from ..errors import DistillationError
 from .connectors import Connector
 from .recorder import Recorder
+from .teacher_cache import TeacherCache
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,8 @@ class Distiller(nn.Module):
         teacher_forward: ``f(teacher, *teacher_args)``; the default calls the teacher. Give a
             cheaper one (e.g. only the backbone) when the points do not need the full forward.
         check_finite: raise, naming the point, when a recorded feature holds NaN/Inf.
+        teacher_cache: read the teacher's features from disk when it has seen the same input
+            before (see ``TeacherCache``); the teacher then does not run for that batch.
     """
 
     def __init__(
@@ -118,6 +121,7 @@ class Distiller(nn.Module):
         points: Sequence[DistillPoint],
         teacher_forward: TeacherForward | None = None,
         check_finite: bool = True,
+        teacher_cache: TeacherCache | None = None,
     ) -> None:
         super().__init__()
         if not points:
@@ -131,6 +135,7 @@ class Distiller(nn.Module):
         self.points = list(points)
         self.teacher_forward = teacher_forward or _default_teacher_forward
         self.check_finite = check_finite
+        self.teacher_cache = teacher_cache
         self._student_rec = Recorder(student, [p.student for p in points], "student")
         self._teacher_rec = Recorder(teacher, [p.teacher for p in points], "teacher")
         self.connectors = nn.ModuleDict()
@@ -235,41 +240,72 @@ class Distiller(nn.Module):
         plus ``distill_total``, and are already multiplied by their weights.
         """
         self._require_built()
-        t_rec = self._run_teacher(args if teacher_args is None else teacher_args)
+        t_feats = self._teacher_feats(args if teacher_args is None else teacher_args)
         with self._student_rec.recording() as s_rec:
             out = self.student(*args, **kwargs)
-        return out, self.compute_losses(s_rec, t_rec)
+        return out, self._losses(s_rec, t_feats)
+
+    def _labels(self) -> list[tuple[str, DistillPoint, str]]:
+        return [(f"{p.name}.{level}" if level else p.name, p, level) for p in self.points for level in self._levels[p.name]]
+
+    def _teacher_levels(self, t_rec: Mapping[str, Any]) -> dict[str, Tensor]:
+        """Label -> teacher tensor, from the recorded teacher outputs."""
+        feats: dict[str, Tensor] = {}
+        for point in self.points:
+            if point.teacher not in t_rec:
+                raise DistillationError(f"point {point.name!r}: teacher module {point.teacher!r} did not run during the forward pass")
+            levels = _levels(t_rec[point.teacher], point, "teacher")
+            if list(levels) != self._levels[point.name]:
+                raise DistillationError(
+                    f"point {point.name!r}: teacher levels {list(levels)} differ from those at build {self._levels[point.name]}"
+                )
+            for level, feat in levels.items():
+                feats[f"{point.name}.{level}" if level else point.name] = feat
+        return feats
+
+    def _teacher_feats(self, teacher_args: Sequence[Any]) -> dict[str, Tensor]:
+        """Teacher features for a batch: from the cache when every sample is in it, else by running it."""
+        cache = self.teacher_cache
+        keys = cache.sample_keys(teacher_args) if cache is not None else None
+        if keys is not None:
+            device = next((p.device for p in self.student.parameters()), torch.device("cpu"))
+            found = cache.load(keys, [label for label, _, _ in self._labels()], device)  # type: ignore[union-attr]
+            if found is not None:
+                return found
+        feats = self._teacher_levels(self._run_teacher(teacher_args))
+        if keys is not None:
+            cache.store(keys, feats)  # type: ignore[union-attr]
+        return feats
 
     def point_losses(self) -> dict[str, LossLike]:
         """Label (``point[.level]``) -> the loss (module or function) built for it."""
         self._require_built()
-        out: dict[str, LossLike] = {}
-        for point in self.points:
-            for level in self._levels[point.name]:
-                label = f"{point.name}.{level}" if level else point.name
-                slot = _slot(label)
-                out[label] = self.loss_modules[slot] if slot in self.loss_modules else self._loss_fns[slot]
-        return out
+        return {label: self.loss_modules[_slot(label)] if _slot(label) in self.loss_modules else self._loss_fns[_slot(label)]
+                for label, _, _ in self._labels()}
 
     @torch.no_grad()
     def teacher_features(self, *teacher_args: Any) -> dict[str, Tensor]:
         """Label -> the teacher tensor each point compares against, for one batch (for pictures)."""
         self._require_built()
-        t_rec = self._run_teacher(teacher_args)
-        feats = {}
-        for point in self.points:
-            levels = _levels(t_rec[point.teacher], point, "teacher")
-            for level, feat in levels.items():
-                feats[f"{point.name}.{level}" if level else point.name] = feat
-        return feats
+        return self._teacher_levels(self._run_teacher(teacher_args))
 
     def compute_losses(self, s_rec: Mapping[str, Any], t_rec: Mapping[str, Any], **loss_kwargs: Any) -> dict[str, Tensor]:
+        """Losses from recorded student and teacher outputs (module path -> output)."""
+        return self._losses(s_rec, self._teacher_levels(t_rec), **loss_kwargs)
+
+    def _losses(self, s_rec: Mapping[str, Any], t_feats: Mapping[str, Tensor], **loss_kwargs: Any) -> dict[str, Tensor]:
         pairs: list[tuple[str, DistillPoint, Tensor, Tensor]] = []
         for point in self.points:
-            s_levels, t_levels = self._point_levels(point, dict(s_rec), dict(t_rec))
+            if point.student not in s_rec:
+                raise DistillationError(f"point {point.name!r}: student module {point.student!r} did not run during the forward pass")
+            s_levels = _levels(s_rec[point.student], point, "student")
+            if list(s_levels) != self._levels[point.name]:
+                raise DistillationError(
+                    f"point {point.name!r}: student levels {list(s_levels)} do not match teacher levels {self._levels[point.name]}"
+                )
             for level in self._levels[point.name]:
                 label = f"{point.name}.{level}" if level else point.name
-                pairs.append((label, point, s_levels[level], t_levels[level]))
+                pairs.append((label, point, s_levels[level], t_feats[label]))
         if self.check_finite:
             self._check_finite(pairs)
         losses: dict[str, Tensor] = {}

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from ..distiller import Distiller, build_points
+from ..distiller.teacher_cache import TeacherCache
 from ..errors import AvatarKDError, DataError
 from ..tasks import make_task
 from .checkpoint import (atomic_save, list_checkpoints, load_checked, load_file, load_model_weights, rng_state,
@@ -128,7 +129,13 @@ class Trainer:
             # independent avatars per rank, reproducible from the seed
             self.generator = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + self.ctx.rank)
             points = build_points(cfg.distill, self.generator)
-            self.distiller = Distiller(self.model, teacher, points, teacher_forward=self.task.teacher_forward())
+            forward = self.task.teacher_forward()
+            cache = None
+            if cfg.distill.teacher_cache is not None:
+                context = [(p.teacher, p.key) for p in points] + [getattr(forward, "__qualname__", "full forward")]
+                cache = TeacherCache(cfg.distill.teacher_cache, teacher, context)
+                log.info("teacher cache: %s", cache.dir)
+            self.distiller = Distiller(self.model, teacher, points, teacher_forward=forward, teacher_cache=cache)
             example = self.task.collate([self.val_set[i] for i in range(min(2, len(self.val_set)))])
             images = self.task.to_device(example, device)
             self.distiller.build(self.task.images_of(images))
@@ -275,6 +282,9 @@ class Trainer:
         wall = time.perf_counter() - start
         result = {"task": cfg.task, "step": self.step, "metrics": metrics, "primary_metric": self.task.primary_metric,
                   "wall_seconds": round(wall, 1), "world_size": ctx.world_size, "device": str(ctx.device)}
+        cache = self.distiller.teacher_cache if self.distiller is not None else None
+        if cache is not None:
+            result["teacher_cache"] = {"hits": cache.hits, "misses": cache.misses, "hit_rate": round(cache.hit_rate, 4)}
         if ctx.is_main:
             self._finish(result)
         return result

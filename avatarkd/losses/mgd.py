@@ -30,6 +30,8 @@ class MGD(nn.Module):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+            raise TypeError(f"MGD alpha must be a number, got {alpha!r} ({type(alpha).__name__})")
         if not 0.0 <= lambda_mgd < 1.0:
             raise ValueError(f"MGD lambda_mgd must be in [0, 1), got {lambda_mgd}")
         self.alpha = alpha

@@ -18,7 +18,6 @@ from torch.utils.data import Dataset
 
 from ..data import demo_data_root
 from ..engine.config import DataConfig, ModelConfig, TrainConfig
-from ..errors import ConfigError
 
 Batch = Any
 
@@ -26,7 +25,6 @@ Batch = Any
 class Task(ABC):
     name: str
     primary_metric: str
-    default_distill_points: str = ""
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
@@ -84,7 +82,3 @@ class Task(ABC):
     def plot_predictions(self, batch: Batch, predictions: Any, out_png: Path) -> Path | None:
         """A picture of predictions vs ground truth; None where a picture says little."""
         return None
-
-    def check_num_classes(self, found: int, what: str) -> None:
-        if found < 1:
-            raise ConfigError(f"{what}: no classes found")

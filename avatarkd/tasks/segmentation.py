@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,11 @@ def _class_names_from_coco(path: Path) -> list[str] | None:
         return None
     cats = sorted(json.loads(path.read_text()).get("categories", []), key=lambda c: c["id"])
     return ["background"] + [c["name"] for c in cats]
+
+
+def backbone_only(teacher: nn.Module, images: Tensor) -> Any:
+    """The teacher's backbone alone: all that backbone points need (no head, no upsampling)."""
+    return teacher.backbone(images)
 
 
 class SegmentationTask(Task):
@@ -51,6 +56,12 @@ class SegmentationTask(Task):
 
     def build_model(self, mcfg: ModelConfig) -> nn.Module:
         return build_segmenter(mcfg.arch, mcfg.backbone, self.num_classes, mcfg.output_stride)  # type: ignore[arg-type]
+
+    def teacher_forward(self) -> Callable[..., Any] | None:
+        points = self.cfg.distill.points if self.cfg.distill else []
+        if all((p.teacher or p.student).startswith("backbone") for p in points):
+            return backbone_only
+        return None
 
     def _ce(self, logits: Tensor, masks: Tensor) -> Tensor:
         return F.cross_entropy(logits.float(), masks, ignore_index=self.cfg.data.ignore_index)

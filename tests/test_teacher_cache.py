@@ -1,0 +1,134 @@
+"""Teacher features cached on disk: same losses as running the teacher, and the teacher does not run on a hit."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from avatarkd import AvatarLoss, Distiller, DistillPoint
+from avatarkd import losses as L
+from avatarkd.distiller import TeacherCache
+from avatarkd.engine.config import load_config
+from avatarkd.engine.trainer import train
+from avatarkd.tasks.models import build_segmenter
+from test_cli import base_config, write_config
+from tiny_data import write_tiny_dataset
+
+
+def _conv_pair() -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3, padding=1))
+    teacher = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 6, 3, padding=1))
+    teacher[1].running_mean.normal_()  # eval-mode BN with non-trivial statistics
+    return student, teacher
+
+
+def _distiller(cache: TeacherCache | None) -> tuple[Distiller, list[int]]:
+    student, teacher = _conv_pair()
+    calls: list[int] = []
+    teacher.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    points = [DistillPoint("mid", "2", "3", loss=AvatarLoss(L.mse, num_avatars=1, p=0.0, uncertainty="none"))]
+    d = Distiller(student, teacher, points, teacher_cache=cache).build(torch.randn(2, 3, 8, 8))
+    calls.clear()
+    return d, calls
+
+
+def test_cache_hit_skips_the_teacher_and_gives_the_same_loss(tmp_path):
+    x = torch.randn(4, 3, 8, 8)
+    plain, plain_calls = _distiller(None)
+    cached, calls = _distiller(None)
+    cached.teacher_cache = TeacherCache(tmp_path, cached.teacher)
+    want = plain(x)[1]["distill_total"]
+    first = cached(x)[1]["distill_total"]
+    assert calls == [4] and cached.teacher_cache.misses == 4
+    # a batch in another order and composition is served sample by sample from disk
+    second = cached(torch.cat([x[2:], x[:2]]))[1]["distill_total"]
+    third = cached(x[1:3])[1]["distill_total"]
+    assert calls == [4], "the teacher ran although every sample was cached"
+    assert cached.teacher_cache.hits == 6
+    torch.testing.assert_close(first, want, rtol=1e-6, atol=0)
+    torch.testing.assert_close(second, want, rtol=1e-5, atol=0)
+    torch.testing.assert_close(third, plain(x[1:3])[1]["distill_total"], rtol=1e-5, atol=0)
+    assert plain_calls == [4, 2]
+
+
+def test_changed_input_or_teacher_is_a_miss(tmp_path):
+    d, calls = _distiller(None)
+    d.teacher_cache = TeacherCache(tmp_path, d.teacher)
+    x = torch.randn(2, 3, 8, 8)
+    d(x)
+    d(x.flip(-1))  # an augmented image is different content
+    assert calls == [2, 2]
+    before = d.teacher_cache.dir
+    with torch.no_grad():
+        d.teacher[0].weight.add_(1.0)
+    assert TeacherCache(tmp_path, d.teacher).dir != before, "changed weights must not read the old features"
+    assert TeacherCache(tmp_path, d.teacher, ["other point"]).dir != TeacherCache(tmp_path, d.teacher).dir
+
+
+def test_detection_style_lists_key_on_the_padded_batch_size():
+    a, b, big = torch.rand(3, 8, 8), torch.rand(3, 8, 8), torch.rand(3, 8, 12)
+    same = TeacherCache.sample_keys(([a, b],))
+    padded = TeacherCache.sample_keys(([a, big],))
+    assert same is not None and padded is not None
+    assert same[0] != padded[0], "a sample padded to another size sees other features"
+    assert TeacherCache.sample_keys(([a, b],)) == same
+    assert TeacherCache.sample_keys((a, b)) is None and TeacherCache.sample_keys(("text",)) is None
+
+
+def test_unreadable_entry_is_recomputed_with_a_warning(tmp_path, caplog):
+    d, calls = _distiller(None)
+    d.teacher_cache = TeacherCache(tmp_path, d.teacher)
+    x = torch.randn(2, 3, 8, 8)
+    want = d(x)[1]["distill_total"]
+    for f in d.teacher_cache.dir.rglob("*.pt"):
+        f.write_bytes(b"torn")
+    with caplog.at_level(logging.WARNING):
+        got = d(x)[1]["distill_total"]
+    assert calls == [2, 2]
+    assert "unreadable teacher-cache entry" in caplog.text
+    torch.testing.assert_close(got, want)
+    assert not list(d.teacher_cache.dir.rglob("*.tmp"))
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    return write_tiny_dataset(tmp_path_factory.mktemp("tiny"), n_train=8, n_val=4)
+
+
+def _seg_run(data_root: Path, tmp: Path, out: str, teacher: Path, cache: Path | None) -> dict:
+    cfg = base_config("segmentation", data_root, tmp / out, {"arch": "lraspp", "backbone": "mobilenet_v3_small"}, steps=6)
+    cfg["data"]["hflip"] = 0.0
+    cfg["train"]["plots"] = False
+    cfg["teacher"] = {"arch": "fcn", "backbone": "resnet18", "weights": str(teacher)}
+    cfg["distill"] = {"akd": {"num_avatars": 2}, "teacher_cache": str(cache) if cache else None,
+                      "points": [{"name": "feat", "student": "backbone.body", "teacher": "backbone", "key": "out",
+                                  "loss": "cwd"}]}
+    return train(load_config(write_config(tmp / f"{out}.yaml", **cfg)))
+
+
+def test_training_with_the_cache_matches_training_without(data_root, tmp_path):
+    torch.manual_seed(0)
+    teacher = tmp_path / "teacher.pt"
+    torch.save(build_segmenter("fcn", "resnet18", 3, 8).state_dict(), teacher)
+    plain = _seg_run(data_root, tmp_path, "plain", teacher, None)
+    cached = _seg_run(data_root, tmp_path, "cached", teacher, tmp_path / "cache")
+    # 8 samples, batch 4, 6 steps: epoch 1 fills the cache, epochs 2 and 3 read it
+    assert cached["teacher_cache"] == {"hits": 16, "misses": 8, "hit_rate": pytest.approx(16 / 24, abs=1e-4)}
+    assert "teacher_cache" not in plain
+
+    def losses(run: str) -> list[float]:
+        rows = [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        return [r["distill.feat"] for r in rows if "distill.feat" in r]
+
+    a, b = losses("plain"), losses("cached")
+    assert len(a) == len(b) == 6
+    torch.testing.assert_close(torch.tensor(b), torch.tensor(a), rtol=1e-4, atol=0)
+    # a second run reuses the first run's cache from its first step
+    again = _seg_run(data_root, tmp_path, "again", teacher, tmp_path / "cache")
+    assert again["teacher_cache"]["misses"] == 0
