@@ -52,7 +52,8 @@ class AvatarLoss(nn.Module):
             any callable / ``nn.Module`` (modules are registered so their parameters train).
         num_avatars: K, avatars per call.
         perturbation, p: how avatars are drawn (see ``Avatars``).
-        uncertainty: ``"variance"`` (default), ``"batchnorm"`` (reference code) or ``"none"``.
+        uncertainty: ``"variance"`` (default), ``"relative"`` (the same channel weights at the base
+            loss's own scale), ``"batchnorm"`` (reference code) or ``"none"``.
         momentum: EMA momentum of the ``"variance"`` estimate.
         generator: optional ``torch.Generator`` for reproducible avatars.
         base_kwargs: hyperparameters passed to ``base`` on every call (checked against its

@@ -1,12 +1,18 @@
 """The uncertainty-aware factor: how much each channel's Avatars are trusted.
 
-Three modes:
+Four modes:
 
 ``"variance"`` (default, our reading of the paper; see docs): per channel,
     ``sigma_c^2 = mean over avatars, batch and positions of (a_k - t)^2``,
     tracked as a running (EMA) estimate initialised from the first batch. Student and avatars are
     both divided by the same sigma, so channels where Avatars disagree more with the teacher teach
     with less weight, and a common scale of student and teacher cancels.
+``"relative"``: the same per-channel sigma divided by its RMS over channels, so that the
+    channels are weighed against each other exactly as in ``"variance"`` but the base loss keeps
+    its own scale (and, for CWD/KD, its temperature on average). ``"variance"`` divides by an
+    absolute sigma, which for dropout is ``sqrt(p/(1-p))`` times the teacher's RMS: that rescales
+    MSE by about ``(1-p)/p / E[t^2]`` and sharpens a softmax-based loss, so the same loss weight
+    means a different strength; this mode isolates the reweighting from that change of scale.
 ``"batchnorm"`` (the reference code's behaviour): non-affine batch standardisation of the student
     and of each avatar, each with its own batch statistics.
 ``"none"``: no rescaling, for ablations.
@@ -23,7 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-UncertaintyMode = Literal["variance", "batchnorm", "none"]
+UncertaintyMode = Literal["variance", "relative", "batchnorm", "none"]
 UNCERTAINTY_MODES: tuple[str, ...] = get_args(UncertaintyMode)
 
 
@@ -45,7 +51,7 @@ class Uncertainty(nn.Module):
     """Rescales student and avatars by the uncertainty factor before the base loss.
 
     Args:
-        mode: ``"variance"``, ``"batchnorm"`` or ``"none"``.
+        mode: ``"variance"``, ``"relative"``, ``"batchnorm"`` or ``"none"``.
         momentum: EMA weight of the newest batch in ``"variance"`` mode.
         rel_floor: ``sigma^2`` is floored at ``rel_floor * mean_c(sigma^2)`` so that a channel the
             teacher never activates (sigma = 0 under dropout) cannot blow the student up; being
@@ -87,7 +93,7 @@ class Uncertainty(nn.Module):
 
     @torch.no_grad()
     def sigma(self, teacher: Tensor, avatars: Tensor) -> Tensor:
-        """Per-channel sigma, shape (C,). Updates the running estimate in training mode."""
+        """Per-channel sigma, shape (C,) (RMS 1 in ``"relative"`` mode). Updates the running estimate in training mode."""
         if self.training or self.running_var.numel() == 0:
             var = self._batch_var(teacher, avatars)
             if self.running_var.numel() == 0 or self.running_var.shape != var.shape:
@@ -104,7 +110,10 @@ class Uncertainty(nn.Module):
         mean = var.mean()
         if mean <= 0:  # no perturbation at all (p = 0): nothing to weigh by
             return torch.ones_like(var)
-        return var.clamp_min(self.rel_floor * mean).sqrt()
+        var = var.clamp_min(self.rel_floor * mean)
+        if self.mode == "relative":
+            var = var / var.mean()
+        return var.sqrt()
 
     def forward(self, student: Tensor, teacher: Tensor, avatars: Tensor) -> tuple[Tensor, Tensor]:
         """Returns ``(student', avatars')`` ready for the base loss."""

@@ -68,7 +68,7 @@ ABLATIONS = {
     "num_avatars": [1, 2, 4, 8],
     "p": [0.05, 0.1, 0.2],
     "perturbation": ["dropout", "channel_dropout", "gaussian", "multiplicative"],
-    "uncertainty": ["variance", "batchnorm", "none"],
+    "uncertainty": ["variance", "relative", "batchnorm", "none"],
 }
 
 
@@ -108,7 +108,8 @@ def _ablation_dir(task_out: Path, base: str, key: str, value: Any, seed: int) ->
 
 
 def study(tasks: list[str], seeds: list[int], steps: dict[str, int], out: Path, ablations: list[str],
-          teachers: dict[str, Path] | None = None, bases: list[str] | None = None) -> list[dict[str, Any]]:
+          teachers: dict[str, Path] | None = None, bases: list[str] | None = None,
+          ablation_seeds: list[int] | None = None) -> list[dict[str, Any]]:
     runs: list[dict[str, Any]] = []
     for task in tasks:
         sched = [f"train.steps={steps[task]}"] if task in steps else []
@@ -135,10 +136,10 @@ def study(tasks: list[str], seeds: list[int], steps: dict[str, int], out: Path, 
                                  "value": r["metrics"][metric], "wall_seconds": r["wall_seconds"]})
                     log.info("%s %s %s seed %d: %s=%.4f", task, base, arm, seed, metric, r["metrics"][metric])
         if task in ablations:
-            base = "cwd"
-            for key, values in ABLATIONS.items():
-                for value in values:
-                    for seed in seeds:
+            base = "cwd"  # seed-major: a study cut short still has every setting on its first seeds
+            for seed in seeds if ablation_seeds is None else ablation_seeds:
+                for key, values in ABLATIONS.items():
+                    for value in values:
                         over = (sched + weights + [f"seed={seed}"] + distill_overrides(spec, base) + ARMS["akd"]
                                 + [f"distill.akd.{key}={value}"])
                         r = _run(spec["distill"], over, _ablation_dir(out / task, base, key, value, seed))
@@ -268,6 +269,7 @@ def main() -> None:
     ap.add_argument("--ablations", nargs="*", default=["segmentation"], choices=list(TASKS),
                     help="tasks to run the ablations on (default: segmentation)")
     ap.add_argument("--no-ablations", dest="ablations", action="store_const", const=[])
+    ap.add_argument("--ablation-seeds", nargs="+", type=int, help="seeds of the ablation runs (default: --seeds)")
     ap.add_argument("--bases", nargs="+", help="only these base losses (default: all of the task's)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "quality")
     ap.add_argument("--seg-teacher", type=Path, help="reuse a finished segmentation teacher run (e.g. runs/demo/teacher)")
@@ -279,7 +281,7 @@ def main() -> None:
     start = time.perf_counter()
     teachers = {"segmentation": args.seg_teacher, "detection": args.det_teacher}
     runs = study(args.tasks, args.seeds, _parse_steps(args.steps), args.out, args.ablations,
-                 {k: v for k, v in teachers.items() if v is not None}, args.bases)
+                 {k: v for k, v in teachers.items() if v is not None}, args.bases, args.ablation_seeds)
     wall = time.perf_counter() - start
     text = table(runs)
     print(text)

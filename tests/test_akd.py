@@ -94,6 +94,20 @@ def test_variance_floor_protects_dead_channels(rng):
     assert torch.all(sigma > 0) and torch.isfinite(sigma).all()
 
 
+def test_relative_sigma_is_variance_sigma_at_unit_rms(rng):
+    t = torch.randn(8, 5, 6, 6, generator=rng) * torch.arange(1, 6).view(1, 5, 1, 1)
+    a = Avatars(16, p=0.1, generator=rng)(t)
+    absolute = Uncertainty("variance").sigma(t, a)
+    relative = Uncertainty("relative").sigma(t, a)
+    assert relative.pow(2).mean().item() == pytest.approx(1.0, rel=1e-6)
+    assert torch.allclose(relative, absolute / absolute.pow(2).mean().sqrt(), rtol=1e-6)
+    # the base loss keeps its scale: a common factor of student and teacher is not divided out
+    s = torch.randn_like(t)
+    one = AvatarLoss(L.mse, uncertainty="relative")(s, t, avatars=a)
+    ten = AvatarLoss(L.mse, uncertainty="relative")(10 * s, 10 * t, avatars=10 * a)
+    assert ten.item() == pytest.approx(100 * one.item(), rel=1e-5)
+
+
 def test_batchnorm_mode_matches_functional_batch_norm(rng):
     x = torch.randn(4, 3, 5, 5, generator=rng) * 2 + 1
     ref = torch.nn.functional.batch_norm(x, None, None, training=True, eps=1e-5)
@@ -123,7 +137,7 @@ def test_degenerate_avatar_loss_equals_base_exactly(shape, rng):
         assert torch.equal(akd(s, t), fn(s, t, **kw)), fn.__name__
 
 
-@pytest.mark.parametrize("uncertainty", ["none", "variance", "batchnorm"])
+@pytest.mark.parametrize("uncertainty", ["none", "variance", "relative", "batchnorm"])
 @pytest.mark.parametrize("shape", [(2, 6, 5, 4), (8, 10)])
 def test_batched_k_equals_mean_of_single_avatar_evaluations(shape, uncertainty, rng):
     s = torch.randn(shape, generator=rng, requires_grad=True)

@@ -132,7 +132,8 @@ class Trainer:
             forward = self.task.teacher_forward()
             cache = None
             if cfg.distill.teacher_cache is not None:
-                context = [(p.teacher, p.key) for p in points] + [getattr(forward, "__qualname__", "full forward")]
+                how = f"{forward.__module__}.{forward.__qualname__}" if forward is not None else "full forward"
+                context = [(p.teacher, p.key) for p in points] + [how]
                 cache = TeacherCache(cfg.distill.teacher_cache, teacher, context)
                 log.info("teacher cache: %s", cache.dir)
             self.distiller = Distiller(self.model, teacher, points, teacher_forward=forward, teacher_cache=cache)

@@ -1,0 +1,47 @@
+"""The study's bookkeeping: paired differences, run reuse and argument checks (no training)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import quality  # noqa: E402
+
+
+def _run(arm: str, base: str, seed: int, value: float) -> dict:
+    return {"task": "segmentation", "base": base, "arm": arm, "seed": seed, "metric": "miou", "value": value}
+
+
+def test_table_pairs_akd_with_its_base_per_seed():
+    runs = [_run("teacher", "-", 0, 0.40), _run("student", "-", 0, 0.10), _run("student", "-", 1, 0.12)]
+    # seed 0: akd - base = +0.02; seed 1: -0.04 -> mean -1.00, std 4.24 (x100); wins 1/2
+    for seed, (b, ref, akd) in enumerate([(0.20, 0.19, 0.22), (0.30, 0.31, 0.26)]):
+        runs += [_run("base", "cwd", seed, b), _run("akd-reference", "cwd", seed, ref), _run("akd", "cwd", seed, akd)]
+    runs += [_run("ablation:num_avatars=8", "cwd", 0, 0.25), _run("ablation:num_avatars=8", "cwd", 1, 0.27)]
+    text = quality.table(runs)
+    row = next(line for line in text.splitlines() if line.startswith("| cwd |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "25.00 ± 7.07"  # base over seeds
+    assert cells[4] == "0.00 ± 1.41"  # akd-reference - base: -1, +1
+    assert cells[5] == "-1.00 ± 4.24"  # akd - base: +2, -4
+    assert cells[6] == "1/2"
+    abl = next(line for line in text.splitlines() if line.startswith("| num_avatars=8 |"))
+    assert [c.strip() for c in abl.strip("|").split("|")] == ["num_avatars=8", "26.00 ± 1.41", "1.00 ± 5.66", "2"]
+
+
+def test_ablation_at_the_default_value_reuses_the_akd_run(tmp_path):
+    assert quality._ablation_dir(tmp_path, "cwd", "num_avatars", 4, 1) == tmp_path / "cwd_akd_s1"
+    assert quality._ablation_dir(tmp_path, "cwd", "num_avatars", 8, 1) == tmp_path / "ablation_num_avatars_8_s1"
+
+
+def test_finished_runs_are_reused_not_retrained(tmp_path):
+    (tmp_path / "metrics.json").write_text('{"metrics": {"miou": 0.5}, "wall_seconds": 3.0}')
+    assert quality._run("no-such-config.yaml", [], tmp_path)["metrics"]["miou"] == 0.5
+
+
+def test_bad_steps_argument_is_one_readable_line():
+    with pytest.raises(SystemExit, match="expected TASK=N"):
+        quality._parse_steps(["segmentation=many"])
