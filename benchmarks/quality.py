@@ -227,6 +227,40 @@ def plot(runs: list[dict[str, Any]], out_png: Path) -> None:
     fig.savefig(out_png, dpi=110)
 
 
+def plot_paired(runs: list[dict[str, Any]], out_png: Path) -> bool:
+    """Per task: each AKD arm minus its base loss, seed by seed (dots) and on average (bar)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    tasks = [t for t in dict.fromkeys(r["task"] for r in runs) if any(r["task"] == t and r["arm"] == "akd" for r in runs)]
+    if not tasks:
+        return False
+    fig = Figure(figsize=(5 * len(tasks), 3.6))
+    FigureCanvasAgg(fig)
+    for i, task in enumerate(tasks):
+        ax = fig.add_subplot(1, len(tasks), i + 1)
+        rs = [r for r in runs if r["task"] == task]
+        bases = list(dict.fromkeys(r["base"] for r in rs if r["arm"] == "akd"))
+        for j, base in enumerate(bases):
+            by = {arm: {r["seed"]: r["value"] for r in rs if r["base"] == base and r["arm"] == arm}
+                  for arm in ("base", "akd-reference", "akd")}
+            for dx, arm, color in ((-0.18, "akd-reference", "C1"), (0.18, "akd", "C2")):
+                diff = [100 * (v - by["base"][s]) for s, v in by[arm].items() if s in by["base"]]
+                if diff:
+                    ax.bar(j + dx, statistics.mean(diff), width=0.32, color=color, alpha=0.35,
+                           label=arm if j == 0 else None)
+                    ax.scatter([j + dx] * len(diff), diff, color=color, s=14, zorder=3)
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xticks(range(len(bases)), bases)
+        ax.set_ylabel(f"AKD - base, {rs[0]['metric']} x 100")
+        ax.set_title(f"{task}: paired per seed")
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    return True
+
+
 def plot_ablations(runs: list[dict[str, Any]], out_png: Path) -> bool:
     """One panel per ablated setting: every seed's value, the mean, and CWD alone for reference."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -306,6 +340,7 @@ def main() -> None:
         results["extra"]["ablations"] = [r for r in runs if r["arm"].startswith("ablation")] or results["extra"].get("ablations", [])
         results_path.write_text(json.dumps(results, indent=2))
         plot(runs, docs / "quality.png")
+        plot_paired(runs, docs / "quality_paired.png")
         plot_ablations(runs, docs / "ablations.png")
         (docs / "quality_table.md").write_text(
             text + f"\n\nCommand: `{' '.join(sys.argv)}`; training time of all runs {compute / 60:.1f} min "

@@ -45,3 +45,11 @@ def test_finished_runs_are_reused_not_retrained(tmp_path):
 def test_bad_steps_argument_is_one_readable_line():
     with pytest.raises(SystemExit, match="expected TASK=N"):
         quality._parse_steps(["segmentation=many"])
+
+
+def test_paired_plot_is_drawn(tmp_path):
+    runs = [_run("base", "cwd", s, 0.2) for s in (0, 1)] + [_run("akd", "cwd", s, 0.21) for s in (0, 1)]
+    runs += [_run("akd-reference", "cwd", s, 0.19) for s in (0, 1)]
+    assert quality.plot_paired(runs, tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 5000
+    assert not quality.plot_paired([_run("student", "-", 0, 0.1)], tmp_path / "none.png")
