@@ -52,7 +52,7 @@ class Uncertainty(nn.Module):
 
     Args:
         mode: ``"variance"``, ``"relative"``, ``"batchnorm"`` or ``"none"``.
-        momentum: EMA weight of the newest batch in ``"variance"`` mode.
+        momentum: EMA weight of the newest batch in ``"variance"`` and ``"relative"`` modes.
         rel_floor: ``sigma^2`` is floored at ``rel_floor * mean_c(sigma^2)`` so that a channel the
             teacher never activates (sigma = 0 under dropout) cannot blow the student up; being
             relative, the floor keeps the mode scale-invariant.

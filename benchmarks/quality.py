@@ -109,7 +109,7 @@ def _ablation_dir(task_out: Path, base: str, key: str, value: Any, seed: int) ->
 
 def study(tasks: list[str], seeds: list[int], steps: dict[str, int], out: Path, ablations: list[str],
           teachers: dict[str, Path] | None = None, bases: list[str] | None = None,
-          ablation_seeds: list[int] | None = None) -> list[dict[str, Any]]:
+          ablation_seeds: list[int] | None = None, ablation_keys: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
     runs: list[dict[str, Any]] = []
     for task in tasks:
         sched = [f"train.steps={steps[task]}"] if task in steps else []
@@ -139,6 +139,8 @@ def study(tasks: list[str], seeds: list[int], steps: dict[str, int], out: Path, 
             base = "cwd"  # seed-major: a study cut short still has every setting on its first seeds
             for seed in seeds if ablation_seeds is None else ablation_seeds:
                 for key, values in ABLATIONS.items():
+                    if key not in (ablation_keys or {}).get(task, ABLATIONS):
+                        continue
                     for value in values:
                         over = (sched + weights + [f"seed={seed}"] + distill_overrides(spec, base) + ARMS["akd"]
                                 + [f"distill.akd.{key}={value}"])
@@ -165,6 +167,18 @@ def _parse_steps(items: list[str]) -> dict[str, int]:
     return out
 
 
+def _parse_ablation_keys(items: list[str]) -> dict[str, list[str]]:
+    out = {}
+    for item in items:
+        task, _, keys = item.partition("=")
+        names = keys.split(",")
+        if task not in TASKS or not all(k in ABLATIONS for k in names):
+            raise SystemExit(f"--ablation-keys: expected TASK=KEY[,KEY] with TASK in {list(TASKS)} and KEY in "
+                             f"{list(ABLATIONS)}, got {item!r}")
+        out[task] = names
+    return out
+
+
 def table(runs: list[dict[str, Any]]) -> str:
     """Mean ± std (x100) per arm, and the per-seed paired difference of each AKD arm to its base."""
     lines = []
@@ -175,16 +189,16 @@ def table(runs: list[dict[str, Any]]) -> str:
         student = [r["value"] for r in rs if r["arm"] == "student"]
         lines += [f"\n### {task} ({metric} x 100; seeds: {sorted({r['seed'] for r in rs if r['arm'] == 'student'})})",
                   f"teacher {_mean_std(teacher)}, student alone {_mean_std(student)}",
-                  "", "| base loss | base | akd-reference | akd | akd-ref - base (paired) | akd - base (paired) | akd > base |",
-                  "|---|---|---|---|---|---|---|"]
+                  "", "| base loss | base | akd-reference | akd | akd-ref - base (paired) | akd - base (paired) | akd-ref > base "
+                  "| akd > base |", "|---|---|---|---|---|---|---|---|"]
         for base in dict.fromkeys(r["base"] for r in rs if r["arm"] in ARMS):
             by = {arm: {r["seed"]: r["value"] for r in rs if r["base"] == base and r["arm"] == arm} for arm in ARMS}
             seeds = sorted(set(by["base"]) & set(by["akd"]) & set(by["akd-reference"]))
             d_ref = [by["akd-reference"][s] - by["base"][s] for s in seeds]
             d_akd = [by["akd"][s] - by["base"][s] for s in seeds]
-            wins = sum(d > 0 for d in d_akd)
             lines.append(f"| {base} | {_mean_std(list(by['base'].values()))} | {_mean_std(list(by['akd-reference'].values()))} "
-                         f"| {_mean_std(list(by['akd'].values()))} | {_mean_std(d_ref)} | {_mean_std(d_akd)} | {wins}/{len(seeds)} |")
+                         f"| {_mean_std(list(by['akd'].values()))} | {_mean_std(d_ref)} | {_mean_std(d_akd)} | {sum(d > 0 for d in d_ref)}/{len(seeds)} "
+                         f"| {sum(d > 0 for d in d_akd)}/{len(seeds)} |")
         abl = [r for r in rs if r["arm"].startswith("ablation:")]
         if abl:
             cwd_alone = {r["seed"]: r["value"] for r in rs if r["base"] == "cwd" and r["arm"] == "base"}
@@ -262,33 +276,36 @@ def plot_paired(runs: list[dict[str, Any]], out_png: Path) -> bool:
 
 
 def plot_ablations(runs: list[dict[str, Any]], out_png: Path) -> bool:
-    """One panel per ablated setting: every seed's value, the mean, and CWD alone for reference."""
+    """A row per task, a panel per ablated setting: every seed's value, the mean, and CWD alone."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     abl = [r for r in runs if r["arm"].startswith("ablation:")]
     if not abl:
         return False
-    task = abl[0]["task"]
-    keys = list(dict.fromkeys(r["arm"].split(":", 1)[1].split("=")[0] for r in abl))
-    cwd_alone = [100 * r["value"] for r in runs if r["task"] == task and r["base"] == "cwd" and r["arm"] == "base"]
-    fig = Figure(figsize=(3.2 * len(keys), 3.4))
+    tasks = list(dict.fromkeys(r["task"] for r in abl))
+    ncols = max(len({r["arm"].split(":", 1)[1].split("=")[0] for r in abl if r["task"] == t}) for t in tasks)
+    fig = Figure(figsize=(3.2 * ncols, 3.4 * len(tasks)))
     FigureCanvasAgg(fig)
-    for i, key in enumerate(keys):
-        ax = fig.add_subplot(1, len(keys), i + 1)
-        arms = [a for a in dict.fromkeys(r["arm"] for r in abl) if a.split(":", 1)[1].split("=")[0] == key]
-        for j, arm in enumerate(arms):
-            vals = [100 * r["value"] for r in abl if r["arm"] == arm]
-            ax.scatter([j] * len(vals), vals, color="C2", s=16)
-            ax.hlines(statistics.mean(vals), j - 0.3, j + 0.3, color="C2")
-        if cwd_alone:
-            ax.axhline(statistics.mean(cwd_alone), color="C0", ls="--", lw=1, label="cwd alone (mean)")
-            ax.legend(fontsize=7)
-        ax.set_xticks(range(len(arms)), [a.split("=", 1)[1] for a in arms], fontsize=7, rotation=30)
-        ax.set_title(key, fontsize=9)
-        ax.grid(alpha=0.3, axis="y")
-        if i == 0:
-            ax.set_ylabel(f"{abl[0]['metric']} x 100 ({task})")
+    for row, task in enumerate(tasks):
+        rows = [r for r in abl if r["task"] == task]
+        keys = list(dict.fromkeys(r["arm"].split(":", 1)[1].split("=")[0] for r in rows))
+        cwd_alone = [100 * r["value"] for r in runs if r["task"] == task and r["base"] == "cwd" and r["arm"] == "base"]
+        for i, key in enumerate(keys):
+            ax = fig.add_subplot(len(tasks), ncols, row * ncols + i + 1)
+            arms = [a for a in dict.fromkeys(r["arm"] for r in rows) if a.split(":", 1)[1].split("=")[0] == key]
+            for j, arm in enumerate(arms):
+                vals = [100 * r["value"] for r in rows if r["arm"] == arm]
+                ax.scatter([j] * len(vals), vals, color="C2", s=16)
+                ax.hlines(statistics.mean(vals), j - 0.3, j + 0.3, color="C2")
+            if cwd_alone:
+                ax.axhline(statistics.mean(cwd_alone), color="C0", ls="--", lw=1, label="cwd alone (mean)")
+                ax.legend(fontsize=7)
+            ax.set_xticks(range(len(arms)), [a.split("=", 1)[1] for a in arms], fontsize=7, rotation=30)
+            ax.set_title(f"{task}: {key}", fontsize=9)
+            ax.grid(alpha=0.3, axis="y")
+            if i == 0:
+                ax.set_ylabel(f"{rows[0]['metric']} x 100")
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
     return True
@@ -304,6 +321,8 @@ def main() -> None:
                     help="tasks to run the ablations on (default: segmentation)")
     ap.add_argument("--no-ablations", dest="ablations", action="store_const", const=[])
     ap.add_argument("--ablation-seeds", nargs="+", type=int, help="seeds of the ablation runs (default: --seeds)")
+    ap.add_argument("--ablation-keys", nargs="+", default=[], metavar="TASK=KEY[,KEY]",
+                    help="only these ablated settings on that task, e.g. detection=uncertainty (default: all)")
     ap.add_argument("--bases", nargs="+", help="only these base losses (default: all of the task's)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "quality")
     ap.add_argument("--seg-teacher", type=Path, help="reuse a finished segmentation teacher run (e.g. runs/demo/teacher)")
@@ -315,7 +334,8 @@ def main() -> None:
     start = time.perf_counter()
     teachers = {"segmentation": args.seg_teacher, "detection": args.det_teacher}
     runs = study(args.tasks, args.seeds, _parse_steps(args.steps), args.out, args.ablations,
-                 {k: v for k, v in teachers.items() if v is not None}, args.bases, args.ablation_seeds)
+                 {k: v for k, v in teachers.items() if v is not None}, args.bases, args.ablation_seeds,
+                 _parse_ablation_keys(args.ablation_keys))
     wall = time.perf_counter() - start
     text = table(runs)
     print(text)

@@ -27,7 +27,8 @@ def test_table_pairs_akd_with_its_base_per_seed():
     assert cells[1] == "25.00 ± 7.07"  # base over seeds
     assert cells[4] == "0.00 ± 1.41"  # akd-reference - base: -1, +1
     assert cells[5] == "-1.00 ± 4.24"  # akd - base: +2, -4
-    assert cells[6] == "1/2"
+    assert cells[6] == "1/2"  # akd-reference beat base on seed 1 only
+    assert cells[7] == "1/2"  # akd beat base on seed 0 only
     abl = next(line for line in text.splitlines() if line.startswith("| num_avatars=8 |"))
     assert [c.strip() for c in abl.strip("|").split("|")] == ["num_avatars=8", "26.00 ± 1.41", "1.00 ± 5.66", "2"]
 
@@ -53,3 +54,18 @@ def test_paired_plot_is_drawn(tmp_path):
     assert quality.plot_paired(runs, tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 5000
     assert not quality.plot_paired([_run("student", "-", 0, 0.1)], tmp_path / "none.png")
+
+
+def test_ablation_keys_are_per_task_and_checked():
+    assert quality._parse_ablation_keys(["detection=uncertainty,p"]) == {"detection": ["uncertainty", "p"]}
+    with pytest.raises(SystemExit, match="expected TASK=KEY"):
+        quality._parse_ablation_keys(["detection=temperature"])
+
+
+def test_ablation_plot_has_a_row_per_task(tmp_path):
+    runs = [_run("base", "cwd", 0, 0.2), _run("ablation:p=0.2", "cwd", 0, 0.21), _run("ablation:K=2", "cwd", 0, 0.22)]
+    det = [dict(r, task="detection", metric="map") for r in runs[:2]]
+    assert quality.plot_ablations(runs + det, tmp_path / "a.png")
+    from PIL import Image
+    with Image.open(tmp_path / "a.png") as im:
+        assert im.size[1] > 1.5 * im.size[0] / 2  # two rows of panels, two columns

@@ -45,10 +45,10 @@ def kl_div_probs(p: Tensor, log_q: Tensor, dim: int | tuple[int, ...], log_p: Te
     """KL(p || q) summed over ``dim``, with 0 * log 0 = 0.
 
     ``log_q`` must be finite (it comes from a log-softmax). Pass ``log_p`` when ``p`` is a softmax:
-    a log-softmax of the logits is about 15x cheaper on CPU than ``log`` of the probabilities,
-    which dominated AKD's extra cost with K avatars. Without it, clamping ``p`` inside the log
-    makes a zero probability contribute exactly 0 without the cost of xlogy/where. ``log_p`` only
-    enters the value: the gradient with respect to ``log_q`` is ``-p`` either way.
+    on CPU a log-softmax of the logits costs far less than ``log`` of the probabilities, and AKD
+    evaluates it for K avatars. Without it, clamping ``p`` inside the log makes a zero probability
+    contribute exactly 0 without the cost of xlogy/where. ``log_p`` only enters the value: the
+    gradient with respect to ``log_q`` is ``-p`` either way.
     """
     if log_p is None:
         log_p = p.clamp_min(torch.finfo(p.dtype).tiny).log()
