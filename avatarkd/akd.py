@@ -54,7 +54,7 @@ class AvatarLoss(nn.Module):
         perturbation, p: how avatars are drawn (see ``Avatars``).
         uncertainty: ``"variance"`` (default), ``"relative"`` (the same channel weights at the base
             loss's own scale), ``"batchnorm"`` (reference code) or ``"none"``.
-        momentum: EMA momentum of the ``"variance"`` estimate.
+        momentum: EMA momentum of the ``"variance"`` / ``"relative"`` estimate.
         generator: optional ``torch.Generator`` for reproducible avatars.
         base_kwargs: hyperparameters passed to ``base`` on every call (checked against its
             signature now).

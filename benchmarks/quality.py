@@ -275,6 +275,11 @@ def plot_paired(runs: list[dict[str, Any]], out_png: Path) -> bool:
     return True
 
 
+def _ablated_key(arm: str) -> str:
+    """``"ablation:p=0.2"`` -> ``"p"``."""
+    return arm.split(":", 1)[1].split("=")[0]
+
+
 def plot_ablations(runs: list[dict[str, Any]], out_png: Path) -> bool:
     """A row per task, a panel per ablated setting: every seed's value, the mean, and CWD alone."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -284,16 +289,16 @@ def plot_ablations(runs: list[dict[str, Any]], out_png: Path) -> bool:
     if not abl:
         return False
     tasks = list(dict.fromkeys(r["task"] for r in abl))
-    ncols = max(len({r["arm"].split(":", 1)[1].split("=")[0] for r in abl if r["task"] == t}) for t in tasks)
+    ncols = max(len({_ablated_key(r["arm"]) for r in abl if r["task"] == t}) for t in tasks)
     fig = Figure(figsize=(3.2 * ncols, 3.4 * len(tasks)))
     FigureCanvasAgg(fig)
     for row, task in enumerate(tasks):
         rows = [r for r in abl if r["task"] == task]
-        keys = list(dict.fromkeys(r["arm"].split(":", 1)[1].split("=")[0] for r in rows))
+        keys = list(dict.fromkeys(_ablated_key(r["arm"]) for r in rows))
         cwd_alone = [100 * r["value"] for r in runs if r["task"] == task and r["base"] == "cwd" and r["arm"] == "base"]
         for i, key in enumerate(keys):
             ax = fig.add_subplot(len(tasks), ncols, row * ncols + i + 1)
-            arms = [a for a in dict.fromkeys(r["arm"] for r in rows) if a.split(":", 1)[1].split("=")[0] == key]
+            arms = [a for a in dict.fromkeys(r["arm"] for r in rows) if _ablated_key(a) == key]
             for j, arm in enumerate(arms):
                 vals = [100 * r["value"] for r in rows if r["arm"] == arm]
                 ax.scatter([j] * len(vals), vals, color="C2", s=16)

@@ -97,10 +97,11 @@ def cwd(student: Tensor, teacher: Tensor, tau: float = 1.0) -> Tensor:
     """Channel-wise distillation: spatial softmax per channel, KL(teacher || student) * tau^2 / (N*C)."""
     _check_same_shape("cwd", student, teacher)
     s, t = _cwd_flat(student), _cwd_flat(teacher)
-    p_t = F.softmax(t / tau, dim=-1)
+    z_t = t / tau
+    p_t = F.softmax(z_t, dim=-1)
     log_p_s = F.log_softmax(s / tau, dim=-1)
     n, c = s.shape[:2]
-    return kl_div_probs(p_t, log_p_s, dim=-1, log_p=F.log_softmax(t / tau, dim=-1)).sum() * tau**2 / (n * c)
+    return kl_div_probs(p_t, log_p_s, dim=-1, log_p=F.log_softmax(z_t, dim=-1)).sum() * tau**2 / (n * c)
 
 
 def _cwd_avatar_mean(student: Tensor, avatars: Tensor, tau: float = 1.0) -> Tensor:
@@ -125,8 +126,8 @@ def _kd_reduce(kl: Tensor) -> Tensor:
 def kd(student: Tensor, teacher: Tensor, T: float = 4.0) -> Tensor:
     """Hinton KD: KL(softmax(t/T) || softmax(s/T)) over dim 1, batch mean, times T^2."""
     _check_same_shape("kd", student, teacher)
-    p_t = F.softmax(teacher / T, dim=1)
-    log_p_t = F.log_softmax(teacher / T, dim=1)
+    z_t = teacher / T
+    p_t, log_p_t = F.softmax(z_t, dim=1), F.log_softmax(z_t, dim=1)
     return _kd_reduce(kl_div_probs(p_t, F.log_softmax(student / T, dim=1), dim=1, log_p=log_p_t)) * T**2
 
 
