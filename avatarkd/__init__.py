@@ -3,12 +3,15 @@
 from . import losses
 from .akd import AvatarLoss
 from .avatars import Avatars
-from .distiller import DistillerConfig, DistillPoint, Distiller, build_points
+from .config import DistillerConfig
+from .distiller import DistillPoint, Distiller, build_points
 from .errors import AvatarKDError, CheckpointError, ConfigError, DataError, DistillationError
+from .registry import LOSSES, register_loss
 from .uncertainty import Uncertainty
 
 __version__ = "0.1.0"
 __all__ = [
     "losses", "AvatarLoss", "Avatars", "Distiller", "DistillPoint", "DistillerConfig", "build_points",
-    "Uncertainty", "AvatarKDError", "CheckpointError", "ConfigError", "DataError", "DistillationError",
+    "LOSSES", "register_loss", "Uncertainty", "AvatarKDError", "CheckpointError", "ConfigError", "DataError",
+    "DistillationError",
 ]

@@ -11,7 +11,6 @@ the last resort.
 from __future__ import annotations
 
 import functools
-import inspect
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -20,28 +19,12 @@ import torch
 from torch import Tensor, nn
 
 from .avatars import Avatars, Perturbation
-from .errors import ConfigError
+from .registry import check_kwargs
 from .uncertainty import Uncertainty, UncertaintyMode
 
 log = logging.getLogger(__name__)
 
 BaseLoss = Callable[..., Tensor]
-
-
-def check_kwargs(fn: Callable[..., Any], kwargs: Mapping[str, Any], what: str) -> None:
-    """Fail at construction, not mid-training, when hyperparameters do not fit ``fn``."""
-    try:
-        sig = inspect.signature(fn.forward if isinstance(fn, nn.Module) else fn)
-    except (TypeError, ValueError):  # builtins without a signature: nothing to check
-        return
-    params = list(sig.parameters.values())
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        return
-    accepted = [p.name for p in params[2:] if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    for key in kwargs:
-        if key not in accepted:
-            hint = f"; accepted: {', '.join(accepted)}" if accepted else "; it takes none"
-            raise ConfigError(f"{what} got an unknown hyperparameter {key!r}{hint}")
 
 
 class AvatarLoss(nn.Module):
@@ -80,7 +63,7 @@ class AvatarLoss(nn.Module):
             base = base.func
         if not callable(base):
             raise TypeError(f"AvatarLoss: base must be callable, got {type(base).__name__}")
-        check_kwargs(base, kwargs, f"base loss {getattr(base, '__name__', type(base).__name__)}")
+        kwargs = check_kwargs(base, kwargs, f"base loss {getattr(base, '__name__', type(base).__name__)}")
         self.base = base  # an nn.Module base is registered as a submodule by this assignment
         self.base_kwargs = kwargs
         self.avatars = Avatars(num_avatars, perturbation, p, generator)
@@ -89,6 +72,36 @@ class AvatarLoss(nn.Module):
     @property
     def num_avatars(self) -> int:
         return self.avatars.num
+
+    @property
+    def context_keys(self) -> tuple[str, ...]:
+        """Per-batch inputs the base loss needs (e.g. ``("target",)``), from its registration."""
+        return tuple(getattr(self.base, "context_keys", ()))
+
+    def uncertainty_state(self) -> dict[str, Any]:
+        """What the uncertainty factor holds now, for pictures and logs.
+
+        ``sigma``: the per-channel sigma (C,) of the running estimate, or None when the mode keeps
+        none (``batchnorm``, ``none``) or before the first batch; plus the mode and avatar settings.
+        """
+        u = self.uncertainty
+        sigma = u.running_var.sqrt().detach().cpu() if u.running_var.numel() else None
+        return {"mode": u.mode, "sigma": sigma, "num_avatars": self.avatars.num,
+                "perturbation": self.avatars.perturbation, "p": self.avatars.p}
+
+    @torch.no_grad()
+    def uncertainty_map(self, teacher: Tensor, generator: torch.Generator | None = None) -> Tensor | None:
+        """Where this loss's avatars disagree with ``teacher`` (N, C, H, W): E_k (a_k - t)^2 averaged over C.
+
+        Draws fresh avatars from ``generator`` (default: a fixed seed), never from the training
+        stream, so a picture does not change what training does next. None when avatars are the
+        teacher itself (p = 0) or the feature is not spatial.
+        """
+        if teacher.dim() != 4 or self.avatars.p == 0:
+            return None
+        drawer = Avatars(self.avatars.num, self.avatars.perturbation, self.avatars.p,
+                         generator or torch.Generator(device=teacher.device).manual_seed(0))
+        return (drawer(teacher) - teacher.unsqueeze(0)).pow(2).mean(dim=(0, 2))
 
     def extra_repr(self) -> str:
         name = getattr(self.base, "__name__", None)

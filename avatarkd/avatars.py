@@ -8,13 +8,10 @@ them can work on all of them at once.
 from __future__ import annotations
 
 import copy
-from typing import Literal, get_args
-
 import torch
 from torch import Tensor
 
-Perturbation = Literal["dropout", "channel_dropout", "gaussian", "multiplicative"]
-PERTURBATIONS: tuple[str, ...] = get_args(Perturbation)
+from .config.distill import PERTURBATIONS, Perturbation
 
 
 class Avatars:

@@ -24,8 +24,8 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .engine.config import load_config
-    from .engine.trainer import train
+    from .config import load_config
+    from .runner import train
 
     overrides = list(args.set or [])
     if args.output_dir:
@@ -44,20 +44,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     import json
 
-    from .engine.config import load_config
-    from .engine.trainer import Trainer
+    from .config import load_config
+    from .runner import evaluate
 
     overrides = list(args.set or []) + [f"model.weights={args.weights}", "distill=null", "teacher=null"]
-    cfg = load_config(args.config, overrides)
-    trainer = Trainer(cfg, resume=False, check_output=False)
-    metrics = trainer.evaluate()
+    metrics = evaluate(load_config(args.config, overrides))
     print(json.dumps(metrics, indent=2))
     return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from .config import TrainConfig
     from .engine.checkpoint import load_checked, load_file
-    from .engine.config import TrainConfig
     from .engine.export import export_student
     from .tasks import make_task
 
@@ -78,7 +76,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(Path(args.output_dir), quick=args.quick, seed=args.seed)
+    run_demo(Path(args.output_dir), quick=args.quick, seed=args.seed, record=Path(args.json) if args.json else None)
     return 0
 
 
@@ -112,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default="runs/demo")
     p.add_argument("--quick", action="store_true", help="a much shorter schedule (smoke test)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON here (e.g. docs/demo.json)")
     p.set_defaults(func=_cmd_demo)
     return parser
 

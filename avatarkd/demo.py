@@ -13,9 +13,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .configio import apply_overrides, load_yaml, validate
-from .engine.config import TrainConfig
-from .engine.trainer import train
+from . import __version__
+from .atomic import atomic_write_json, atomic_write_text
+from .config import TrainConfig, apply_overrides, load_yaml, validate
+from .runner import train
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +29,19 @@ def _config(name: str, overrides: list[str]) -> TrainConfig:
     return validate(TrainConfig, apply_overrides(packaged_config(name), overrides), name)
 
 
-def run_demo(out: Path, quick: bool = False, seed: int = 0) -> list[dict[str, Any]]:
-    """Runs the four trainings (reusing a finished teacher) and prints the comparison table."""
+def run_demo(out: Path, quick: bool = False, seed: int = 0, record: Path | None = None) -> list[dict[str, Any]]:
+    """Runs the four trainings (reusing a finished teacher) and prints the comparison table.
+
+    Writes ``demo_table.md`` and ``demo.json`` (every arm's metrics, steps and wall clock) to
+    ``out``; ``record`` writes the JSON there too (the README's table comes from ``docs/demo.json``).
+    """
     scale = ["train.steps=6", "train.log_every=2", "data.limit_train=64", "data.limit_val=32", "train.plots=false"] if quick else []
     common = [f"seed={seed}"] + scale
     teacher_dir = out / "teacher"
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
-    if (teacher_dir / "metrics.json").is_file() and (teacher_dir / "student.pt").is_file():
+    reused = (teacher_dir / "metrics.json").is_file() and (teacher_dir / "student.pt").is_file()
+    if reused:
         log.info("reusing the finished teacher in %s", teacher_dir)
         teacher_metrics = json.loads((teacher_dir / "metrics.json").read_text())
     else:
@@ -56,7 +62,11 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> list[dict[str, An
     total = time.perf_counter() - t0
     table = format_table(rows, total)
     print(table)
-    (out / "demo_table.md").write_text(table + "\n")
+    atomic_write_text(out / "demo_table.md", table + "\n")
+    summary = {"avatarkd": __version__, "seed": seed, "quick": quick, "total_wall_seconds": round(total, 1),
+               "teacher_reused": reused, "table": table, "arms": rows}
+    for path in [out / "demo.json"] + ([record] if record else []):
+        atomic_write_json(path, summary)
     return rows
 
 

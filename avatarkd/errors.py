@@ -4,6 +4,8 @@ Every error a user can cause by their input (config, data, checkpoint) derives f
 ``AvatarKDError`` so the command line can tell "your input is wrong" from "our bug".
 """
 
+import warnings
+
 
 class AvatarKDError(Exception):
     """Base class for errors caused by user input."""
@@ -23,3 +25,11 @@ class CheckpointError(AvatarKDError, ValueError):
 
 class DistillationError(AvatarKDError, RuntimeError):
     """A distillation point cannot be computed (bad module name, shapes, non-finite values)."""
+
+
+class AvatarKDDeprecationWarning(DeprecationWarning):
+    """An old name that still works (e.g. a loss hyperparameter renamed for consistency)."""
+
+
+# Python hides DeprecationWarning outside __main__; config users would never see ours.
+warnings.simplefilter("default", AvatarKDDeprecationWarning)

@@ -23,14 +23,13 @@ running estimate stays identical on every rank.
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-UncertaintyMode = Literal["variance", "relative", "batchnorm", "none"]
-UNCERTAINTY_MODES: tuple[str, ...] = get_args(UncertaintyMode)
+from .config.distill import UNCERTAINTY_MODES, UncertaintyMode
 
 
 def _reduce_dims(ndim: int, channel_dim: int, first: int) -> tuple[int, ...]:

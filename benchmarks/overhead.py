@@ -32,10 +32,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from avatarkd.configio import apply_overrides, validate  # noqa: E402
+from avatarkd.config import TrainConfig, apply_overrides, validate  # noqa: E402
 from avatarkd.demo import packaged_config  # noqa: E402
-from avatarkd.engine.config import TrainConfig  # noqa: E402
-from avatarkd.engine.trainer import Trainer  # noqa: E402
+from avatarkd.engine import Trainer  # noqa: E402
+from avatarkd.runner import build_trainer  # noqa: E402
 from avatarkd.tasks import make_task  # noqa: E402
 from benchmarks._timing import RssPeak  # noqa: E402
 
@@ -68,7 +68,7 @@ def build(task: str, arm: str, workdir: Path, device: str) -> tuple[Trainer, Any
                         f"train.device={device}", "data.limit_train=64", "data.limit_val=8"]
     if arm == "base+cache":
         over.append(f"distill.teacher_cache={workdir / 'cache'}")  # filled by the warm-up steps
-    trainer = Trainer(validate(TrainConfig, apply_overrides(raw, over)), check_output=False)
+    trainer = build_trainer(validate(TrainConfig, apply_overrides(raw, over)), check_output=False)
     samples = [trainer.train_set[i] for i in range(trainer.batch_size)]
     return trainer, trainer.task.to_device(trainer.task.collate(samples), trainer.ctx.device)
 

@@ -31,10 +31,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from avatarkd.configio import apply_overrides, validate  # noqa: E402
+from avatarkd.config import TrainConfig, apply_overrides, validate  # noqa: E402
 from avatarkd.demo import packaged_config  # noqa: E402
-from avatarkd.engine.config import TrainConfig  # noqa: E402
-from avatarkd.engine.trainer import NonFiniteLossError, train  # noqa: E402
+from avatarkd.engine.trainer import NonFiniteLossError  # noqa: E402
+from avatarkd.runner import train  # noqa: E402
 
 log = logging.getLogger("quality")
 
@@ -109,10 +109,12 @@ def _ablation_dir(task_out: Path, base: str, key: str, value: Any, seed: int) ->
 
 def study(tasks: list[str], seeds: list[int], steps: dict[str, int], out: Path, ablations: list[str],
           teachers: dict[str, Path] | None = None, bases: list[str] | None = None,
-          ablation_seeds: list[int] | None = None, ablation_keys: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
+          ablation_seeds: list[int] | None = None, ablation_keys: dict[str, list[str]] | None = None,
+          extra: list[str] | None = None) -> list[dict[str, Any]]:
+    """Every run of the study, trained or reused; ``extra`` overrides go to every student run."""
     runs: list[dict[str, Any]] = []
     for task in tasks:
-        sched = [f"train.steps={steps[task]}"] if task in steps else []
+        sched = ([f"train.steps={steps[task]}"] if task in steps else []) + list(extra or [])
         spec = TASKS[task]
         metric = spec["metric"]
         tname, textra = spec["teacher"]

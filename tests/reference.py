@@ -54,7 +54,7 @@ def pkd(s, t, eps=1e-6):
     def norm(x):
         c = x.shape[1]
         flat = np.moveaxis(x, 1, 0).reshape(c, -1)
-        z = (flat - flat.mean(1, keepdims=True)) / (flat.std(1, keepdims=True) + eps)
+        z = (flat - flat.mean(1, keepdims=True)) / (flat.std(1, ddof=1, keepdims=True) + eps)  # unbiased, as published
         return z
 
     return float(((norm(s) - norm(t)) ** 2).mean() / 2)

@@ -125,7 +125,7 @@ def test_unknown_uncertainty_mode():
 # ------------------------------------------------------------------ AvatarLoss
 def _losses_for(shape):
     if len(shape) == 2:
-        return [(L.kd, {"T": 2.0}), (L.mse, {}), (L.l1, {}), (L.smooth_l1, {}), (L.pkd, {})]
+        return [(L.kd, {"tau": 2.0}), (L.mse, {}), (L.l1, {}), (L.smooth_l1, {}), (L.pkd, {})]
     return [(L.mse, {}), (L.cwd, {"tau": 2.0}), (L.pkd, {}), (L.l1, {}), (L.smooth_l1, {"beta": 0.5})]
 
 
@@ -228,3 +228,59 @@ def test_avatar_loss_accepts_partial_and_module_bases():
 def test_avatar_loss_rejects_misshaped_avatars():
     with pytest.raises(ValueError, match="avatars shape"):
         AvatarLoss(L.mse)(torch.zeros(2, 3), torch.zeros(2, 3), avatars=torch.zeros(2, 2, 4))
+
+
+# ------------------------------------------------------------------ the generic paths for any base loss
+def _cosine_gap(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """A custom loss with no avatar_mean form and not batch-separable: AvatarLoss must vmap it."""
+    return 1 - torch.nn.functional.cosine_similarity(s.flatten(1), t.flatten(1), dim=1).mean()
+
+
+def _needs_python_floats(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """A loss vmap cannot batch (``.item()`` on a batched tensor): AvatarLoss must fall back to a loop."""
+    scale = 1.0 + float(t.abs().max().item())
+    return ((s - t) ** 2).mean() / scale
+
+
+@pytest.mark.parametrize("fn", [_cosine_gap, _needs_python_floats], ids=["vmap", "loop"])
+def test_custom_losses_without_a_fast_form_average_their_avatars(fn, rng, caplog):
+    s = torch.randn(3, 4, 5, 5, generator=rng, requires_grad=True)
+    t = torch.randn(3, 4, 5, 5, generator=rng)
+    a = Avatars(4, p=0.2, generator=rng)(t)
+    akd = AvatarLoss(fn, num_avatars=4, uncertainty="none")
+    with caplog.at_level("DEBUG", logger="avatarkd.akd"):
+        got = akd(s, t, avatars=a)
+    looped = "looping over 4 avatars" in caplog.text
+    assert looped == (fn is _needs_python_floats)  # each path really ran
+    (g_got,) = torch.autograd.grad(got, s)
+    want = torch.stack([fn(s, a[k]) for k in range(4)]).mean()
+    (g_want,) = torch.autograd.grad(want, s)
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+    assert torch.allclose(g_got, g_want, rtol=1e-5, atol=1e-8)
+
+
+def test_dense_dkd_avatars_equal_mean_of_single_evaluations(rng):
+    s, t = torch.randn(2, 5, 4, 4, generator=rng, requires_grad=True), torch.randn(2, 5, 4, 4, generator=rng)
+    y = torch.randint(-1, 5, (2, 4, 4), generator=rng)  # -1: ignored pixels
+    a = Avatars(3, p=0.3, generator=rng)(t)
+    akd = AvatarLoss(L.dkd, num_avatars=3, uncertainty="none", base_kwargs={"tau": 2.0})
+    assert akd.context_keys == ("target",)
+    got = akd(s, t, avatars=a, target=y)
+    want = torch.stack([L.dkd(s, a[k], target=y, tau=2.0) for k in range(3)]).mean()
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_public_uncertainty_accessors(rng):
+    t = torch.rand(2, 3, 4, 4, generator=rng) + 0.5
+    akd = AvatarLoss(L.mse, num_avatars=2, p=0.2, generator=torch.Generator().manual_seed(0))
+    assert akd.uncertainty_state()["sigma"] is None  # nothing estimated before the first batch
+    akd(torch.zeros_like(t), t)
+    state = akd.uncertainty_state()
+    assert state["mode"] == "variance" and state["num_avatars"] == 2 and state["p"] == 0.2
+    assert torch.equal(state["sigma"], akd.uncertainty.running_var.sqrt())
+    before = akd.avatars.generator.get_state()
+    m = akd.uncertainty_map(t)
+    assert m.shape == (2, 4, 4) and bool((m > 0).any())
+    assert torch.equal(akd.avatars.generator.get_state(), before), "a picture must not consume training randomness"
+    assert AvatarLoss(L.mse, p=0.0).uncertainty_map(t) is None
+    assert AvatarLoss(L.mse, uncertainty="batchnorm").uncertainty_state()["sigma"] is None

@@ -44,7 +44,7 @@ def base_config(task: str, data_root: Path, out: Path, model: dict, steps: int =
     return {
         "task": task, "seed": 0, "output_dir": str(out),
         "data": {"root": str(data_root), "batch_size": 4, "num_classes": 3 if task == "segmentation" else None},
-        "model": model,
+        "model": dict(model),  # a copy: tests edit it (model.weights) and MODELS is shared
         "optim": {"lr": 1e-3},
         "train": {"steps": steps, "log_every": 1, "checkpoint_every": 1, "plots": task != "classification"},
     }

@@ -5,7 +5,7 @@ import torch
 import yaml
 
 from avatarkd import AvatarLoss, ConfigError, Distiller, DistillerConfig, build_points
-from avatarkd.configio import apply_overrides, load_yaml, validate
+from avatarkd.config import apply_overrides, load_yaml, validate
 
 GOOD = """
 akd: {num_avatars: 4, p: 0.1, uncertainty: variance}
@@ -79,7 +79,7 @@ def test_overrides():
 
 def test_short_exponent_floats_are_floats_not_strings(tmp_path):
     # PyYAML alone reads "2e-5" as the string "2e-5"; it would reach MGD as its loss scale.
-    from avatarkd.configio import apply_overrides, load_yaml
+    from avatarkd.config import apply_overrides, load_yaml
 
     path = tmp_path / "c.yaml"
     path.write_text("alpha: 2e-5\nlr: 1.0e-3\nsteps: 10\nname: '2e-5'\nbig: 1E+3\n")

@@ -19,7 +19,7 @@ def _points(k: int = 2) -> list[DistillPoint]:
     g = torch.Generator().manual_seed(0)
     return [
         DistillPoint("feat", "features", "layer4", loss=AvatarLoss(L.mse, num_avatars=k, generator=g), weight=1.0),
-        DistillPoint("logits", "classifier", "fc", loss=AvatarLoss(L.kd, num_avatars=k, generator=g, base_kwargs={"T": 2.0})),
+        DistillPoint("logits", "classifier", "fc", loss=AvatarLoss(L.kd, num_avatars=k, generator=g, base_kwargs={"tau": 2.0})),
     ]
 
 

@@ -1,11 +1,13 @@
 """Every base loss against an independent float64 NumPy reference, golden values and gradcheck."""
 
-import numpy as np
+import math
+
 import pytest
 import torch
 
 import reference as R
 from avatarkd import losses as L
+from avatarkd.errors import AvatarKDDeprecationWarning
 from avatarkd.losses import MGD, MasKD
 
 FEATURE_LOSSES = [
@@ -35,13 +37,13 @@ def test_feature_loss_matches_float64_reference(name, fn, ref, kw, rng):
 @pytest.mark.parametrize("T", [1.0, 4.0])
 def test_kd_matches_reference(T, rng):
     s, t = torch.randn(16, 10, generator=rng) * 3, torch.randn(16, 10, generator=rng) * 3
-    assert rel_err(L.kd(s, t, T=T).item(), R.kd(s.double().numpy(), t.double().numpy(), T=T)) < 1e-5
+    assert rel_err(L.kd(s, t, tau=T).item(), R.kd(s.double().numpy(), t.double().numpy(), T=T)) < 1e-5
 
 
 def test_dkd_matches_reference(rng):
     s, t = torch.randn(12, 7, generator=rng) * 2, torch.randn(12, 7, generator=rng) * 2
     y = torch.randint(0, 7, (12,), generator=rng)
-    got = L.dkd(s, t, target=y, alpha=0.5, beta=4.0, T=2.0).item()
+    got = L.dkd(s, t, target=y, alpha=0.5, beta=4.0, tau=2.0).item()
     want = R.dkd(s.double().numpy(), t.double().numpy(), y.numpy(), alpha=0.5, beta=4.0, T=2.0)
     assert rel_err(got, want) < 1e-5
 
@@ -77,37 +79,57 @@ def test_mgd_masks_about_lambda_of_positions():
 
 
 # ------------------------------------------------------------------ golden values
-def _golden_features() -> tuple[torch.Tensor, torch.Tensor]:
-    i = torch.arange(36, dtype=torch.float64)
-    return torch.sin(i).view(2, 3, 2, 3), torch.cos(i * 0.7).view(2, 3, 2, 3)
+# Derived by hand on inputs small enough to do on paper, so they check the formulas (reduction,
+# temperature scaling, std convention), not merely agreement with tests/reference.py.
+LN43 = math.log(4 / 3)
 
 
-def _golden_logits() -> tuple[torch.Tensor, torch.Tensor]:
-    i = torch.arange(12, dtype=torch.float64)
-    return (torch.sin(i * 1.3) * 3).view(3, 4), (torch.cos(i * 0.4) * 3).view(3, 4)
+def _row(*values: float) -> torch.Tensor:
+    """One sample, one channel, one row of positions: shape (1, 1, 1, W)."""
+    return torch.tensor(values, dtype=torch.float64).view(1, 1, 1, -1)
 
 
-@pytest.mark.parametrize(
-    "fn,kw,expected",
-    [
-        (L.mse, {}, 15.05136674545998),
-        (L.cwd, {"tau": 2.0}, 0.3983151034267232),
-        (L.pkd, {}, 0.8108462199999376),
-        (L.l1, {}, 0.7316604681835157),
-        (L.smooth_l1, {"beta": 0.5}, 0.5256479014597715),
-    ],
-)
-def test_golden_feature_values(fn, kw, expected):
-    s, t = _golden_features()
-    assert fn(s, t, **kw).item() == pytest.approx(expected, rel=1e-10)
-    assert fn(s.float(), t.float(), **kw).item() == pytest.approx(expected, rel=1e-5)
+def test_golden_mse_sums_over_features_and_divides_by_batch():
+    s = torch.tensor([1.0, 2.0, 0.0, 0.0], dtype=torch.float64).view(2, 1, 1, 2)  # sample 0: (1, 2); sample 1: 0
+    assert L.mse(s, torch.zeros_like(s)).item() == pytest.approx((1 + 4) / 2, rel=1e-12)
 
 
-def test_golden_logit_values():
-    s, t = _golden_logits()
-    assert L.kd(s, t, T=2.0).item() == pytest.approx(2.0044809662458145, rel=1e-10)
-    y = torch.tensor([0, 3, 1])
-    assert L.dkd(s, t, target=y, T=2.0).item() == pytest.approx(15.514096538120901, rel=1e-10)
+@pytest.mark.parametrize("tau", [1.0, 2.0])
+def test_golden_cwd(tau):
+    # teacher positions equal -> p_t = (1/2, 1/2); student logits (tau ln 3, 0) -> q = (3/4, 1/4) at any tau:
+    # KL = 1/2 ln(2/3) + 1/2 ln 2 = 1/2 ln(4/3), times tau^2, over N*C = 1
+    got = L.cwd(_row(tau * math.log(3), 0.0), _row(0.0, 0.0), tau=tau).item()
+    assert got == pytest.approx(0.5 * LN43 * tau**2, rel=1e-12)
+
+
+def test_golden_kd():
+    # the same two-class case over dim 1, batch of one: 1/2 ln(4/3) * tau^2 at tau = 2
+    s = torch.tensor([[2 * math.log(3), 0.0]], dtype=torch.float64)
+    assert L.kd(s, torch.zeros_like(s), tau=2.0).item() == pytest.approx(4 * 0.5 * LN43, rel=1e-12)
+
+
+def test_golden_pkd_uses_the_unbiased_std():
+    # t = (1, 2, 3): mean 2, unbiased std 1 -> (-1, 0, 1)/(1 + eps); s = (3, 2, 1) -> (1, 0, -1)/(1 + eps)
+    # mean squared difference (4 + 0 + 4)/3 / (1 + eps)^2, halved (a population std would give 1.0)
+    got = L.pkd(_row(3.0, 2.0, 1.0), _row(1.0, 2.0, 3.0)).item()
+    assert got == pytest.approx(4 / 3 / (1 + 1e-6) ** 2, rel=1e-12)
+
+
+def test_golden_l1_and_smooth_l1():
+    s = _row(1.0, -2.0, 3.0, 0.0)
+    assert L.l1(s, torch.zeros_like(s)).item() == pytest.approx(6 / 4, rel=1e-12)
+    d = _row(0.5, 2.0)  # Huber at beta 1: 0.5 * 0.25 and 2 - 0.5
+    assert L.smooth_l1(d, torch.zeros_like(d), beta=1.0).item() == pytest.approx((0.125 + 1.5) / 2, rel=1e-12)
+
+
+def test_golden_dkd():
+    # target class 0; teacher logits equal -> p_t = (1/3, 1/3, 1/3): binary (1/3, 2/3), others (1/2, 1/2)
+    # student (0, ln 2, 0) -> p_s = (1/4, 1/2, 1/4): binary (1/4, 3/4), others softmax(ln 2, 0) = (2/3, 1/3)
+    tckd = 1 / 3 * math.log((1 / 3) / (1 / 4)) + 2 / 3 * math.log((2 / 3) / (3 / 4))
+    nckd = 0.5 * math.log(0.5 / (2 / 3)) + 0.5 * math.log(0.5 / (1 / 3))
+    s = torch.tensor([[0.0, math.log(2), 0.0]], dtype=torch.float64)
+    got = L.dkd(s, torch.zeros_like(s), target=torch.tensor([0]), alpha=1.0, beta=8.0, tau=1.0).item()
+    assert got == pytest.approx(tckd + 8 * nckd, rel=1e-12)
 
 
 def test_identical_inputs_give_zero():
@@ -134,8 +156,8 @@ def test_gradcheck_logit_losses(rng):
     s = torch.randn(4, 5, generator=rng, dtype=torch.float64, requires_grad=True)
     t = torch.randn(4, 5, generator=rng, dtype=torch.float64)
     y = torch.randint(0, 5, (4,), generator=rng)
-    assert torch.autograd.gradcheck(lambda x: L.kd(x, t, T=2.0), (s,))
-    assert torch.autograd.gradcheck(lambda x: L.dkd(x, t, target=y, T=2.0), (s,))
+    assert torch.autograd.gradcheck(lambda x: L.kd(x, t, tau=2.0), (s,))
+    assert torch.autograd.gradcheck(lambda x: L.dkd(x, t, target=y, tau=2.0), (s,))
 
 
 def test_gradcheck_module_losses(rng):
@@ -152,3 +174,35 @@ def test_shape_mismatch_is_a_clear_error():
         L.mse(torch.zeros(2, 3), torch.zeros(2, 4))
     with pytest.raises(ValueError, match="dkd needs the ground-truth labels"):
         L.dkd(torch.zeros(2, 3), torch.zeros(2, 3))
+
+
+# ------------------------------------------------------------------ one temperature name
+def test_old_temperature_name_still_works_with_a_warning():
+    s, t = torch.randn(4, 5), torch.randn(4, 5)
+    y = torch.randint(0, 5, (4,))
+    with pytest.warns(AvatarKDDeprecationWarning, match="'T' is deprecated, use 'tau'"):
+        assert L.kd(s, t, T=2.0).item() == L.kd(s, t, tau=2.0).item()
+    with pytest.warns(AvatarKDDeprecationWarning):
+        assert L.dkd(s, t, target=y, T=3.0).item() == L.dkd(s, t, target=y, tau=3.0).item()
+
+
+def test_every_registered_temperature_is_called_tau():
+    for name in L.LOSSES.names():
+        params = L.LOSSES.get(name).hyperparameters()
+        assert "T" not in params and "temperature" not in params, name
+
+
+# ------------------------------------------------------------------ per-pixel DKD
+def test_dense_dkd_equals_dkd_over_labelled_pixels(rng):
+    s, t = torch.randn(2, 4, 3, 5, generator=rng), torch.randn(2, 4, 3, 5, generator=rng)
+    y = torch.randint(0, 4, (2, 3, 5), generator=rng)
+    y[0, 0, :2] = -1  # ignored pixels
+    keep = y.reshape(-1) >= 0
+    flat = lambda x: x.movedim(1, -1).reshape(-1, 4)[keep]  # noqa: E731
+    want = R.dkd(flat(s).double().numpy(), flat(t).double().numpy(), y.reshape(-1)[keep].numpy(), T=2.0)
+    assert rel_err(L.dkd(s, t, target=y, tau=2.0).item(), want) < 1e-5
+    # a label mask at another resolution is resized (nearest) to the logits
+    big = y.repeat_interleave(2, 1).repeat_interleave(2, 2)
+    assert L.dkd(s, t, target=big, tau=2.0).item() == pytest.approx(L.dkd(s, t, target=y, tau=2.0).item(), rel=1e-6)
+    with pytest.raises(ValueError, match="label 7 is not a class of the 4-channel logits"):
+        L.dkd(s, t, target=torch.full((2, 3, 5), 7))

@@ -11,13 +11,8 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from avatarkd.engine.plots import (
-    plot_detections,
-    plot_segmentation,
-    plot_training_curves,
-    plot_uncertainty,
-    uncertainty_maps,
-)
+from avatarkd.plots import plot_training_curves, plot_uncertainty, uncertainty_maps
+from avatarkd.tasks.drawing import plot_detections, plot_segmentation
 from avatarkd.errors import DataError
 
 
@@ -84,7 +79,7 @@ def test_training_curves_missing_file_or_nothing_to_plot(tmp_path: Path) -> None
 
 
 def test_series_skip_non_numbers_and_coco_sentinel() -> None:
-    from avatarkd.engine.plots import _collect_series
+    from avatarkd.plots import _collect_series
 
     rows = [{"step": 1, "loss": 1.0, "flag": True, "note": "x", "lr": None},
             {"step": 2, "eval/map": 0.2, "eval/map_small": -1.0, "eval/iou/cat": 0.5}]
@@ -165,8 +160,8 @@ def test_failed_write_keeps_old_png_and_leaves_no_temp(tmp_path: Path, monkeypat
     out = plot_uncertainty({"fpn.0": torch.rand(8)}, tmp_path / "u.png")
     before = out.read_bytes()
 
-    def broken_savefig(self: Figure, fname: str, **kwargs: object) -> None:
-        Path(fname).write_bytes(b"\x89PNG half")
+    def broken_savefig(self: Figure, fname: object, **kwargs: object) -> None:
+        fname.write(b"\x89PNG half")  # a binary file object: avatarkd.atomic's temporary file
         raise OSError("disk full")
 
     monkeypatch.setattr(Figure, "savefig", broken_savefig)

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from avatarkd.engine.checkpoint import list_checkpoints
-from avatarkd.engine.config import TrainConfig
-from avatarkd.engine.trainer import NonFiniteLossError, Trainer
+from avatarkd.config import TrainConfig
+from avatarkd.engine.trainer import NonFiniteLossError
+from avatarkd.runner import build_trainer
 from test_cli import MODELS, POINTS, base_config
 from tiny_data import write_tiny_dataset
 
@@ -22,7 +23,7 @@ def data_root(tmp_path_factory) -> Path:
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_state(data_root, tmp_path):
     cfg = base_config("classification", data_root, tmp_path / "run", MODELS["classification"][1], steps=5)
     cfg["train"].update(checkpoint_every=100, plots=False)
-    trainer = Trainer(TrainConfig.model_validate(cfg))
+    trainer = build_trainer(TrainConfig.model_validate(cfg))
     real = trainer.task.losses
 
     def poisoned(model, batch):
@@ -45,14 +46,14 @@ def test_bf16_autocast_on_cpu_keeps_distillation_losses_in_float32(data_root, tm
     teacher, student = MODELS["segmentation"]
     folder = tmp_path / "t"
     tcfg = TrainConfig.model_validate(base_config("segmentation", data_root, folder, teacher))
-    t = Trainer(tcfg)
+    t = build_trainer(tcfg)
     weights = tmp_path / "teacher.pt"
     torch.save(t.model.state_dict(), weights)
     cfg = base_config("segmentation", data_root, tmp_path / "run", student, steps=1)
     cfg["train"]["amp"] = "bf16"
     cfg["teacher"] = {**teacher, "weights": str(weights)}
     cfg["distill"] = {"akd": {"num_avatars": 2}, "points": POINTS["segmentation"]}
-    trainer = Trainer(TrainConfig.model_validate(cfg))
+    trainer = build_trainer(TrainConfig.model_validate(cfg))
     batch = trainer.task.to_device(trainer.task.collate([trainer.train_set[i] for i in range(4)]), trainer.ctx.device)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         _, losses = trainer.distiller(batch[0])
@@ -60,4 +61,4 @@ def test_bf16_autocast_on_cpu_keeps_distillation_losses_in_float32(data_root, tm
     values = trainer.train_step(batch)
     assert torch.isfinite(values["loss"])
     with pytest.raises(Exception, match="fp16 needs a CUDA device"):
-        Trainer(TrainConfig.model_validate({**cfg, "train": {**cfg["train"], "amp": "fp16"}}))
+        build_trainer(TrainConfig.model_validate({**cfg, "train": {**cfg["train"], "amp": "fp16"}}))

@@ -6,12 +6,14 @@ import os
 import signal
 import subprocess
 import sys
+import json
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from avatarkd.engine.checkpoint import list_checkpoints
 from test_cli import base_config, write_config
 from tiny_data import write_tiny_dataset
 
@@ -82,8 +84,14 @@ def test_interrupted_and_resumed_run_is_bit_exact(sig, data_root, tmp_path):
         assert code == -signal.SIGKILL
     else:
         assert code == 128 + signal.SIGTERM  # saved a checkpoint, then exited
+    saved = [step for step, _ in list_checkpoints(tmp_path / "broken")]
+    assert saved and saved[-1] >= 10
     resumed = _train(cfg, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    # the resumed process started at the newest checkpoint's step, not silently at step 0
+    result = json.loads((tmp_path / "broken" / "metrics.json").read_text())
+    assert result["start_step"] == saved[-1] and result["step"] == steps
+    assert json.loads((tmp_path / "straight" / "metrics.json").read_text())["start_step"] == 0
     a, b = _weights(tmp_path / "straight" / "student.pt"), _weights(tmp_path / "broken" / "student.pt")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
@@ -112,12 +120,38 @@ def test_two_process_gloo_ddp_equals_single_process(data_root, tmp_path):
         result = _train(write_config(tmp_path / f"ddp{nproc}.yaml", **cfg), nproc=nproc)
         assert result.returncode == 0, result.stderr[-3000:]
         outputs[nproc] = _weights(tmp_path / f"ddp{nproc}" / "student.pt")
+        metrics = json.loads((tmp_path / f"ddp{nproc}" / "metrics.json").read_text())
+        assert metrics["world_size"] == nproc  # two processes really trained together
+        if nproc == 2:
+            assert metrics["replicas_identical"] is True
     one, two = outputs[1], outputs[2]
     before_last = torch.load(tmp_path / "ddp1" / "checkpoints" / "step_0000002.pt", weights_only=False)["model"]
     moved = max((one[k].float() - before_last[k].float()).abs().max().item() for k in one)
     assert moved > 1e-3  # the last step changed the weights by far more than the tolerance below
     for k in one:
         assert torch.allclose(one[k].float(), two[k].float(), rtol=1e-4, atol=1e-5), k
+
+
+def test_two_process_ddp_with_akd_draws_avatars_per_rank(data_root, tmp_path):
+    """What the README promises with AKD on: per-rank avatar streams, one shared uncertainty estimate."""
+    teacher = _teacher(data_root, tmp_path)
+    model = {"arch": "classifier", "backbone": "resnet18", "freeze_bn": True}
+    cfg = base_config("classification", data_root, tmp_path / "akd2", model, steps=3)
+    cfg["train"].update(plots=False)
+    cfg["teacher"] = {"arch": "classifier", "backbone": "resnet18", "weights": str(teacher)}
+    cfg["distill"] = {"akd": {"num_avatars": 2, "uncertainty": "variance"},
+                      "points": [{"name": "feat", "student": "layer3", "teacher": "layer3", "loss": "mse"}]}
+    result = _train(write_config(tmp_path / "akd2.yaml", **cfg), nproc=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "akd2" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["replicas_identical"] is True
+    ckpt = torch.load(sorted((tmp_path / "akd2" / "checkpoints").glob("*.pt"))[-1], weights_only=False)
+    rank0, rank1 = (r["avatars"] for r in ckpt["rng"])
+    assert not torch.equal(rank0, rank1), "both ranks drew the same avatars"
+    fresh = [torch.Generator().manual_seed(0 * 7919 + r).get_state() for r in (0, 1)]
+    assert not torch.equal(rank0, fresh[0]) and not torch.equal(rank1, fresh[1])  # both streams were used
+    var = next(v for k, v in ckpt["distill"].items() if k.endswith("uncertainty.running_var"))
+    assert var.numel() == 256 and bool((var >= 0).all()) and bool((var > 0).any())  # ReLU-dead channels are 0
 
 
 def test_uncertainty_estimate_is_identical_across_ranks(tmp_path):

@@ -12,10 +12,10 @@ from torch import nn
 
 from avatarkd import AvatarLoss, Distiller, DistillPoint
 from avatarkd import losses as L
-from avatarkd.distiller import TeacherCache
-from avatarkd.engine.config import load_config
-from avatarkd.engine.trainer import train
-from avatarkd.tasks.models import build_segmenter
+from avatarkd.config import TrainConfig, load_config
+from avatarkd.distiller import TeacherCache, build_points
+from avatarkd.runner import train
+from avatarkd.tasks import make_task
 from test_cli import base_config, write_config
 from tiny_data import write_tiny_dataset
 
@@ -101,34 +101,88 @@ def data_root(tmp_path_factory) -> Path:
     return write_tiny_dataset(tmp_path_factory.mktemp("tiny"), n_train=8, n_val=4)
 
 
-def _seg_run(data_root: Path, tmp: Path, out: str, teacher: Path, cache: Path | None) -> dict:
-    cfg = base_config("segmentation", data_root, tmp / out, {"arch": "lraspp", "backbone": "mobilenet_v3_small"}, steps=6)
+SETUPS = {
+    "segmentation": ({"arch": "lraspp", "backbone": "mobilenet_v3_small"}, {"arch": "fcn", "backbone": "resnet18"},
+                     [{"name": "feat", "student": "backbone.body", "teacher": "backbone", "key": "out", "loss": "cwd"}],
+                     "distill.feat"),
+    "detection": ({"arch": "retinanet", "backbone": "resnet18", "fpn_channels": 32, "image_size": 64,
+                   "anchor_sizes": [8, 16, 32, 64, 128]},
+                  {"arch": "retinanet", "backbone": "resnet34", "fpn_channels": 32, "image_size": 64,
+                   "anchor_sizes": [8, 16, 32, 64, 128]},
+                  [{"name": "fpn", "student": "backbone.fpn", "teacher": "backbone.fpn", "loss": "cwd"}],
+                  "distill.fpn.0"),
+}
+
+
+def _config(task: str, data_root: Path, tmp: Path, out: str, teacher: Path, cache: Path | None) -> dict:
+    student, teacher_model, points, _ = SETUPS[task]
+    cfg = base_config(task, data_root, tmp / out, student, steps=6)
     cfg["data"]["hflip"] = 0.0
     cfg["train"]["plots"] = False
-    cfg["teacher"] = {"arch": "fcn", "backbone": "resnet18", "weights": str(teacher)}
-    cfg["distill"] = {"akd": {"num_avatars": 2}, "teacher_cache": str(cache) if cache else None,
-                      "points": [{"name": "feat", "student": "backbone.body", "teacher": "backbone", "key": "out",
-                                  "loss": "cwd"}]}
-    return train(load_config(write_config(tmp / f"{out}.yaml", **cfg)))
+    cfg["teacher"] = {**teacher_model, "weights": str(teacher)}
+    cfg["distill"] = {"akd": {"num_avatars": 2}, "teacher_cache": str(cache) if cache else None, "points": points}
+    return cfg
 
 
-def test_training_with_the_cache_matches_training_without(data_root, tmp_path):
+def _run(task: str, data_root: Path, tmp: Path, out: str, teacher: Path, cache: Path | None) -> dict:
+    return train(load_config(write_config(tmp / f"{out}.yaml", **_config(task, data_root, tmp, out, teacher, cache))))
+
+
+def _random_teacher(task: str, data_root: Path, tmp: Path) -> Path:
     torch.manual_seed(0)
-    teacher = tmp_path / "teacher.pt"
-    torch.save(build_segmenter("fcn", "resnet18", 3, 8).state_dict(), teacher)
-    plain = _seg_run(data_root, tmp_path, "plain", teacher, None)
-    cached = _seg_run(data_root, tmp_path, "cached", teacher, tmp_path / "cache")
+    cfg = TrainConfig.model_validate(_config(task, data_root, tmp, "t", tmp / "none.pt", None))
+    t = make_task(cfg)
+    t.datasets(cfg.data)
+    path = tmp / f"{task}_teacher.pt"
+    torch.save(t.build_model(cfg.teacher).state_dict(), path)
+    return path
+
+
+@pytest.mark.parametrize("task", ["segmentation", "detection"])
+def test_training_with_the_cache_matches_training_without(task, data_root, tmp_path):
+    teacher = _random_teacher(task, data_root, tmp_path)
+    plain = _run(task, data_root, tmp_path, "plain", teacher, None)
+    cached = _run(task, data_root, tmp_path, "cached", teacher, tmp_path / "cache")
     # 8 samples, batch 4, 6 steps: epoch 1 fills the cache, epochs 2 and 3 read it
     assert cached["teacher_cache"] == {"hits": 16, "misses": 8, "hit_rate": pytest.approx(16 / 24, abs=1e-4)}
     assert "teacher_cache" not in plain
+    key = SETUPS[task][3]
 
     def losses(run: str) -> list[float]:
         rows = [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
-        return [r["distill.feat"] for r in rows if "distill.feat" in r]
+        return [r[key] for r in rows if key in r]
 
     a, b = losses("plain"), losses("cached")
     assert len(a) == len(b) == 6
     torch.testing.assert_close(torch.tensor(b), torch.tensor(a), rtol=1e-4, atol=0)
     # a second run reuses the first run's cache from its first step
-    again = _seg_run(data_root, tmp_path, "again", teacher, tmp_path / "cache")
+    again = _run(task, data_root, tmp_path, "again", teacher, tmp_path / "cache")
     assert again["teacher_cache"]["misses"] == 0
+
+
+@pytest.mark.parametrize("task", ["segmentation", "detection"])
+def test_backbone_only_teacher_records_what_a_full_forward_records(task, data_root, tmp_path):
+    teacher_path = _random_teacher(task, data_root, tmp_path)
+    cfg = TrainConfig.model_validate(_config(task, data_root, tmp_path, "x", teacher_path, None))
+    t = make_task(cfg)
+    val = t.datasets(cfg.data)[1]
+    teacher = t.build_model(cfg.teacher)
+    teacher.load_state_dict(torch.load(teacher_path, weights_only=True))
+    shortcut = t.teacher_forward(teacher)
+    assert shortcut is not None and shortcut.__name__ == "backbone_only"
+    images = t.images_of(t.collate([val[i] for i in range(3)]))
+    feats = {}
+    for name, forward in (("full", None), ("backbone", shortcut)):
+        calls: list[str] = []
+        hook = teacher.register_forward_hook(lambda *_: calls.append("full forward"))
+        d = Distiller(t.build_model(cfg.model), teacher, build_points(cfg.distill), teacher_forward=forward)
+        feats[name] = d.build(images).teacher_features(images)
+        hook.remove()
+        assert bool(calls) == (name == "full")  # the shortcut never calls the whole teacher
+    assert feats["full"].keys() == feats["backbone"].keys() and feats["full"]
+    for label in feats["full"]:
+        torch.testing.assert_close(feats["backbone"][label], feats["full"][label], rtol=0, atol=0)
+    # a point outside the backbone needs the full forward
+    head = cfg.model_copy(update={"distill": cfg.distill.model_copy(
+        update={"points": [cfg.distill.points[0].model_copy(update={"teacher": "head"})]})})
+    assert make_task(head).teacher_forward(teacher) is None

@@ -1,9 +1,10 @@
-"""Model-agnostic distillation: recorders, connectors, the Distiller and its config."""
+"""Model-agnostic distillation: recorders, connectors, the Distiller, and points built from config."""
 
-from .config import AKDConfig, DistillerConfig, PointConfig, build_points
+from .build import build_points, missing_context, wrap_loss
 from .connectors import Connector
 from .distiller import DistillPoint, Distiller
 from .recorder import Recorder
 from .teacher_cache import TeacherCache
 
-__all__ = ["AKDConfig", "DistillerConfig", "PointConfig", "build_points", "Connector", "DistillPoint", "Distiller", "Recorder", "TeacherCache"]
+__all__ = ["build_points", "missing_context", "wrap_loss", "Connector", "DistillPoint", "Distiller", "Recorder",
+           "TeacherCache"]

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import DistillationError
+from ..naming import repeated
 from .connectors import Connector
 from .recorder import Recorder
 from .teacher_cache import TeacherCache
@@ -126,8 +127,7 @@ class Distiller(nn.Module):
         super().__init__()
         if not points:
             raise DistillationError("Distiller needs at least one distillation point")
-        names = [p.name for p in points]
-        dupes = sorted({n for n in names if names.count(n) > 1})
+        dupes = repeated(p.name for p in points)
         if dupes:
             raise DistillationError(f"distillation point names must be unique; repeated: {dupes}")
         self.student = student
@@ -232,18 +232,21 @@ class Distiller(nn.Module):
             )
         return s_levels, t_levels
 
-    def forward(self, *args: Any, teacher_args: Sequence[Any] | None = None, **kwargs: Any) -> tuple[Any, dict[str, Tensor]]:
+    def forward(self, *args: Any, teacher_args: Sequence[Any] | None = None,
+                loss_context: Mapping[str, Any] | None = None, **kwargs: Any) -> tuple[Any, dict[str, Tensor]]:
         """Teacher (no grad) then student on the inputs; returns (student output, losses).
 
         ``teacher_args`` replaces ``args`` for the teacher (e.g. images without targets);
-        ``kwargs`` go to the student only. Losses are keyed ``distill.<point>[.<level>]``,
-        plus ``distill_total``, and are already multiplied by their weights.
+        ``kwargs`` go to the student only. ``loss_context`` holds per-batch inputs that some
+        losses need, e.g. ``{"target": labels}`` for DKD; each loss receives only the keys it
+        declares (``context_keys``). Losses are keyed ``distill.<point>[.<level>]``, plus
+        ``distill_total``, and are already multiplied by their weights.
         """
         self._require_built()
         t_feats = self._teacher_feats(args if teacher_args is None else teacher_args)
         with self._student_rec.recording() as s_rec:
             out = self.student(*args, **kwargs)
-        return out, self._losses(s_rec, t_feats)
+        return out, self._losses(s_rec, t_feats, loss_context or {})
 
     def _labels(self) -> list[tuple[str, DistillPoint, str]]:
         return [(f"{p.name}.{level}" if level else p.name, p, level) for p in self.points for level in self._levels[p.name]]
@@ -289,11 +292,7 @@ class Distiller(nn.Module):
         self._require_built()
         return self._teacher_levels(self._run_teacher(teacher_args))
 
-    def compute_losses(self, s_rec: Mapping[str, Any], t_rec: Mapping[str, Any], **loss_kwargs: Any) -> dict[str, Tensor]:
-        """Losses from recorded student and teacher outputs (module path -> output)."""
-        return self._losses(s_rec, self._teacher_levels(t_rec), **loss_kwargs)
-
-    def _losses(self, s_rec: Mapping[str, Any], t_feats: Mapping[str, Tensor], **loss_kwargs: Any) -> dict[str, Tensor]:
+    def _losses(self, s_rec: Mapping[str, Any], t_feats: Mapping[str, Tensor], context: Mapping[str, Any]) -> dict[str, Tensor]:
         pairs: list[tuple[str, DistillPoint, Tensor, Tensor]] = []
         for point in self.points:
             if point.student not in s_rec:
@@ -319,11 +318,23 @@ class Distiller(nn.Module):
                     f"{tuple(t_feat.shape)} (shapes changed since build?)"
                 )
             loss_fn = self.loss_modules[slot] if slot in self.loss_modules else self._loss_fns[slot]
+            extra = self._context_for(label, loss_fn, context)
             with torch.autocast(s_feat.device.type, enabled=False):
-                value = loss_fn(s_feat.float(), t_feat.float(), **loss_kwargs)
+                value = loss_fn(s_feat.float(), t_feat.float(), **extra)
             losses[f"distill.{label}"] = point.weight * value
         losses["distill_total"] = torch.stack(list(losses.values())).sum()
         return losses
+
+    @staticmethod
+    def _context_for(label: str, loss_fn: LossLike, context: Mapping[str, Any]) -> dict[str, Any]:
+        keys = tuple(getattr(loss_fn, "context_keys", ()))
+        missing = [k for k in keys if k not in context]
+        if missing:
+            raise DistillationError(
+                f"point {label!r}: its loss needs {missing} from each batch; pass "
+                f"loss_context={{{', '.join(repr(k) + ': ...' for k in missing)}}} to Distiller.forward"
+            )
+        return {k: context[k] for k in keys}
 
     @staticmethod
     def _check_finite(pairs: list[tuple[str, DistillPoint, Tensor, Tensor]]) -> None:

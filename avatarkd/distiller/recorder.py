@@ -6,7 +6,6 @@ export) with the hooks installed and no memory held.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import DistillationError
+from ..naming import did_you_mean
 
 
 def resolve_module(model: nn.Module, path: str, role: str) -> nn.Module:
@@ -21,9 +21,7 @@ def resolve_module(model: nn.Module, path: str, role: str) -> nn.Module:
     modules = dict(model.named_modules())
     if path in modules:
         return modules[path]
-    close = difflib.get_close_matches(path, [n for n in modules if n], n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise DistillationError(f"{role} has no module named {path!r}{hint}")
+    raise DistillationError(f"{role} has no module named {path!r}{did_you_mean(path, modules, n=3)}")
 
 
 class Recorder:

@@ -18,14 +18,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from ..atomic import atomic_torch_save
 
 log = logging.getLogger(__name__)
 
@@ -117,17 +117,9 @@ class TeacherCache:
             path = self._path(key)
             if path.is_file():
                 continue
-            path.parent.mkdir(parents=True, exist_ok=True)
             # clone: saving a view would write the whole batch's storage into every file
             entry = {label: f[i].detach().clone() for label, f in feats.items()}
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    torch.save(entry, fh)
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            atomic_torch_save(entry, path, fsync=False)  # a lost entry is only a future miss
 
     def _warn(self, message: str) -> None:
         if not self._warned:

@@ -1,5 +1,5 @@
-"""Training engine: config, loop, checkpoints, logging, plots, export, distribution."""
+"""Training engine: the loop, checkpoints, logging, export and distribution, for parts built elsewhere."""
 
-from .config import TrainConfig, load_config
+from .trainer import NonFiniteLossError, Stopped, Trainer
 
-__all__ = ["TrainConfig", "load_config"]
+__all__ = ["NonFiniteLossError", "Stopped", "Trainer"]

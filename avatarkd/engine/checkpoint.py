@@ -8,35 +8,19 @@ every RNG state (torch, CUDA, NumPy, Python, the avatar generator) and the data 
 from __future__ import annotations
 
 import logging
-import os
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..errors import CheckpointError
+from ..atomic import atomic_torch_save
+from ..errors import AvatarKDError, CheckpointError
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^step_(\d+)\.pt$")
-
-
-def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temp file in the same folder, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
@@ -74,9 +58,25 @@ def list_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def find_resume(output_dir: Path, resume: bool | Path) -> Path | None:
+    """The checkpoint a run continues from: a given file, the newest in ``output_dir``, or none.
+
+    Without ``resume``, an ``output_dir`` that already holds checkpoints is refused, so that a
+    second ``train`` never overwrites a run.
+    """
+    if isinstance(resume, Path):
+        return resume
+    found = list_checkpoints(output_dir)
+    if resume:
+        return found[-1][1] if found else None
+    if found:
+        raise AvatarKDError(f"{output_dir} already holds checkpoints; pass --resume to continue it or choose another output_dir")
+    return None
+
+
 def save_checkpoint(output_dir: Path, step: int, state: dict[str, Any], keep_last: int) -> Path:
     path = checkpoint_dir(output_dir) / f"step_{step:07d}.pt"
-    atomic_save({"format": "avatarkd-checkpoint-1", "step": step, **state}, path)
+    atomic_torch_save({"format": "avatarkd-checkpoint-1", "step": step, **state}, path)
     for _, old in list_checkpoints(output_dir)[:-keep_last]:
         old.unlink(missing_ok=True)
     log.info("saved checkpoint %s", path)

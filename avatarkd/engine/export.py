@@ -10,9 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import atomic_save
-from .config import TrainConfig
-from .jsonio import atomic_write_json
+from ..atomic import atomic_torch_save, atomic_write, atomic_write_json
+from ..config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -24,17 +23,15 @@ def export_student(model: nn.Module, path: Path, cfg: TrainConfig, class_names: 
     A JSON sidecar records how to build the architecture with torchvision parts.
     """
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    atomic_save(state, path)
+    atomic_torch_save(state, path)
     meta = {"task": cfg.task, "model": json.loads(cfg.model.model_dump_json()), "class_names": class_names,
-            "builder": "avatarkd.tasks.models", "num_parameters": sum(v.numel() for v in state.values())}
+            "builder": "avatarkd.models", "num_parameters": sum(v.numel() for v in state.values())}
     atomic_write_json(path.with_suffix(".json"), meta)
     if torchscript:
         model = model.eval()
         scripted = torch.jit.script(model)
         ts_path = path.with_suffix(".ts")
-        tmp_ts = ts_path.with_suffix(".ts.tmp")
-        scripted.save(str(tmp_ts))
-        tmp_ts.replace(ts_path)
+        atomic_write(ts_path, lambda f: torch.jit.save(scripted, f), fsync=True)
         log.info("wrote TorchScript %s", ts_path)
     log.info("exported student weights to %s", path)
     return path

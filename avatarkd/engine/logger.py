@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .jsonio import json_safe
+from ..atomic import json_safe
 
 log = logging.getLogger(__name__)
 

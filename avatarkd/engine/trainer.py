@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -15,18 +16,19 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ..distiller import Distiller, build_points
-from ..distiller.teacher_cache import TeacherCache
+from ..akd import AvatarLoss
+from ..atomic import atomic_write_json
+from ..config import TrainConfig
+from ..distiller import Distiller
 from ..errors import AvatarKDError, DataError
-from ..tasks import make_task
-from .checkpoint import (atomic_save, list_checkpoints, load_checked, load_file, load_model_weights, rng_state,
-                         save_checkpoint, set_rng_state)
-from .config import TrainConfig
-from .distributed import DistContext, all_true, barrier, cleanup, init_distributed
-from .jsonio import atomic_write_json
+from ..plots import plot_training_curves, plot_uncertainty
+from ..tasks import Task
+from .checkpoint import load_checked, load_file, rng_state, save_checkpoint, set_rng_state
+from .distributed import DistContext, all_true, barrier
+from .export import export_student
 from .logger import MetricLogger
 from .sampling import EvalShardSampler, ResumableSampler, SeededAugmentation
 
@@ -45,10 +47,6 @@ class Stopped(Exception):
         self.signum = signum
 
 
-def _limit(ds: Any, n: int | None) -> Any:
-    return Subset(ds, range(min(n, len(ds)))) if n is not None else ds
-
-
 def _lr_lambda(cfg: TrainConfig):
     total, warm = cfg.train.steps, cfg.optim.warmup_steps
 
@@ -64,34 +62,34 @@ def _lr_lambda(cfg: TrainConfig):
 
 
 class Trainer:
-    """Builds everything from a validated ``TrainConfig`` and runs it.
+    """Optimisation, checkpoints, logging and distribution for one run whose parts are already built.
 
-    ``resume``: ``True`` continues from the newest checkpoint in ``output_dir`` (if any), a path
-    continues from that checkpoint, ``False`` starts afresh (refusing to overwrite a finished run's
-    checkpoints unless they are absent).
+    ``avatarkd.runner.build_trainer`` makes the parts from a config (task, datasets, student,
+    distiller) and hands them over; the trainer does not know how models or losses are made.
+    ``resume_from``: a checkpoint to continue from (None: start at step 0).
     """
 
-    def __init__(self, cfg: TrainConfig, resume: bool | Path = False, ctx: DistContext | None = None,
-                 check_output: bool = True) -> None:
+    def __init__(self, cfg: TrainConfig, task: Task, model: nn.Module, train_set: Dataset, val_set: Dataset, *,
+                 ctx: DistContext, distiller: Distiller | None = None, generator: torch.Generator | None = None,
+                 resume_from: Path | None = None) -> None:
         self.cfg = cfg
-        self.ctx = ctx or init_distributed(cfg.train.device)
+        self.ctx = ctx
+        self.task = task
         self.out = Path(cfg.output_dir)
-        self.task = make_task(cfg)
+        self.model = model
+        self.distiller = distiller
+        self.generator = generator
         self._signal: int | None = None
-        self._resume_from = self._find_resume(resume) if check_output else None  # fail before building
-        torch.manual_seed(cfg.seed)
-        self._build_data()
-        self._build_models()
+        self._resume_from = resume_from
+        self._build_data(train_set, val_set)
+        self._wrap_models()
         self._build_optim()
         self.step = 0
+        self.start_step = 0
 
     # ------------------------------------------------------------------ building
-    def _build_data(self) -> None:
+    def _build_data(self, train: Dataset, val: Dataset) -> None:
         cfg, ctx = self.cfg, self.ctx
-        train, val = self.task.datasets(cfg.data)
-        train, val = _limit(train, cfg.data.limit_train), _limit(val, cfg.data.limit_val)
-        if len(train) == 0 or len(val) == 0:
-            raise DataError(f"empty dataset: {len(train)} training and {len(val)} validation samples")
         per_rank = cfg.data.batch_size // ctx.world_size
         if per_rank < 1 or cfg.data.batch_size % ctx.world_size:
             raise DataError(f"data.batch_size {cfg.data.batch_size} is not divisible by {ctx.world_size} processes")
@@ -115,37 +113,14 @@ class Trainer:
         sampler = EvalShardSampler(len(self.val_set), self.ctx.world_size, self.ctx.rank)
         return self._loader(self.val_set, sampler, self.cfg.data.val_batch_size or self.cfg.data.batch_size, False)
 
-    def _build_models(self) -> None:
-        cfg, device = self.cfg, self.ctx.device
-        self.model = self.task.build_model(cfg.model).to(device)
-        if cfg.model.weights is not None:
-            load_model_weights(self.model, cfg.model.weights, "student")
-        self.distiller: Distiller | None = None
-        self.generator: torch.Generator | None = None
-        if cfg.distill is not None:
-            assert cfg.teacher is not None and cfg.teacher.weights is not None  # validated in config
-            teacher = self.task.build_model(cfg.teacher).to(device)
-            load_model_weights(teacher, cfg.teacher.weights, "teacher")
-            # independent avatars per rank, reproducible from the seed
-            self.generator = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + self.ctx.rank)
-            points = build_points(cfg.distill, self.generator)
-            forward = self.task.teacher_forward()
-            cache = None
-            if cfg.distill.teacher_cache is not None:
-                how = f"{forward.__module__}.{forward.__qualname__}" if forward is not None else "full forward"
-                context = [(p.teacher, p.key) for p in points] + [how]
-                cache = TeacherCache(cfg.distill.teacher_cache, teacher, context)
-                log.info("teacher cache: %s", cache.dir)
-            self.distiller = Distiller(self.model, teacher, points, teacher_forward=forward, teacher_cache=cache)
-            example = self.task.collate([self.val_set[i] for i in range(min(2, len(self.val_set)))])
-            images = self.task.to_device(example, device)
-            self.distiller.build(self.task.images_of(images))
+    def _wrap_models(self) -> None:
+        device = self.ctx.device
         self.trainable: nn.Module = self.distiller if self.distiller is not None else self.model
         self.train_module: nn.Module = self.trainable
         if self.ctx.distributed:
             ids = [device.index] if device.type == "cuda" else None
-            if device.type == "cuda" and cfg.train.sync_bn:
-                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)  # before DDP wraps it
+            if device.type == "cuda" and self.cfg.train.sync_bn:
+                nn.SyncBatchNorm.convert_sync_batchnorm(self.model)  # in place, before DDP wraps it
             self.train_module = DDP(self.trainable, device_ids=ids)
 
     def _build_optim(self) -> None:
@@ -193,16 +168,6 @@ class Trainer:
                         len(per_rank), self.ctx.world_size)
         set_rng_state(per_rank[min(self.ctx.rank, len(per_rank) - 1)], self.generator)
         self.step = int(ckpt["step"])
-
-    def _find_resume(self, resume: bool | Path) -> Path | None:
-        if isinstance(resume, Path):
-            return resume
-        found = list_checkpoints(self.out)
-        if resume:
-            return found[-1][1] if found else None
-        if found:
-            raise AvatarKDError(f"{self.out} already holds checkpoints; pass --resume to continue it or choose another output_dir")
-        return None
 
     def save(self) -> Path | None:
         """Collective: every rank contributes its RNG states, rank 0 writes."""
@@ -267,6 +232,7 @@ class Trainer:
         cfg, ctx = self.cfg, self.ctx
         if self._resume_from is not None:
             self.load_state(load_file(self._resume_from), self._resume_from)
+            self.start_step = self.step
             log.info("resumed from %s at step %d", self._resume_from, self.step)
         logger = MetricLogger(self.out, enabled=ctx.is_main, resume_step=self.step)
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -281,14 +247,27 @@ class Trainer:
                 signal.signal(s, h)
             logger.close()
         wall = time.perf_counter() - start
-        result = {"task": cfg.task, "step": self.step, "metrics": metrics, "primary_metric": self.task.primary_metric,
-                  "wall_seconds": round(wall, 1), "world_size": ctx.world_size, "device": str(ctx.device)}
+        result = {"task": cfg.task, "step": self.step, "start_step": self.start_step, "metrics": metrics,
+                  "primary_metric": self.task.primary_metric, "wall_seconds": round(wall, 1),
+                  "world_size": ctx.world_size, "device": str(ctx.device)}
+        if ctx.distributed:
+            result["replicas_identical"] = self._replicas_identical()
         cache = self.distiller.teacher_cache if self.distiller is not None else None
         if cache is not None:
             result["teacher_cache"] = {"hits": cache.hits, "misses": cache.misses, "hit_rate": round(cache.hit_rate, 4)}
         if ctx.is_main:
             self._finish(result)
         return result
+
+    def _replicas_identical(self) -> bool:
+        """Whether every rank ends with the same student, connectors and loss-module state (collective)."""
+        state = self.distiller.distill_state_dict() if self.distiller is not None else self.model.state_dict()
+        digest = hashlib.sha256()
+        for name, tensor in state.items():
+            digest.update(name.encode() + tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        digests = [None] * self.ctx.world_size
+        torch.distributed.all_gather_object(digests, digest.hexdigest())
+        return len(set(digests)) == 1
 
     def _loop(self, logger: MetricLogger) -> None:
         cfg, ctx = self.cfg, self.ctx
@@ -321,16 +300,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ outputs
     def _finish(self, result: dict[str, Any]) -> None:
-        from .export import export_student
-
         export_student(self.model, self.out / "student.pt", self.cfg, self.task.class_names)
         atomic_write_json(self.out / "metrics.json", result)
         if self.cfg.train.plots:
             self._plots()
 
     def _plots(self) -> None:
-        from .plots import plot_training_curves, plot_uncertainty, uncertainty_maps
-
         try:
             plot_training_curves(self.out / "metrics.jsonl", self.out / "curves.png")
             batch = self.task.collate([self.val_set[i] for i in range(min(8, len(self.val_set)))])
@@ -338,30 +313,24 @@ class Trainer:
             self.model.eval()
             self.task.plot_predictions(batch, self.task.predict(self.model, batch), self.out / "predictions.png")
             if self.distiller is not None:
-                losses = self.distiller.point_losses()
-                sigmas = {label: m.uncertainty.running_var.sqrt().cpu() for label, m in losses.items()
-                          if getattr(getattr(m, "uncertainty", None), "running_var", torch.empty(0)).numel()}
-                if sigmas:
-                    plot_uncertainty(sigmas, self.out / "uncertainty.png", title="per-channel sigma of the avatars")
-                # the paper's picture: where, in one image, the Avatars disagree with the teacher
-                feats = self.distiller.teacher_features(self.task.images_of(batch))
-                maps = {label: uncertainty_maps(feats[label][:1], loss.avatars(feats[label][:1]))[0].cpu()
-                        for label, loss in losses.items()
-                        if hasattr(loss, "avatars") and feats[label].dim() == 4 and loss.avatars.p > 0}
-                if maps:
-                    plot_uncertainty(maps, self.out / "uncertainty_maps.png",
-                                     title="E_k (a_k - t)^2 per position, first validation image")
+                self._plot_uncertainty(batch)
         except Exception as err:  # noqa: BLE001 - a failed picture must not fail a finished run
             log.warning("plotting failed: %s", err)
 
+    def _plot_uncertainty(self, batch: Any) -> None:
+        assert self.distiller is not None
+        losses = {label: loss for label, loss in self.distiller.point_losses().items() if isinstance(loss, AvatarLoss)}
+        sigmas = {label: state["sigma"] for label, loss in losses.items()
+                  if (state := loss.uncertainty_state())["sigma"] is not None}
+        if sigmas:
+            plot_uncertainty(sigmas, self.out / "uncertainty.png", title="per-channel sigma of the avatars")
+        # the paper's picture: where, in one image, the Avatars disagree with the teacher
+        feats = self.distiller.teacher_features(self.task.images_of(batch))
+        maps = {label: m[0].cpu() for label, loss in losses.items()
+                if (m := loss.uncertainty_map(feats[label][:1])) is not None}
+        if maps:
+            plot_uncertainty(maps, self.out / "uncertainty_maps.png",
+                             title="E_k (a_k - t)^2 per position, first validation image")
 
-def train(cfg: TrainConfig, resume: bool | Path = False) -> dict[str, Any]:
-    """Train from a config (what ``avatarkd train`` runs); returns the final metrics."""
-    trainer = Trainer(cfg, resume=resume)
-    try:
-        return trainer.fit()
-    finally:
-        cleanup(trainer.ctx)
 
-
-__all__ = ["Trainer", "train", "NonFiniteLossError", "Stopped", "atomic_save"]
+__all__ = ["Trainer", "NonFiniteLossError", "Stopped"]

@@ -1,7 +1,13 @@
-"""Distillation losses: pure functions (``functional``) and modules with learnable parts."""
+"""Distillation losses: pure functions (``functional``) and modules with learnable parts.
 
+Each is registered (``avatarkd.registry.LOSSES``) beside its formula; ``register_loss`` adds
+your own, usable from YAML by name.
+"""
+
+from ..registry import LOSSES, LossSpec, register_loss
 from .functional import cwd, dkd, kd, kl_div_probs, l1, mse, pkd, smooth_l1
 from .maskd import MasKD, maskd_loss
 from .mgd import MGD
 
-__all__ = ["mse", "cwd", "kd", "dkd", "pkd", "l1", "smooth_l1", "kl_div_probs", "MGD", "MasKD", "maskd_loss"]
+__all__ = ["LOSSES", "LossSpec", "register_loss", "mse", "cwd", "kd", "dkd", "pkd", "l1", "smooth_l1",
+           "kl_div_probs", "MGD", "MasKD", "maskd_loss"]

@@ -17,9 +17,14 @@ Reductions (stated because papers differ):
 - ``mse``: sum of squared differences over all non-batch dims, divided by N (FitNet/MGD style).
 - ``cwd``: per (sample, channel) KL over spatial positions, times tau^2, divided by N*C.
 - ``kd``: KL over dim 1, summed over classes, mean over batch (and positions for dense logits),
-  times T^2.
-- ``dkd``: alpha * TCKD + beta * NCKD, each summed over classes, batch mean, times T^2.
-- ``pkd``: per-channel standardisation over (batch, positions), element-wise mean squared error / 2.
+  times tau^2.
+- ``dkd``: alpha * TCKD + beta * NCKD, each summed over classes, mean over the labelled samples
+  (and pixels, for dense logits), times tau^2.
+- ``pkd``: per-channel standardisation over (batch, positions) with the unbiased std plus eps, as
+  published; element-wise mean squared error / 2.
+
+Every loss is declared to the loss registry with ``@register_loss`` right above its formula; the
+temperature is ``tau`` in every loss (``T`` is still accepted by ``kd``/``dkd``, with a warning).
 - ``l1`` / ``smooth_l1``: element-wise mean.
 """
 
@@ -30,6 +35,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from ..registry import register_loss
 
 __all__ = ["mse", "cwd", "kd", "dkd", "pkd", "l1", "smooth_l1", "kl_div_probs"]
 
@@ -73,6 +80,7 @@ def _mean_gap(per_avatar: Callable[[Tensor], Tensor], avatars: Tensor) -> Tensor
 
 
 # --------------------------------------------------------------------------- MSE / FitNet
+@register_loss("mse")
 def mse(student: Tensor, teacher: Tensor) -> Tensor:
     """FitNet: sum of squared differences over C,H,W divided by the batch size N."""
     _check_same_shape("mse", student, teacher)
@@ -93,6 +101,7 @@ def _cwd_flat(x: Tensor) -> Tensor:
     return x.flatten(2)
 
 
+@register_loss("cwd")
 def cwd(student: Tensor, teacher: Tensor, tau: float = 1.0) -> Tensor:
     """Channel-wise distillation: spatial softmax per channel, KL(teacher || student) * tau^2 / (N*C)."""
     _check_same_shape("cwd", student, teacher)
@@ -123,64 +132,88 @@ def _kd_reduce(kl: Tensor) -> Tensor:
     return kl.mean()
 
 
-def kd(student: Tensor, teacher: Tensor, T: float = 4.0) -> Tensor:
-    """Hinton KD: KL(softmax(t/T) || softmax(s/T)) over dim 1, batch mean, times T^2."""
+@register_loss("kd", renamed={"T": "tau"})
+def kd(student: Tensor, teacher: Tensor, tau: float = 4.0) -> Tensor:
+    """Hinton KD: KL(softmax(t/tau) || softmax(s/tau)) over dim 1, batch mean, times tau^2."""
     _check_same_shape("kd", student, teacher)
-    z_t = teacher / T
+    z_t = teacher / tau
     p_t, log_p_t = F.softmax(z_t, dim=1), F.log_softmax(z_t, dim=1)
-    return _kd_reduce(kl_div_probs(p_t, F.log_softmax(student / T, dim=1), dim=1, log_p=log_p_t)) * T**2
+    return _kd_reduce(kl_div_probs(p_t, F.log_softmax(student / tau, dim=1), dim=1, log_p=log_p_t)) * tau**2
 
 
-def _kd_avatar_mean(student: Tensor, avatars: Tensor, T: float = 4.0) -> Tensor:
+def _kd_avatar_mean(student: Tensor, avatars: Tensor, tau: float = 4.0) -> Tensor:
     with torch.no_grad():
-        z_k = avatars / T
+        z_k = avatars / tau
         p_k, log_p_k = F.softmax(z_k, dim=2), F.log_softmax(z_k, dim=2)
         p_bar, log_bar = _log_mean_probs(p_k, log_p_k)
-        gap = kl_div_probs(p_k, log_bar, dim=2, log_p=log_p_k).flatten(1).mean(1).mean() * T**2
-    main = _kd_reduce(kl_div_probs(p_bar, F.log_softmax(student / T, dim=1), dim=1, log_p=log_bar)) * T**2
+        gap = kl_div_probs(p_k, log_bar, dim=2, log_p=log_p_k).flatten(1).mean(1).mean() * tau**2
+    main = _kd_reduce(kl_div_probs(p_bar, F.log_softmax(student / tau, dim=1), dim=1, log_p=log_bar)) * tau**2
     return main + gap
 
 
 # --------------------------------------------------------------------------- DKD
-def _dkd_parts(logits: Tensor, target: Tensor, T: float) -> tuple[Tensor, Tensor]:
-    """Binary (target, non-target) probabilities and the log-softmax over non-target classes."""
+def _dkd_parts(logits: Tensor, target: Tensor, tau: float) -> tuple[Tensor, Tensor]:
+    """Binary (target, non-target) probabilities and the log-softmax over non-target classes.
+
+    ``logits`` is (..., M, C) with classes last; ``target`` is (M,).
+    """
     c = logits.shape[-1]
     gt = F.one_hot(target, c).to(torch.bool).expand_as(logits)
-    p = F.softmax(logits / T, dim=-1)
+    p = F.softmax(logits / tau, dim=-1)
     p_gt = p.masked_select(gt).view(*logits.shape[:-1], 1)
     binary = torch.cat([p_gt, 1 - p_gt], dim=-1)
     others = logits.masked_select(~gt).view(*logits.shape[:-1], c - 1)
-    return binary, F.log_softmax(others / T, dim=-1)
+    return binary, F.log_softmax(others / tau, dim=-1)
 
 
-def _check_dkd(student: Tensor, target: Tensor | None) -> Tensor:
+def _dkd_rows(student: Tensor, target: Tensor | None, avatars: Tensor | None = None
+              ) -> tuple[Tensor, Tensor | None, Tensor]:
+    """Classes-last rows of the labelled samples (or pixels): (M, C) student, (K, M, C) avatars, (M,) target.
+
+    Dense logits (N, C, H, W) are distilled per pixel: the label mask is resized (nearest) to the
+    logits' size when they differ, and entries labelled < 0 (ignored) are left out.
+    """
     if target is None:
-        raise ValueError("dkd needs the ground-truth labels: pass target=<(N,) int64 tensor>")
-    if student.dim() != 2 or target.shape != student.shape[:1]:
-        raise ValueError(
-            f"dkd expects (N, C) logits and (N,) targets, got {tuple(student.shape)} and "
-            f"{tuple(target.shape)}"
-        )
-    return target.long()
+        raise ValueError("dkd needs the ground-truth labels: pass target=<(N,) or (N, H, W) int64 tensor> "
+                         "(the Distiller hands them over from the task as loss_context['target'])")
+    if student.dim() < 2 or target.dim() != student.dim() - 1 or target.shape[0] != student.shape[0]:
+        raise ValueError(f"dkd expects (N, C[, H, W]) logits and (N[, H, W]) targets, got {tuple(student.shape)} "
+                         f"and {tuple(target.shape)}")
+    target = target.long()
+    if target.shape[1:] != student.shape[2:]:
+        target = F.interpolate(target[:, None].float(), size=tuple(student.shape[2:]), mode="nearest")[:, 0].long()
+    c = student.shape[1]
+    rows = target.reshape(-1)
+    if bool((rows >= c).any()):
+        raise ValueError(f"dkd: label {int(rows.max())} is not a class of the {c}-channel logits "
+                         "(is the point on the logits?)")
+    keep = rows >= 0
+    s = student.movedim(1, -1).reshape(-1, c)[keep]
+    a = avatars.movedim(2, -1).reshape(avatars.shape[0], -1, c)[:, keep] if avatars is not None else None
+    return s, a, rows[keep]
 
 
+@register_loss("dkd", context=("target",), renamed={"T": "tau"})
 def dkd(
     student: Tensor,
     teacher: Tensor,
     target: Tensor | None = None,
     alpha: float = 1.0,
     beta: float = 8.0,
-    T: float = 4.0,
+    tau: float = 4.0,
 ) -> Tensor:
-    """Decoupled KD: alpha * KL of (target, non-target) mass + beta * KL among non-target classes."""
+    """Decoupled KD: alpha * KL of (target, non-target) mass + beta * KL among non-target classes.
+
+    Needs the labels (``target``); dense logits are distilled per labelled pixel.
+    """
     _check_same_shape("dkd", student, teacher)
-    target = _check_dkd(student, target)
-    b_s, log_o_s = _dkd_parts(student, target, T)
-    b_t, log_o_t = _dkd_parts(teacher, target, T)
-    n = student.shape[0]
+    s, t, target = _dkd_rows(student, target, teacher.unsqueeze(0))
+    n = max(len(target), 1)
+    b_s, log_o_s = _dkd_parts(s, target, tau)
+    b_t, log_o_t = _dkd_parts(t[0], target, tau)
     tckd = kl_div_probs(b_t, b_s.clamp_min(torch.finfo(b_s.dtype).tiny).log(), dim=-1).sum() / n
     nckd = kl_div_probs(log_o_t.exp(), log_o_s, dim=-1).sum() / n
-    return (alpha * tckd + beta * nckd) * T**2
+    return (alpha * tckd + beta * nckd) * tau**2
 
 
 def _dkd_avatar_mean(
@@ -189,29 +222,31 @@ def _dkd_avatar_mean(
     target: Tensor | None = None,
     alpha: float = 1.0,
     beta: float = 8.0,
-    T: float = 4.0,
+    tau: float = 4.0,
 ) -> Tensor:
-    target = _check_dkd(student, target)
-    n = student.shape[0]
+    s, a, target = _dkd_rows(student, target, avatars)
+    n = max(len(target), 1)
     tiny = torch.finfo(student.dtype).tiny
     with torch.no_grad():
-        b_k, log_o_k = _dkd_parts(avatars, target, T)
+        b_k, log_o_k = _dkd_parts(a, target, tau)
         o_k = log_o_k.exp()
         b_bar, o_bar = b_k.mean(0), o_k.mean(0)
-        gap_b = kl_div_probs(b_k, b_bar.clamp_min(tiny).log(), dim=-1).sum() / (n * len(avatars))
-        gap_o = kl_div_probs(o_k, o_bar.clamp_min(tiny).log(), dim=-1).sum() / (n * len(avatars))
-    b_s, log_o_s = _dkd_parts(student, target, T)
+        gap_b = kl_div_probs(b_k, b_bar.clamp_min(tiny).log(), dim=-1).sum() / (n * len(a))
+        gap_o = kl_div_probs(o_k, o_bar.clamp_min(tiny).log(), dim=-1).sum() / (n * len(a))
+    b_s, log_o_s = _dkd_parts(s, target, tau)
     tckd = kl_div_probs(b_bar, b_s.clamp_min(tiny).log(), dim=-1).sum() / n + gap_b
     nckd = kl_div_probs(o_bar, log_o_s, dim=-1).sum() / n + gap_o
-    return (alpha * tckd + beta * nckd) * T**2
+    return (alpha * tckd + beta * nckd) * tau**2
 
 
 # --------------------------------------------------------------------------- PKD
 def _standardise(x: Tensor, channel_dim: int, eps: float) -> Tensor:
-    """Zero mean, unit (population) std per channel over every other dim after ``channel_dim - 1``."""
+    """``(x - mean) / (std + eps)`` per channel over every other dim after ``channel_dim - 1``.
+
+    The std is the unbiased one (``torch.std``'s default), as in the published PKD.
+    """
     dims = tuple(d for d in range(channel_dim - 1, x.dim()) if d != channel_dim)
-    mean = x.mean(dim=dims, keepdim=True)
-    std = x.std(dim=dims, keepdim=True, unbiased=False)
+    std, mean = torch.std_mean(x, dim=dims, keepdim=True, correction=1)
     return (x - mean) / (std + eps)
 
 
@@ -221,6 +256,7 @@ def _resize_like(student: Tensor, size: torch.Size) -> Tensor:
     return F.interpolate(student, size=tuple(size), mode="bilinear", align_corners=False)
 
 
+@register_loss("pkd")
 def pkd(student: Tensor, teacher: Tensor, eps: float = 1e-6) -> Tensor:
     """Pearson-correlation KD: per-channel standardised features, mean squared error / 2.
 
@@ -246,12 +282,14 @@ def _pkd_avatar_mean(student: Tensor, avatars: Tensor, eps: float = 1e-6) -> Ten
 
 
 # --------------------------------------------------------------------------- head losses
+@register_loss("l1")
 def l1(student: Tensor, teacher: Tensor) -> Tensor:
     """Element-wise mean absolute error (box-regression heads)."""
     _check_same_shape("l1", student, teacher)
     return (student - teacher).abs().mean()
 
 
+@register_loss("smooth_l1")
 def smooth_l1(student: Tensor, teacher: Tensor, beta: float = 1.0) -> Tensor:
     """Element-wise mean Huber loss with transition point ``beta``."""
     _check_same_shape("smooth_l1", student, teacher)

@@ -13,6 +13,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..registry import register_loss
+
 
 def maskd_loss(student: Tensor, teacher: Tensor, masks: Tensor, token_weights: Tensor) -> Tensor:
     """sum_j w_j * mean_n [ sum_{c,hw} m_{njhw} (s - t)^2 / sum_hw m_{njhw} ].
@@ -25,6 +27,7 @@ def maskd_loss(student: Tensor, teacher: Tensor, masks: Tensor, token_weights: T
     return (per_token.mean(0) * token_weights).sum()
 
 
+@register_loss("maskd", channels=True)
 class MasKD(nn.Module):
     """Learned-mask distillation with ``num_tokens`` mask tokens over ``channels`` channels.
 

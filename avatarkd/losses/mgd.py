@@ -9,9 +9,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..registry import register_loss
 from .functional import mse
 
 
+@register_loss("mgd", channels=True, generator=True)
 class MGD(nn.Module):
     """Random spatial mask on the student feature, 3x3-ReLU-3x3 generator, ``alpha * mse``.
 

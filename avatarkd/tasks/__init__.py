@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from ..config import TrainConfig
+from ..errors import ConfigError
+from ..naming import did_you_mean
+from .base import Task
+from .classification import ClassificationTask
+from .detection import DetectionTask
+from .segmentation import SegmentationTask
 
-if TYPE_CHECKING:
-    from ..engine.config import TrainConfig
-    from .base import Task
+# the one list of tasks: config names come from the classes themselves
+TASKS: dict[str, type[Task]] = {t.name: t for t in (SegmentationTask, DetectionTask, ClassificationTask)}
 
 
 def make_task(cfg: TrainConfig) -> Task:
-    from .classification import ClassificationTask
-    from .detection import DetectionTask
-    from .segmentation import SegmentationTask
+    """The task named by ``cfg.task``; an unknown name is a one-line ConfigError."""
+    if cfg.task not in TASKS:
+        raise ConfigError(f"task: unknown task {cfg.task!r}{did_you_mean(cfg.task, TASKS)}; "
+                          f"choose one of {', '.join(TASKS)}")
+    return TASKS[cfg.task](cfg)
 
-    return {"segmentation": SegmentationTask, "detection": DetectionTask,
-            "classification": ClassificationTask}[cfg.task](cfg)
+
+__all__ = ["TASKS", "ClassificationTask", "DetectionTask", "SegmentationTask", "Task", "make_task"]

@@ -1,8 +1,8 @@
 """What the training engine needs from a task, and nothing more.
 
-A task knows its data format, its models, its loss and its metric; the engine knows optimisation,
-checkpoints, logging and distribution. Keeping them apart lets one engine train segmenters,
-detectors and classifiers, with or without a teacher.
+A task knows its data format, its models, its loss, its metric and its pictures; the engine
+knows optimisation, checkpoints, logging and distribution. Keeping them apart lets one engine
+train segmenters, detectors and classifiers, with or without a teacher.
 """
 
 from __future__ import annotations
@@ -10,21 +10,24 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from ..config import DataConfig, ModelConfig, TrainConfig
 from ..data import demo_data_root
-from ..engine.config import DataConfig, ModelConfig, TrainConfig
 
 Batch = Any
+TeacherForward = Callable[..., Any]
 
 
 class Task(ABC):
-    name: str
-    primary_metric: str
+    name: ClassVar[str]
+    primary_metric: ClassVar[str]
+    # per-batch inputs this task hands to the distillation losses (Distiller loss_context)
+    context_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
@@ -58,9 +61,20 @@ class Task(ABC):
     @abstractmethod
     def build_model(self, mcfg: ModelConfig) -> nn.Module: ...
 
-    def teacher_forward(self) -> Callable[..., Any] | None:
-        """A cheaper teacher call when the points do not need its full output (None: full call)."""
+    def backbone_forward(self, teacher: nn.Module) -> TeacherForward | None:
+        """A call of the teacher's feature extractor alone, if this task's models have one."""
         return None
+
+    def teacher_forward(self, teacher: nn.Module) -> TeacherForward | None:
+        """A cheaper teacher call when every point reads the backbone (None: the full call).
+
+        The features under ``backbone`` do not depend on the heads, so skipping the heads (and,
+        for detectors, the box decoding and NMS) gives the same recorded tensors for less work.
+        """
+        points = self.cfg.distill.points if self.cfg.distill else []
+        if not points or not all(_under_backbone(p.teacher or p.student) for p in points):
+            return None
+        return self.backbone_forward(teacher)
 
     # ------------------------------------------------------------------ steps
     @abstractmethod
@@ -70,6 +84,10 @@ class Task(ABC):
     @abstractmethod
     def distill_losses(self, distiller: nn.Module, batch: Batch) -> dict[str, Tensor]:
         """Task losses plus the distiller's ``distill.*`` losses and ``distill_total``."""
+
+    def loss_context(self, batch: Batch) -> dict[str, Any]:
+        """The per-batch inputs named by ``context_keys``, for losses that need them (e.g. DKD's labels)."""
+        return {}
 
     @abstractmethod
     def evaluate(self, model: nn.Module, batches: Iterable[Batch], device: torch.device) -> dict[str, float]:
@@ -82,3 +100,7 @@ class Task(ABC):
     def plot_predictions(self, batch: Batch, predictions: Any, out_png: Path) -> Path | None:
         """A picture of predictions vs ground truth; None where a picture says little."""
         return None
+
+
+def _under_backbone(path: str) -> bool:
+    return path == "backbone" or path.startswith("backbone.")

@@ -10,16 +10,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from ..config import DataConfig, ModelConfig
 from ..data import ImageFolderDataset
-from ..engine.config import DataConfig, ModelConfig
 from ..metrics import Top1Accuracy
+from ..models import build_classifier
 from .base import Batch, Task
-from .models import build_classifier
 
 
 class ClassificationTask(Task):
     name = "classification"
     primary_metric = "top1"
+    context_keys = ("target",)  # the class labels, (N,)
 
     def datasets(self, data: DataConfig) -> tuple[Dataset, Dataset]:
         train = ImageFolderDataset(self.data_path(data.train_images, "classify", "train"), hflip=data.hflip)
@@ -36,8 +37,11 @@ class ClassificationTask(Task):
 
     def distill_losses(self, distiller: nn.Module, batch: Batch) -> dict[str, Tensor]:
         images, labels = batch
-        logits, losses = distiller(images)
+        logits, losses = distiller(images, loss_context=self.loss_context(batch))
         return {"loss_ce": F.cross_entropy(logits.float(), labels), **losses}
+
+    def loss_context(self, batch: Batch) -> dict[str, Any]:
+        return {"target": batch[1]}
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Iterable[Batch], device: torch.device) -> dict[str, float]:

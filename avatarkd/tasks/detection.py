@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -10,12 +10,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from ..config import DataConfig, ModelConfig
 from ..data import CocoDetection, collate_detection
-from ..engine.config import DataConfig, ModelConfig
-from ..engine.plots import plot_detections
 from ..metrics import CocoEvaluator
-from .base import Batch, Task
-from .models import build_detector
+from ..models import build_detector
+from .base import Batch, Task, TeacherForward
+from .drawing import plot_detections
 
 
 def backbone_only(teacher: nn.Module, images: list[Tensor]) -> Any:
@@ -50,11 +50,9 @@ class DetectionTask(Task):
         return build_detector(mcfg.arch, mcfg.backbone, self.num_classes, mcfg.fpn_channels,  # type: ignore[arg-type]
                               mcfg.image_size, tuple(mcfg.anchor_sizes))
 
-    def teacher_forward(self) -> Callable[..., Any] | None:
-        points = self.cfg.distill.points if self.cfg.distill else []
-        if all((p.teacher or p.student).startswith("backbone") for p in points):
-            return backbone_only
-        return None
+    def backbone_forward(self, teacher: nn.Module) -> TeacherForward | None:
+        has_parts = all(isinstance(getattr(teacher, a, None), nn.Module) for a in ("backbone", "transform"))
+        return backbone_only if has_parts else None
 
     def losses(self, model: nn.Module, batch: Batch) -> dict[str, Tensor]:
         images, targets = batch

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +12,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from ..config import DataConfig, ModelConfig
 from ..data import SegmentationFolder
-from ..engine.config import DataConfig, ModelConfig
-from ..engine.plots import plot_segmentation
 from ..errors import ConfigError
 from ..metrics import SegmentationMetric
-from .base import Batch, Task
-from .models import build_segmenter
+from ..models import build_segmenter
+from .base import Batch, Task, TeacherForward
+from .drawing import plot_segmentation
 
 
 def _class_names_from_coco(path: Path) -> list[str] | None:
@@ -36,6 +36,7 @@ def backbone_only(teacher: nn.Module, images: Tensor) -> Any:
 class SegmentationTask(Task):
     name = "segmentation"
     primary_metric = "miou"
+    context_keys = ("target",)  # the label mask (N, H, W), ignored pixels as -1
 
     def datasets(self, data: DataConfig) -> tuple[Dataset, Dataset]:
         names = _class_names_from_coco(self.data_path(data.val_annotations, "val", "annotations.json"))
@@ -57,11 +58,8 @@ class SegmentationTask(Task):
     def build_model(self, mcfg: ModelConfig) -> nn.Module:
         return build_segmenter(mcfg.arch, mcfg.backbone, self.num_classes, mcfg.output_stride)  # type: ignore[arg-type]
 
-    def teacher_forward(self) -> Callable[..., Any] | None:
-        points = self.cfg.distill.points if self.cfg.distill else []
-        if all((p.teacher or p.student).startswith("backbone") for p in points):
-            return backbone_only
-        return None
+    def backbone_forward(self, teacher: nn.Module) -> TeacherForward | None:
+        return backbone_only if isinstance(getattr(teacher, "backbone", None), nn.Module) else None
 
     def _ce(self, logits: Tensor, masks: Tensor) -> Tensor:
         return F.cross_entropy(logits.float(), masks, ignore_index=self.cfg.data.ignore_index)
@@ -72,8 +70,12 @@ class SegmentationTask(Task):
 
     def distill_losses(self, distiller: nn.Module, batch: Batch) -> dict[str, Tensor]:
         images, masks = batch
-        out, losses = distiller(images)
+        out, losses = distiller(images, loss_context=self.loss_context(batch))
         return {"loss_ce": self._ce(out["out"], masks), **losses}
+
+    def loss_context(self, batch: Batch) -> dict[str, Any]:
+        masks = batch[1]
+        return {"target": masks.masked_fill(masks == self.cfg.data.ignore_index, -1)}
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Iterable[Batch], device: torch.device) -> dict[str, float]:

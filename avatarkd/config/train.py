@@ -1,24 +1,24 @@
-"""The training configuration: one YAML file per run, validated before anything is built."""
+"""The training configuration: one YAML file per run, validated before anything is built.
+
+Pure data: nothing here imports models, data or losses, so every layer above can read it.
+The task name is checked where tasks live (``avatarkd.tasks.make_task``), the losses against the
+loss registry (``config.distill``).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from ..configio import apply_overrides, load_yaml, validate
-from ..distiller.config import DistillerConfig
-
-Task = Literal["segmentation", "detection", "classification"]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+from .base import Strict
+from .distill import DistillerConfig
+from .yamlio import apply_overrides, load_yaml, validate
 
 
 class ModelConfig(Strict):
-    """A model from torchvision parts (see ``avatarkd.tasks.models``).
+    """A model from torchvision parts (see ``avatarkd.models``).
 
     ``arch``: segmentation ``fcn``/``deeplabv3``/``lraspp``; detection ``retinanet``/``fcos``/
     ``fasterrcnn``; classification ``classifier``. ``weights``: a local checkpoint or state_dict
@@ -84,7 +84,7 @@ class TrainLoopConfig(Strict):
 
 
 class TrainConfig(Strict):
-    task: Task
+    task: str = Field(description="segmentation | detection | classification (see avatarkd.tasks.TASKS)")
     seed: int = 0
     output_dir: Path = Path("runs/default")
     data: DataConfig = Field(default_factory=DataConfig)

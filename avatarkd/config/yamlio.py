@@ -1,8 +1,7 @@
-"""Loading YAML configs into pydantic models with one-line, actionable errors."""
+"""Loading YAML configs into pydantic models with one-line, actionable errors; ``--set`` overrides."""
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -11,7 +10,8 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from ..naming import closest
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -67,7 +67,7 @@ def format_validation_error(err: ValidationError, model: type[BaseModel], source
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
         known = _field_names(model, loc[:-1])
-        close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.5)
+        close = closest(str(loc[-1]), known)
         msg = "unknown key" + (f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}")
     elif "input" in first and first["type"] not in ("missing",):
         msg += f" (got {first['input']!r})"

@@ -1,0 +1,13 @@
+"""Configuration schema and YAML loading: the bottom layer, imported by everything above it."""
+
+from .base import Strict
+from .distill import (PERTURBATIONS, UNCERTAINTY_MODES, AKDConfig, DistillerConfig, Perturbation, PointConfig,
+                      UncertaintyMode)
+from .train import DataConfig, ModelConfig, OptimConfig, TrainConfig, TrainLoopConfig, load_config
+from .yamlio import apply_overrides, format_validation_error, load_yaml, parse_yaml, validate
+
+__all__ = [
+    "AKDConfig", "DataConfig", "DistillerConfig", "ModelConfig", "OptimConfig", "PERTURBATIONS", "Perturbation",
+    "PointConfig", "Strict", "TrainConfig", "TrainLoopConfig", "UNCERTAINTY_MODES", "UncertaintyMode",
+    "apply_overrides", "format_validation_error", "load_config", "load_yaml", "parse_yaml", "validate",
+]

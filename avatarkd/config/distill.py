@@ -1,0 +1,85 @@
+"""The ``distill:`` section: distillation points and AKD settings, validated before anything is built.
+
+Loss names and hyperparameters are checked against the loss registry (``avatarkd.registry``), so a
+typo fails in the first second, not after an hour of training, and a loss registered in user
+code is accepted like a built-in one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from ..naming import did_you_mean, repeated
+from ..registry import LOSSES
+from .base import Strict
+
+Perturbation = Literal["dropout", "channel_dropout", "gaussian", "multiplicative"]
+PERTURBATIONS: tuple[str, ...] = get_args(Perturbation)
+UncertaintyMode = Literal["variance", "relative", "batchnorm", "none"]
+UNCERTAINTY_MODES: tuple[str, ...] = get_args(UncertaintyMode)
+
+
+class AKDConfig(Strict):
+    """Avatar settings; ``enabled: false`` gives the plain base loss (the 'base KD' arm)."""
+
+    enabled: bool = True
+    num_avatars: int = Field(1, ge=1, le=64)
+    perturbation: Perturbation = "dropout"
+    p: float = Field(0.1, ge=0.0)
+    uncertainty: UncertaintyMode = "variance"
+    momentum: float = Field(0.1, gt=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _dropout_range(self) -> AKDConfig:
+        if self.perturbation.endswith("dropout") and self.p >= 1.0:
+            raise ValueError(f"drop probability p must be < 1, got {self.p}")
+        return self
+
+
+class PointConfig(Strict):
+    """One distillation point: student and teacher module paths, a registered loss and its weight."""
+
+    name: str
+    student: str
+    teacher: str | None = None  # defaults to the student path
+    loss: str = "mse"
+    loss_kwargs: dict[str, Any] = Field(default_factory=dict)
+    weight: float = Field(1.0, ge=0.0)
+    key: str | int | None = None
+    connector_bn: bool = False
+    akd: AKDConfig | None = None  # overrides the distiller-wide setting for this point
+
+    @field_validator("loss")
+    @classmethod
+    def _registered(cls, loss: str) -> str:
+        if loss not in LOSSES:
+            raise PydanticCustomError(
+                "literal_error", "Input should be one of the registered losses {expected}{hint}",
+                {"expected": ", ".join(repr(n) for n in LOSSES.names()), "hint": did_you_mean(loss, LOSSES)})
+        return loss
+
+    @model_validator(mode="after")
+    def _check_loss_kwargs(self) -> PointConfig:
+        # deprecated names are mapped here, once, so builders only ever see current names
+        self.loss_kwargs = LOSSES.get(self.loss).normalise_kwargs(self.loss_kwargs, f"loss {self.loss!r}")
+        return self
+
+
+class DistillerConfig(Strict):
+    points: list[PointConfig] = Field(min_length=1)
+    akd: AKDConfig = Field(default_factory=AKDConfig)
+    teacher_cache: Path | None = Field(
+        None, description="directory for the frozen teacher's features, reused whenever the teacher sees an input "
+        "again (every epoch after the first); keyed by teacher weights, points and input content")
+
+    @field_validator("points")
+    @classmethod
+    def _unique(cls, points: list[PointConfig]) -> list[PointConfig]:
+        dupes = repeated(p.name for p in points)
+        if dupes:
+            raise ValueError(f"point names must be unique; repeated: {dupes}")
+        return points

@@ -1,0 +1,113 @@
+"""Composes a run from its config: Task + models + Distiller + Trainer.
+
+This is the only place that knows how the parts fit together; the trainer receives them built,
+the tasks never see the trainer, and the distiller never sees a config file.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset, Subset
+
+from .config import TrainConfig
+from .distiller import Distiller, TeacherCache, build_points, missing_context
+from .engine.checkpoint import find_resume, load_model_weights
+from .engine.distributed import DistContext, cleanup, init_distributed
+from .engine.trainer import Trainer
+from .errors import ConfigError, DataError
+from .tasks import Task, make_task
+
+log = logging.getLogger(__name__)
+
+
+def check_loss_context(cfg: TrainConfig, task: Task) -> None:
+    """A loss that needs per-batch inputs (DKD: the labels) the task does not give fails here, in one line."""
+    if cfg.distill is None:
+        return
+    for index, loss, key in missing_context(cfg.distill, task.context_keys):
+        raise ConfigError(f"distill.points.{index}.loss: {loss!r} needs the batch's {key!r}, which the "
+                          f"{task.name} task does not provide (it provides: {', '.join(task.context_keys) or 'nothing'})")
+
+
+def _limit(ds: Dataset, n: int | None) -> Dataset:
+    return Subset(ds, range(min(n, len(ds)))) if n is not None else ds  # type: ignore[arg-type]
+
+
+def build_datasets(task: Task, cfg: TrainConfig) -> tuple[Dataset, Dataset]:
+    train, val = task.datasets(cfg.data)
+    train, val = _limit(train, cfg.data.limit_train), _limit(val, cfg.data.limit_val)
+    if len(train) == 0 or len(val) == 0:  # type: ignore[arg-type]
+        raise DataError(f"empty dataset: {len(train)} training and {len(val)} validation samples")  # type: ignore[arg-type]
+    return train, val
+
+
+def build_distiller(cfg: TrainConfig, task: Task, student: torch.nn.Module, example_set: Dataset,
+                    ctx: DistContext) -> tuple[Distiller, torch.Generator]:
+    """The frozen teacher, the points and (optionally) the teacher cache, built on two example images."""
+    assert cfg.distill is not None and cfg.teacher is not None and cfg.teacher.weights is not None  # validated
+    device = ctx.device
+    teacher = task.build_model(cfg.teacher).to(device)
+    load_model_weights(teacher, cfg.teacher.weights, "teacher")
+    # independent avatars per rank, reproducible from the seed
+    generator = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + ctx.rank)
+    points = build_points(cfg.distill, generator)
+    forward = task.teacher_forward(teacher)
+    cache = None
+    if cfg.distill.teacher_cache is not None:
+        how = f"{forward.__module__}.{forward.__qualname__}" if forward is not None else "full forward"
+        context = [(p.teacher, p.key) for p in points] + [how]
+        cache = TeacherCache(cfg.distill.teacher_cache, teacher, context)
+        log.info("teacher cache: %s", cache.dir)
+    distiller = Distiller(student, teacher, points, teacher_forward=forward, teacher_cache=cache)
+    example = task.collate([example_set[i] for i in range(min(2, len(example_set)))])  # type: ignore[arg-type]
+    distiller.build(task.images_of(task.to_device(example, device)))
+    return distiller, generator
+
+
+def build_trainer(cfg: TrainConfig, resume: bool | Path = False, ctx: DistContext | None = None,
+                  check_output: bool = True) -> Trainer:
+    """Everything a run needs, built in a fixed order (so the seed gives the same initial weights).
+
+    ``resume``: ``True`` continues from the newest checkpoint in ``output_dir`` (if any), a path
+    from that checkpoint, ``False`` starts afresh and refuses an ``output_dir`` holding checkpoints.
+    ``check_output=False`` skips that check (evaluation only).
+    """
+    task = make_task(cfg)
+    check_loss_context(cfg, task)
+    ctx = ctx or init_distributed(cfg.train.device)
+    resume_from = find_resume(Path(cfg.output_dir), resume) if check_output else None  # fail before building
+    torch.manual_seed(cfg.seed)
+    train_set, val_set = build_datasets(task, cfg)
+    model = task.build_model(cfg.model).to(ctx.device)
+    if cfg.model.weights is not None:
+        load_model_weights(model, cfg.model.weights, "student")
+    distiller = generator = None
+    if cfg.distill is not None:
+        distiller, generator = build_distiller(cfg, task, model, val_set, ctx)
+    return Trainer(cfg, task, model, train_set, val_set, ctx=ctx, distiller=distiller, generator=generator,
+                   resume_from=resume_from)
+
+
+def train(cfg: TrainConfig, resume: bool | Path = False) -> dict[str, Any]:
+    """Train from a config (what ``avatarkd train`` runs); returns the final metrics."""
+    trainer = build_trainer(cfg, resume=resume)
+    try:
+        return trainer.fit()
+    finally:
+        cleanup(trainer.ctx)
+
+
+def evaluate(cfg: TrainConfig) -> dict[str, float]:
+    """Metrics of ``cfg.model`` (with its ``weights``) on the validation set; nothing is written."""
+    trainer = build_trainer(cfg, check_output=False)
+    try:
+        return trainer.evaluate()
+    finally:
+        cleanup(trainer.ctx)
+
+
+__all__ = ["build_datasets", "build_distiller", "build_trainer", "check_loss_context", "evaluate", "train"]

@@ -1,0 +1,44 @@
+"""The CUDA paths: run with ``pytest -m gpu`` on a machine with a GPU (skipped elsewhere)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from avatarkd import AvatarLoss, Avatars
+from avatarkd import losses as L
+from avatarkd.config import TrainConfig
+from avatarkd.runner import build_trainer
+from test_cli import MODELS, POINTS, base_config
+from tiny_data import write_tiny_dataset
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+@pytest.mark.parametrize("fn,kw", [(L.mse, {}), (L.cwd, {"tau": 2.0}), (L.pkd, {})])
+def test_avatar_loss_on_cuda_matches_cpu(fn, kw):
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(2, 8, 6, 6, generator=g), torch.randn(2, 8, 6, 6, generator=g)
+    a = Avatars(4, p=0.1, generator=g)(t)
+    cpu = AvatarLoss(fn, num_avatars=4, base_kwargs=kw)(s, t, avatars=a)
+    gpu = AvatarLoss(fn, num_avatars=4, base_kwargs=kw).cuda()(s.cuda(), t.cuda(), avatars=a.cuda())
+    assert gpu.item() == pytest.approx(cpu.item(), rel=1e-4)
+    drawn = Avatars(2, generator=torch.Generator(device="cuda").manual_seed(1))(t.cuda())
+    assert drawn.device.type == "cuda" and drawn.shape == (2, *t.shape)
+
+
+@pytest.mark.parametrize("amp", ["fp16", "bf16"])
+def test_distilled_training_step_on_cuda(amp, tmp_path):
+    data = write_tiny_dataset(tmp_path / "data", n_train=8, n_val=4)
+    teacher, student = MODELS["segmentation"]
+    tcfg = TrainConfig.model_validate(base_config("segmentation", data, tmp_path / "t", teacher))
+    weights = tmp_path / "teacher.pt"
+    torch.save(build_trainer(tcfg).model.state_dict(), weights)
+    cfg = base_config("segmentation", data, tmp_path / "run", student, steps=2)
+    cfg["train"].update(amp=amp, device="cuda", plots=False)
+    cfg["teacher"] = {**teacher, "weights": str(weights)}
+    cfg["distill"] = {"akd": {"num_avatars": 4}, "points": POINTS["segmentation"]}
+    trainer = build_trainer(TrainConfig.model_validate(cfg))
+    assert trainer.ctx.device.type == "cuda"
+    result = trainer.fit()
+    assert result["step"] == 2 and 0.0 <= result["metrics"]["miou"] <= 1.0

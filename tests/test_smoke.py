@@ -1,0 +1,83 @@
+"""What users run first: every shipped config, ``avatarkd demo --quick`` and the study's run builder, 2 steps each."""
+
+from __future__ import annotations
+
+import json
+import sys
+from importlib import resources
+from pathlib import Path
+
+import pytest
+import torch
+
+from avatarkd.cli import main
+from avatarkd.config import TrainConfig, apply_overrides, validate
+from avatarkd.demo import packaged_config
+from avatarkd.runner import train
+from avatarkd.tasks import make_task
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import quality  # noqa: E402
+
+SHIPPED = sorted(p.name for p in (resources.files("avatarkd") / "configs").iterdir() if p.name.endswith(".yaml"))
+SMALL = ["train.steps=2", "train.log_every=1", "train.eval_every=null", "train.checkpoint_every=2",
+         "train.plots=false", "data.limit_train=8", "data.limit_val=4", "data.batch_size=4"]
+
+
+def _random_teacher(raw: dict, tmp: Path) -> Path:
+    """Weights for the config's teacher architecture (only shapes matter for a smoke run)."""
+    cfg = validate(TrainConfig, {**raw, "distill": None, "teacher": None, "model": raw["teacher"]})
+    task = make_task(cfg)
+    task.datasets(cfg.data)
+    path = tmp / "teacher.pt"
+    torch.save(task.build_model(cfg.model).state_dict(), path)
+    return path
+
+
+def test_every_shipped_config_is_covered():
+    assert {"seg_teacher.yaml", "seg_student.yaml", "seg_akd.yaml", "det_teacher.yaml", "det_akd.yaml",
+            "cls_teacher.yaml", "cls_akd.yaml"} <= set(SHIPPED)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_config_trains_two_steps(name, tmp_path):
+    raw = apply_overrides(packaged_config(name), SMALL + [f"output_dir={tmp_path / 'run'}"])
+    if raw.get("teacher"):
+        raw["teacher"]["weights"] = str(_random_teacher(raw, tmp_path))
+    result = train(validate(TrainConfig, raw, name))
+    assert result["step"] == 2 and result["primary_metric"] in result["metrics"]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    if raw.get("distill"):
+        assert all(r["distill_total"] > 0 for r in rows if "distill_total" in r)
+
+
+def test_demo_quick_runs_end_to_end(tmp_path, capsys):
+    assert main(["demo", "--quick", "--output-dir", str(tmp_path / "demo"), "--json", str(tmp_path / "demo.json")]) == 0
+    table = capsys.readouterr().out
+    assert "| AKD (CWD + KD, K=4, variance)" in table and "Total wall clock" in table
+    summary = json.loads((tmp_path / "demo.json").read_text())
+    assert [a["arm"].split(" (")[0] for a in summary["arms"]] == ["teacher", "student alone", "base KD", "AKD"]
+    assert summary == json.loads((tmp_path / "demo" / "demo.json").read_text())
+    assert all(a["step"] == 6 for a in summary["arms"]) and summary["quick"] is True
+
+
+def test_study_run_builder_makes_runs_that_train(tmp_path):
+    """Two steps of every arm of one seed, both tasks, one base loss: the overrides the study writes are valid."""
+    teachers = {}
+    for task, spec in quality.TASKS.items():
+        name, extra = spec["teacher"]
+        raw = apply_overrides(packaged_config(name), extra)
+        folder = tmp_path / f"{task}_teacher"
+        folder.mkdir()
+        cfg = validate(TrainConfig, raw)
+        t = make_task(cfg)
+        t.datasets(cfg.data)
+        torch.save(t.build_model(cfg.model).state_dict(), folder / "student.pt")
+        (folder / "metrics.json").write_text(json.dumps({"metrics": {spec["metric"]: 0.5}, "wall_seconds": 1.0}))
+        teachers[task] = folder
+    runs = quality.study(list(quality.TASKS), [0], {t: 2 for t in quality.TASKS}, tmp_path / "study", ablations=[],
+                         teachers=teachers, bases=["cwd"], extra=SMALL[1:])
+    arms = {(r["task"], r["arm"]) for r in runs}
+    assert {(t, a) for t in quality.TASKS for a in ("teacher", "student", *quality.ARMS)} <= arms
+    for run_dir in (tmp_path / "study").glob("*/*_s0"):
+        assert json.loads((run_dir / "metrics.json").read_text())["step"] == 2, run_dir
