@@ -103,6 +103,8 @@ def build_trainer(cfg: TrainConfig, resume: bool | Path = False, ctx: DistContex
     train_set, val_set = build_datasets(task, cfg)
     model = build_model(task, cfg.model, "student", ctx.device)
     task.check_output(model, example_batch(task, val_set, ctx.device))  # a wrong output fails before training
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError("model: the student has no trainable parameters")
     distiller = generator = None
     if cfg.distill is not None:
         distiller, generator = build_distiller(cfg, task, model, val_set, ctx)

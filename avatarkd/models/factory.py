@@ -88,6 +88,12 @@ def build_from_factory(spec: str, kwargs: dict[str, Any], num_classes: int | Non
     call = dict(kwargs)
     if num_classes is not None and "num_classes" not in call and accepts(fn, "num_classes"):
         call["num_classes"] = num_classes
+    if getattr(fn, "__module__", "").startswith("torchvision.models"):
+        # torchvision builders download a pretrained backbone by default (weights_backbone); avatarkd
+        # never downloads: pretrained weights come through model.weights / model.backbone_weights
+        for name in ("weights", "weights_backbone"):
+            if name not in call and accepts(fn, name):
+                call[name] = None
     try:
         model = fn(**call)
     except Exception as err:  # noqa: BLE001 - the user's code may raise anything; say which call failed

@@ -131,8 +131,9 @@ def torchvision_weights(name: str) -> Any:
             raise ValueError(name)
         return get_weight(name)
     except (ValueError, KeyError, AttributeError):
-        raise ConfigError(f"{TORCHVISION_PREFIX}{name}: unknown torchvision weights{did_you_mean(name, _all_enum_names())}; "
-                          "write torchvision:<EnumClass>.<NAME>, e.g. torchvision:ResNet18_Weights.IMAGENET1K_V1") from None
+        hint = did_you_mean(name, _all_enum_names()) or ("; write torchvision:<EnumClass>.<NAME>, "
+                                                          "e.g. torchvision:ResNet18_Weights.IMAGENET1K_V1")
+        raise ConfigError(f"{TORCHVISION_PREFIX}{name}: unknown torchvision weights{hint}") from None
 
 
 def torchvision_cache_file(weights: Any) -> Path:
@@ -165,8 +166,10 @@ def read_weights(source: str | Path) -> dict[str, Tensor]:
 
 # ------------------------------------------------------------------ aligning and loading
 def _splits(key: str, most: int) -> Iterable[tuple[str, str]]:
+    """(prefix, rest) pairs of a key; the rest keeps a module name and a tensor name (``bn1.weight``),
+    since a bare ``weight`` would match any module's."""
     parts = key.split(".")
-    for i in range(min(most, len(parts) - 1) + 1):
+    for i in range(min(most, len(parts) - 2) + 1 if len(parts) > 1 else 1):
         yield ".".join(parts[:i]) + ("." if i else ""), ".".join(parts[i:])
 
 
