@@ -274,3 +274,15 @@ def test_example_configs_validate_and_the_example_factory_builds():
     task.num_classes = 3
     model = task.build_model(cfg.model)  # my_model.py is found beside the YAML file
     assert type(model).__name__ == "SmallSegNet" and model(torch.rand(1, 3, 64, 64)).shape == (1, 3, 8, 8)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+@pytest.mark.parametrize("build", [lambda: build_segmenter("lraspp", "mobilenet_v2", 3),
+                                   lambda: build_segmenter("fcn", "resnet18", 3)], ids=["lraspp-mobilenet_v2", "fcn-resnet18"])
+def test_built_in_models_stay_torchscript_exportable(build):
+    """``avatarkd export --torchscript`` scripts the student: the generic extractors must script too."""
+    model = build().eval()
+    scripted = torch.jit.script(model)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(scripted(x)["out"], model(x)["out"], atol=1e-5)

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..naming import did_you_mean
+from .extractors import Stages, TimmFeatures
 
 TIMM_PREFIX = "timm:"
 TIMM_INSTALL = "pip install 'avatarkd[timm]' (or pip install timm)"
@@ -211,52 +212,6 @@ def _pair(value: int | tuple[int, ...], message: str) -> int:
     if len(set(values)) != 1:
         raise ConfigError(f"{message} (non-square strides or kernels); use output_stride: 32")
     return int(values[0])
-
-
-class Stages(nn.Module):
-    """Runs a trunk's stages in order and returns the named ones (an ``IntermediateLayerGetter`` for nested stages).
-
-    The trunk's top-level children are registered under their own names and never renamed, so
-    the state_dict keys are the classifier's (``layer4.1.conv2.weight``, ``0.0.weight``) and forward
-    hooks on any stage (``layer4``, ``trunk_output.block3``) fire. Children after the last returned
-    stage are dropped: no unused parameters (DDP would complain about them).
-    """
-
-    def __init__(self, root: nn.Module, order: list[str], return_layers: dict[str, str]) -> None:
-        super().__init__()
-        last = max(order.index(p) for p in return_layers)
-        self.order = list(order[: last + 1])
-        for top in dict.fromkeys(p.split(".")[0] for p in self.order):
-            self.add_module(top, root.get_submodule(top))
-        self.return_layers = dict(return_layers)
-
-    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:  # type: ignore[override]
-        out: OrderedDict[str, Tensor] = OrderedDict()
-        for path in self.order:
-            x = self.get_submodule(path)(x)
-            if path in self.return_layers:
-                out[self.return_layers[path]] = x
-        return out
-
-
-class TimmFeatures(nn.Module):
-    """A timm ``features_only`` model whose list of levels becomes a dict of named levels.
-
-    ``body`` is timm's own module (keys as timm names them); ``names`` maps level index -> name;
-    levels without a name are not returned.
-    """
-
-    def __init__(self, body: nn.Module, names: dict[int, str]) -> None:
-        super().__init__()
-        self.body = body
-        self.names = dict(names)
-
-    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:  # type: ignore[override]
-        feats = self.body(x)
-        return OrderedDict((self.names[i], f) for i, f in enumerate(feats) if i in self.names)
-
-
-Picker = Callable[[list[Stage]], dict[int, str]]
 
 
 @dataclass

@@ -10,14 +10,15 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Literal
 
-from torch import Tensor, nn
+from torch import nn
 from torchvision.models import detection, segmentation
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
+from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
 from ..errors import ConfigError
 from .backbones import extractor, last_level, low_high_levels, pyramid_levels, timm_create, timm_name, torchvision_classifier
+from .extractors import FeaturePyramid
 from .recipes import record_recipe
 
 # the names of the catalogue before any torchvision/timm name was accepted (kept for type hints)
@@ -91,19 +92,6 @@ class _Rename(nn.Module):
 # ------------------------------------------------------------------ detection
 Detector = Literal["retinanet", "fcos", "fasterrcnn"]
 DETECTORS = ("retinanet", "fcos", "fasterrcnn")
-
-
-class FeaturePyramid(nn.Module):
-    """``body`` (named levels) then ``fpn``: torchvision's ``BackboneWithFPN`` layout for any extractor."""
-
-    def __init__(self, body: nn.Module, in_channels: list[int], out_channels: int, extra_blocks: nn.Module) -> None:
-        super().__init__()
-        self.body = body
-        self.fpn = FeaturePyramidNetwork(in_channels, out_channels, extra_blocks=extra_blocks)
-        self.out_channels = out_channels
-
-    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:  # type: ignore[override]
-        return self.fpn(self.body(x))
 
 
 def build_detector(

@@ -81,6 +81,7 @@ class Task(ABC):
 
     def check_eval_output(self, output: Any, batch: Batch) -> None:
         """Raise a one-line ConfigError when an eval-mode ``output`` does not fit the task (default: anything goes)."""
+        return None
 
     def backbone_forward(self, teacher: nn.Module) -> TeacherForward | None:
         """A call of the teacher's feature extractor alone, if this task's models have one."""
