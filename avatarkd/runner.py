@@ -77,9 +77,10 @@ def build_distiller(cfg: TrainConfig, task: Task, student: torch.nn.Module, exam
     if cfg.distill.teacher_cache is not None:
         how = f"{forward.__module__}.{forward.__qualname__}" if forward is not None else "full forward"
         context = [(p.teacher, p.key) for p in points] + [how]
+        # not part of the weights, but it changes the features (and detectors normalised with
+        # ImageNet statistics before model.normalize existed: older caches must not be read)
         norm = input_normalization(teacher)
-        if norm is not None:  # not part of the weights, but it changes the features
-            context.append(("normalize", norm.mean, norm.std))
+        context.append(("normalize", norm.mean, norm.std) if norm is not None else ("normalize", "none"))
         cache = TeacherCache(cfg.distill.teacher_cache, teacher, context)
         log.info("teacher cache: %s", cache.dir)
     distiller = Distiller(student, teacher, points, teacher_forward=forward, teacher_cache=cache)
