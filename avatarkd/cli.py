@@ -57,6 +57,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .config import TrainConfig
     from .engine.checkpoint import load_checked, load_file
     from .engine.export import export_student
+    from .models import resolve_normalization
+    from .models.weights import recorded_normalization
     from .tasks import make_task
 
     ckpt = load_file(Path(args.checkpoint))
@@ -68,7 +70,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
     task.num_classes = len(task.class_names)  # includes background for segmentation, as trained
     model = task.build_model(cfg.model)
     load_checked(model, ckpt["model"], Path(args.checkpoint), "student")
-    export_student(model, Path(args.out), cfg, task.class_names, torchscript=args.torchscript)
+    weights = cfg.model.weights
+    recorded = recorded_normalization(weights) if weights and not weights.startswith("torchvision:") else "unknown"
+    export_student(model, Path(args.out), cfg, task.class_names, torchscript=args.torchscript,
+                   normalization=resolve_normalization(cfg.model, recorded))
     print(f"wrote {args.out} (student only)")
     return 0
 
@@ -96,7 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate weights on the config's validation set")
     p.add_argument("config")
-    p.add_argument("--weights", required=True, help="checkpoint or exported student weights")
+    p.add_argument("--weights", required=True,
+                   help="weights of the config's model: a checkpoint, an exported student.pt, any state_dict "
+                        "file, or torchvision:<EnumClass>.<NAME> (loaded as model.weights)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
     p.set_defaults(func=_cmd_eval)
 

@@ -13,12 +13,13 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Subset
 
-from .config import TrainConfig
+from .config import ModelConfig, TrainConfig
 from .distiller import Distiller, TeacherCache, build_points, missing_context
-from .engine.checkpoint import find_resume, load_model_weights
+from .engine.checkpoint import find_resume
 from .engine.distributed import DistContext, cleanup, init_distributed
 from .engine.trainer import Trainer
 from .errors import ConfigError, DataError
+from .models import attach_normalization, input_normalization, load_configured_weights, resolve_normalization
 from .tasks import Task, make_task
 
 log = logging.getLogger(__name__)
@@ -45,13 +46,29 @@ def build_datasets(task: Task, cfg: TrainConfig) -> tuple[Dataset, Dataset]:
     return train, val
 
 
+def build_model(task: Task, mcfg: ModelConfig, role: str, device: torch.device) -> torch.nn.Module:
+    """The model of ``mcfg`` on ``device``: built, its configured weights loaded (one log line, or one
+    error line on a mismatch), its input normalisation attached."""
+    model = task.build_model(mcfg).to(device)
+    recorded = load_configured_weights(model, mcfg, role)
+    norm = resolve_normalization(mcfg, recorded)
+    attach_normalization(model, norm)
+    log.info("%s input normalisation: %s", role, f"mean {list(norm.mean)}, std {list(norm.std)}" if norm else "none")
+    return model
+
+
+def example_batch(task: Task, dataset: Dataset, device: torch.device) -> Any:
+    """Two samples as a batch on ``device``: what models are checked and connectors are built on."""
+    batch = task.collate([dataset[i] for i in range(min(2, len(dataset)))])  # type: ignore[arg-type]
+    return task.to_device(batch, device)
+
+
 def build_distiller(cfg: TrainConfig, task: Task, student: torch.nn.Module, example_set: Dataset,
                     ctx: DistContext) -> tuple[Distiller, torch.Generator]:
     """The frozen teacher, the points and (optionally) the teacher cache, built on two example images."""
     assert cfg.distill is not None and cfg.teacher is not None and cfg.teacher.weights is not None  # validated
     device = ctx.device
-    teacher = task.build_model(cfg.teacher).to(device)
-    load_model_weights(teacher, cfg.teacher.weights, "teacher")
+    teacher = build_model(task, cfg.teacher, "teacher", device)
     # independent avatars per rank, reproducible from the seed
     generator = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + ctx.rank)
     points = build_points(cfg.distill, generator)
@@ -60,11 +77,14 @@ def build_distiller(cfg: TrainConfig, task: Task, student: torch.nn.Module, exam
     if cfg.distill.teacher_cache is not None:
         how = f"{forward.__module__}.{forward.__qualname__}" if forward is not None else "full forward"
         context = [(p.teacher, p.key) for p in points] + [how]
+        # not part of the weights, but it changes the features (and detectors normalised with
+        # ImageNet statistics before model.normalize existed: older caches must not be read)
+        norm = input_normalization(teacher)
+        context.append(("normalize", norm.mean, norm.std) if norm is not None else ("normalize", "none"))
         cache = TeacherCache(cfg.distill.teacher_cache, teacher, context)
         log.info("teacher cache: %s", cache.dir)
     distiller = Distiller(student, teacher, points, teacher_forward=forward, teacher_cache=cache)
-    example = task.collate([example_set[i] for i in range(min(2, len(example_set)))])  # type: ignore[arg-type]
-    distiller.build(task.images_of(task.to_device(example, device)))
+    distiller.build(task.images_of(example_batch(task, example_set, device)))
     return distiller, generator
 
 
@@ -82,9 +102,10 @@ def build_trainer(cfg: TrainConfig, resume: bool | Path = False, ctx: DistContex
     resume_from = find_resume(Path(cfg.output_dir), resume) if check_output else None  # fail before building
     torch.manual_seed(cfg.seed)
     train_set, val_set = build_datasets(task, cfg)
-    model = task.build_model(cfg.model).to(ctx.device)
-    if cfg.model.weights is not None:
-        load_model_weights(model, cfg.model.weights, "student")
+    model = build_model(task, cfg.model, "student", ctx.device)
+    task.check_output(model, example_batch(task, val_set, ctx.device))  # a wrong output fails before training
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError("model: the student has no trainable parameters")
     distiller = generator = None
     if cfg.distill is not None:
         distiller, generator = build_distiller(cfg, task, model, val_set, ctx)
@@ -110,4 +131,4 @@ def evaluate(cfg: TrainConfig) -> dict[str, float]:
         cleanup(trainer.ctx)
 
 
-__all__ = ["build_datasets", "build_distiller", "build_trainer", "check_loss_context", "evaluate", "train"]
+__all__ = ["build_datasets", "build_distiller", "build_model", "example_batch", "build_trainer", "check_loss_context", "evaluate", "train"]

@@ -10,29 +10,71 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 
 from .base import Strict
 from .distill import DistillerConfig
 from .yamlio import apply_overrides, load_yaml, validate
 
 
+class NormalizeConfig(Strict):
+    """Per-channel input statistics: the model sees ``(image - mean) / std`` of images in [0, 1]."""
+
+    mean: list[float] = Field(min_length=1)
+    std: list[float] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _same_length_positive_std(self) -> NormalizeConfig:
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"mean has {len(self.mean)} values but std has {len(self.std)}")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std values must be > 0")
+        return self
+
+
+FACTORY_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
+
+
 class ModelConfig(Strict):
-    """A model from torchvision parts (see ``avatarkd.models``).
+    """A built-in model (``arch`` + ``backbone``) or any ``nn.Module`` (``factory`` + ``kwargs``); see ``avatarkd.models``.
 
     ``arch``: segmentation ``fcn``/``deeplabv3``/``lraspp``; detection ``retinanet``/``fcos``/
-    ``fasterrcnn``; classification ``classifier``. ``weights``: a local checkpoint or state_dict
-    (nothing is downloaded).
+    ``fasterrcnn``; classification ``classifier``. ``backbone``: any torchvision classification
+    model name, or ``timm:<name>``. ``weights`` (whole model) and ``backbone_weights`` (feature
+    extractor only): a local file in any common layout or ``torchvision:<EnumClass>.<NAME>`` from
+    the hub cache under ``TORCH_HOME`` (nothing is downloaded). ``normalize``: the model's input
+    normalisation; default ImageNet statistics when pretrained weights are used (a torchvision
+    enum, or ``backbone_weights``), what an avatarkd export's ``student.json`` recorded for its
+    ``weights``, else none.
     """
 
-    arch: str
-    backbone: str = "resnet18"
-    weights: Path | None = None
-    output_stride: Literal[8, 16, 32] = 8
+    arch: str | None = Field(None, description="built-in model; or give 'factory'")
+    backbone: str = Field("resnet18", description="torchvision classification model name, or timm:<name>")
+    factory: str | None = Field(None, pattern=FACTORY_PATTERN, description="'package.module:callable' returning an nn.Module")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the factory")
+    weights: str | None = Field(None, description="whole-model weights: a file or torchvision:<EnumClass>.<NAME>")
+    backbone_weights: str | None = Field(None, description="feature-extractor weights: a file or torchvision:<EnumClass>.<NAME>")
+    normalize: Literal["imagenet", "none"] | NormalizeConfig | None = None
+    output_stride: Literal[8, 16, 32] | None = Field(None, description="segmentation; default 16 for lraspp, else 8")
     fpn_channels: int = Field(256, ge=8)
     image_size: int = Field(128, ge=16)
     anchor_sizes: tuple[int, ...] = (16, 32, 64, 128, 256)
     freeze_bn: bool = Field(False, description="keep BatchNorm statistics fixed while training (small batches)")
+    # the folder of the YAML file that named this model: a factory's module is also looked up there
+    _config_dir: Path | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _arch_or_factory(self) -> ModelConfig:
+        if (self.arch is None) == (self.factory is None):
+            raise ValueError("give either 'arch' (a built-in model) or 'factory' ('package.module:callable'), not "
+                             + ("both" if self.arch else "neither"))
+        if self.kwargs and self.factory is None:
+            raise ValueError("'kwargs' are the factory's arguments; they need 'factory'")
+        return self
+
+    @property
+    def config_dir(self) -> Path | None:
+        return self._config_dir
 
 
 class DataConfig(Strict):
@@ -99,11 +141,16 @@ class TrainConfig(Strict):
         if self.distill is not None and self.teacher is None:
             raise ValueError("distill needs a teacher: add a 'teacher:' section with its weights")
         if self.teacher is not None and self.teacher.weights is None:
-            raise ValueError("teacher.weights: a distillation teacher must be trained; give its checkpoint path")
+            raise ValueError("teacher.weights: a distillation teacher must be trained; give its checkpoint path "
+                             "or torchvision:<EnumClass>.<NAME>")
         return self
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
     data: dict[str, Any] = load_yaml(path)
     apply_overrides(data, overrides or [])
-    return validate(TrainConfig, data, str(path))
+    cfg = validate(TrainConfig, data, str(path))
+    for model in (cfg.model, cfg.teacher):  # model.factory modules may sit beside the YAML file
+        if model is not None:
+            model._config_dir = Path(path).resolve().parent
+    return cfg

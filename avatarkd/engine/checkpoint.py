@@ -97,21 +97,6 @@ def load_file(path: Path) -> dict[str, Any]:
     return obj
 
 
-def extract_model_state(obj: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The model weights from our checkpoint, an exported file, or a plain state_dict."""
-    for key in ("model", "state_dict"):
-        if isinstance(obj.get(key), dict):
-            return obj[key]
-    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return obj
-    raise CheckpointError("file holds no model weights (expected a state_dict or an avatarkd checkpoint)")
-
-
-def load_model_weights(model: torch.nn.Module, path: Path, role: str) -> None:
-    """Strictly load weights from a file, naming the first mismatches when the architecture differs."""
-    load_checked(model, extract_model_state(load_file(path)), path, role)
-
-
 def load_checked(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, role: str) -> None:
     own = model.state_dict()
     missing = [k for k in own if k not in state]

@@ -1,7 +1,8 @@
-"""Model builders from torchvision parts, sized by arguments (never hard-coded channel counts).
+"""Model builders from torchvision parts on any torchvision or timm backbone (never hard-coded channel counts).
 
-No weights are downloaded: every builder passes ``weights=None``; a trained model is loaded from a
-local checkpoint by the engine.
+No weights are downloaded: every builder starts from random weights; pretrained or trained
+weights are loaded afterwards by ``avatarkd.models.weights`` from local files or the hub cache.
+Each builder records how to rebuild what it made (``recipe_of``), for the exported ``student.json``.
 """
 
 from __future__ import annotations
@@ -10,95 +11,69 @@ from collections import OrderedDict
 from typing import Literal
 
 from torch import nn
-from torchvision import models
 from torchvision.models import detection, segmentation
-from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
 from ..errors import ConfigError
+from .backbones import extractor, last_level, low_high_levels, pyramid_levels, timm_create, timm_name, torchvision_classifier
+from .extractors import FeaturePyramid
+from .recipes import record_recipe
 
-Backbone = Literal["resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v3_small", "mobilenet_v3_large"]
-RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
-MOBILENETS = ("mobilenet_v3_small", "mobilenet_v3_large")
-
-
-def _resnet(name: str, output_stride: int = 32) -> models.ResNet:
-    """A ResNet whose last stages keep resolution (``output_stride`` 8 or 16) for dense tasks.
-
-    Bottleneck ResNets use dilation as torchvision does; BasicBlock ones (18/34) cannot dilate, so
-    their stage strides are simply set to 1, which suits the small images this library trains on.
-    """
-    if name not in RESNETS:
-        raise ConfigError(f"unknown ResNet {name!r}; choose one of {RESNETS}")
-    keep = {32: 0, 16: 1, 8: 2}.get(output_stride)
-    if keep is None:
-        raise ConfigError(f"output_stride must be 8, 16 or 32, got {output_stride}")
-    if name in ("resnet50", "resnet101"):
-        dilate = [False, keep >= 2, keep >= 1]
-        return getattr(models, name)(weights=None, replace_stride_with_dilation=dilate)
-    net = getattr(models, name)(weights=None)
-    for layer in [net.layer4, net.layer3][:keep]:
-        block = layer[0]
-        block.conv1.stride = (1, 1)
-        if block.downsample is not None:
-            block.downsample[0].stride = (1, 1)
-    return net
-
-
-def _resnet_channels(net: models.ResNet) -> list[int]:
-    return [layer[-1].conv3.out_channels if hasattr(layer[-1], "conv3") else layer[-1].conv2.out_channels
-            for layer in (net.layer1, net.layer2, net.layer3, net.layer4)]
+# the names of the catalogue before any torchvision/timm name was accepted (kept for type hints)
+Backbone = str
 
 
 # ------------------------------------------------------------------ classification
 def build_classifier(backbone: Backbone, num_classes: int) -> nn.Module:
-    """A torchvision classifier; distillation points: ``fc``/``classifier`` (logits), ``layer4``/``features``."""
-    if backbone in RESNETS:
-        return getattr(models, backbone)(weights=None, num_classes=num_classes)
-    if backbone in MOBILENETS:
-        return getattr(models, backbone)(weights=None, num_classes=num_classes)
-    raise ConfigError(f"unknown classifier backbone {backbone!r}; choose one of {RESNETS + MOBILENETS}")
+    """Any torchvision classifier (``resnet18``, ``mobilenet_v2``, ``convnext_tiny``...) or ``timm:<name>``.
+
+    The model is the library's own class, unchanged: distillation points are its module names
+    (``fc``/``classifier`` logits, ``layer4``, ``features``, ``features.3``).
+    """
+    name = timm_name(backbone)
+    if name is not None:
+        model = timm_create(name, num_classes=num_classes)
+        record_recipe(model, "timm:create_model", {"model_name": name, "num_classes": num_classes, "pretrained": False})
+        return model
+    model = torchvision_classifier(backbone, num_classes=num_classes)
+    record_recipe(model, f"torchvision.models:{backbone}", {"num_classes": num_classes, "weights": None})
+    return model
 
 
 # ------------------------------------------------------------------ segmentation
 SegHead = Literal["fcn", "deeplabv3", "lraspp"]
+SEG_HEADS = ("fcn", "deeplabv3", "lraspp")
 
 
-def build_segmenter(head: SegHead, backbone: Backbone, num_classes: int, output_stride: int = 8) -> nn.Module:
-    """torchvision FCN / DeepLabV3 / LR-ASPP on any ResNet or MobileNetV3 backbone.
+def build_segmenter(head: SegHead, backbone: Backbone, num_classes: int, output_stride: int | None = None) -> nn.Module:
+    """torchvision FCN / DeepLabV3 / LR-ASPP on any torchvision or timm backbone.
 
-    The backbone is exposed as ``backbone`` (an ``IntermediateLayerGetter`` whose ``"out"`` item is
-    the last stage), so distillation points ``backbone`` with key ``out`` work for every combination.
+    ``output_stride`` (8, 16 or 32; default 16 for LR-ASPP, whose design reads stride-8 and
+    stride-16 features, else 8) is reached by dilating the later stages. The feature extractor is
+    ``backbone`` for FCN/DeepLabV3 (its ``"out"`` item is the deepest level) and ``backbone.body``
+    for LR-ASPP (items ``"low"`` and ``"out"``), so distillation points ``backbone``/``backbone.body``
+    with key ``out`` work for every backbone, and stages keep their names (``backbone.layer4``).
     """
+    if head not in SEG_HEADS:
+        raise ConfigError(f"model.arch: unknown segmentation head {head!r}; choose fcn, deeplabv3 or lraspp")
+    stride = output_stride or (16 if head == "lraspp" else 8)
+    record_args = {"head": head, "backbone": backbone, "num_classes": num_classes, "output_stride": stride}
     if head == "lraspp":
-        if backbone not in MOBILENETS:
-            raise ConfigError("lraspp needs a mobilenet_v3_small/large backbone")
-        features = getattr(models, backbone)(weights=None, dilated=True).features
-        stages = [0] + [i for i, b in enumerate(features) if getattr(b, "_is_cn", False)] + [len(features) - 1]
-        low, high = stages[-4], stages[-1]
-        body = IntermediateLayerGetter(features, return_layers={str(low): "low", str(high): "out"})
-        model = segmentation.LRASPP(body, features[low].out_channels, features[high].out_channels, num_classes)
+        ex = extractor(backbone, low_high_levels, stride)
+        model: nn.Module = segmentation.LRASPP(ex.module, ex.channels["low"], ex.channels["out"], num_classes)
         # LRASPP reads result["high"]; map our "out" name onto it without copying the backbone.
-        model.backbone = _Rename(body, {"out": "high"})
-        return model
-    if backbone in RESNETS:
-        net = _resnet(backbone, output_stride)
-        channels = _resnet_channels(net)[-1]
-        body = IntermediateLayerGetter(net, return_layers={"layer4": "out"})
-    elif backbone in MOBILENETS:
-        features = getattr(models, backbone)(weights=None, dilated=True).features
-        channels = features[-1].out_channels
-        body = IntermediateLayerGetter(features, return_layers={str(len(features) - 1): "out"})
+        model.backbone = _Rename(ex.module, {"out": "high"})
     else:
-        raise ConfigError(f"unknown segmentation backbone {backbone!r}")
-    if head == "fcn":
-        return segmentation.FCN(body, segmentation.fcn.FCNHead(channels, num_classes))
-    if head == "deeplabv3":
-        return segmentation.DeepLabV3(body, segmentation.deeplabv3.DeepLabHead(channels, num_classes))
-    raise ConfigError(f"unknown segmentation head {head!r}; choose fcn, deeplabv3 or lraspp")
+        ex = extractor(backbone, last_level, stride)
+        channels = ex.channels["out"]
+        if head == "fcn":
+            model = segmentation.FCN(ex.module, segmentation.fcn.FCNHead(channels, num_classes))
+        else:
+            model = segmentation.DeepLabV3(ex.module, segmentation.deeplabv3.DeepLabHead(channels, num_classes))
+    record_recipe(model, "avatarkd.models:build_segmenter", record_args)
+    return model
 
 
 class _Rename(nn.Module):
@@ -116,6 +91,7 @@ class _Rename(nn.Module):
 
 # ------------------------------------------------------------------ detection
 Detector = Literal["retinanet", "fcos", "fasterrcnn"]
+DETECTORS = ("retinanet", "fcos", "fasterrcnn")
 
 
 def build_detector(
@@ -126,45 +102,42 @@ def build_detector(
     image_size: int = 800,
     anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512),
 ) -> nn.Module:
-    """RetinaNet / FCOS / Faster R-CNN with an FPN of ``fpn_channels`` on a ResNet or MobileNetV3.
+    """RetinaNet / FCOS / Faster R-CNN with an FPN of ``fpn_channels`` on any torchvision or timm backbone.
 
     ``num_classes`` excludes the background; labels are 1..num_classes and torchvision's heads get
     num_classes + 1 outputs (index 0 never fires for RetinaNet/FCOS, it is the background for R-CNN). Images are resized to
-    ``image_size`` by the model's transform. The neck is ``backbone.fpn`` with five levels for
-    RetinaNet/FCOS (P3-P7) and four plus a pool level for Faster R-CNN.
+    ``image_size`` by the model's transform. The neck is ``backbone.fpn`` on the backbone's deepest
+    three levels (strides 8-32) plus P6/P7 for RetinaNet/FCOS, and on four levels plus a pool level
+    for Faster R-CNN; the feature extractor is ``backbone.body``.
     """
+    if arch not in DETECTORS:
+        raise ConfigError(f"model.arch: unknown detector {arch!r}; choose retinanet, fcos or fasterrcnn")
     if arch == "fcos" and fpn_channels % 32:
         raise ConfigError(f"fcos needs fpn_channels divisible by 32 (its head uses GroupNorm(32)), got {fpn_channels}")
     two_stage = arch == "fasterrcnn"
     extra = LastLevelMaxPool() if two_stage else LastLevelP6P7(fpn_channels, fpn_channels)
-    if backbone in RESNETS:
-        net = _resnet(backbone)
-        ch = _resnet_channels(net)
-        names = ["layer1", "layer2", "layer3", "layer4"] if two_stage else ["layer2", "layer3", "layer4"]
-        in_channels = ch[-len(names):]
-        body_layers = {n: str(i) for i, n in enumerate(names)}
-        fpn_backbone = BackboneWithFPN(net, body_layers, in_channels, fpn_channels, extra_blocks=extra)
-    elif backbone in MOBILENETS:
-        features = getattr(models, backbone)(weights=None).features
-        stages = [i for i, b in enumerate(features) if getattr(b, "_is_cn", False)] + [len(features) - 1]
-        picked = stages[-3:]
-        in_channels = [features[i].out_channels for i in picked]
-        fpn_backbone = BackboneWithFPN(features, {str(i): str(j) for j, i in enumerate(picked)}, in_channels,
-                                       fpn_channels, extra_blocks=extra)
-    else:
-        raise ConfigError(f"unknown detection backbone {backbone!r}")
-    levels = len(in_channels) + (1 if two_stage else 2)
+    count = 4 if two_stage else 3
+    ex = extractor(backbone, pyramid_levels(count))
+    in_channels = [ex.channels[str(j)] for j in range(count)]
+    fpn_backbone = FeaturePyramid(ex.module, in_channels, fpn_channels, extra)
+    levels = count + (1 if two_stage else 2)
     anchors = tuple((s,) for s in anchor_sizes[:levels])
     size = dict(min_size=image_size, max_size=image_size)
     if arch == "retinanet":
         scales = tuple((s, int(s * 2 ** (1 / 3)), int(s * 2 ** (2 / 3))) for (s,) in anchors)
         gen = AnchorGenerator(scales, ((0.5, 1.0, 2.0),) * len(scales))
-        return detection.RetinaNet(fpn_backbone, num_classes + 1, anchor_generator=gen, **size)
-    if arch == "fcos":
+        model: nn.Module = detection.RetinaNet(fpn_backbone, num_classes + 1, anchor_generator=gen, **size)
+    elif arch == "fcos":
         gen = AnchorGenerator(anchors, ((1.0,),) * len(anchors))
-        return detection.FCOS(fpn_backbone, num_classes + 1, anchor_generator=gen, **size)
-    if arch == "fasterrcnn":
+        model = detection.FCOS(fpn_backbone, num_classes + 1, anchor_generator=gen, **size)
+    else:
         gen = AnchorGenerator(anchors, ((0.5, 1.0, 2.0),) * len(anchors))
-        pool = MultiScaleRoIAlign([str(i) for i in range(len(in_channels))], output_size=7, sampling_ratio=2)
-        return detection.FasterRCNN(fpn_backbone, num_classes + 1, rpn_anchor_generator=gen, box_roi_pool=pool, **size)
-    raise ConfigError(f"unknown detector {arch!r}; choose retinanet, fcos or fasterrcnn")
+        pool = MultiScaleRoIAlign([str(i) for i in range(count)], output_size=7, sampling_ratio=2)
+        model = detection.FasterRCNN(fpn_backbone, num_classes + 1, rpn_anchor_generator=gen, box_roi_pool=pool, **size)
+    record_recipe(model, "avatarkd.models:build_detector",
+                  {"arch": arch, "backbone": backbone, "num_classes": num_classes, "fpn_channels": fpn_channels,
+                   "image_size": image_size, "anchor_sizes": list(anchor_sizes)})
+    return model
+
+
+__all__ = ["DETECTORS", "FeaturePyramid", "SEG_HEADS", "build_classifier", "build_detector", "build_segmenter"]

@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 
 from ..config import DataConfig, ModelConfig, TrainConfig
 from ..data import demo_data_root
+from ..models import build_from_factory
 
 Batch = Any
 TeacherForward = Callable[..., Any]
@@ -60,6 +61,27 @@ class Task(ABC):
     # ------------------------------------------------------------------ models
     @abstractmethod
     def build_model(self, mcfg: ModelConfig) -> nn.Module: ...
+
+    def factory_model(self, mcfg: ModelConfig, num_classes: int) -> nn.Module:
+        """The user's ``model.factory`` (looked up beside the YAML file too), given ``num_classes`` if it takes one."""
+        assert mcfg.factory is not None
+        dirs = [mcfg.config_dir] if mcfg.config_dir is not None else []
+        return build_from_factory(mcfg.factory, mcfg.kwargs, num_classes, dirs)
+
+    @torch.no_grad()
+    def check_output(self, model: nn.Module, batch: Batch) -> None:
+        """Run ``model`` once (eval mode) on a batch and raise one ConfigError line if its output breaks the
+        task's contract; called before training so that a wrong model fails before anything is written."""
+        was_training = model.training
+        model.eval()
+        try:
+            self.check_eval_output(model(self.images_of(batch)), batch)
+        finally:
+            model.train(was_training)
+
+    def check_eval_output(self, output: Any, batch: Batch) -> None:
+        """Raise a one-line ConfigError when an eval-mode ``output`` does not fit the task (default: anything goes)."""
+        return None
 
     def backbone_forward(self, teacher: nn.Module) -> TeacherForward | None:
         """A call of the teacher's feature extractor alone, if this task's models have one."""

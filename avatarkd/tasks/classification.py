@@ -13,7 +13,8 @@ from torch.utils.data import Dataset
 from ..config import DataConfig, ModelConfig
 from ..data import ImageFolderDataset
 from ..metrics import Top1Accuracy
-from ..models import build_classifier
+from ..errors import ConfigError
+from ..models import build_classifier, describe_output
 from .base import Batch, Task
 
 
@@ -29,16 +30,28 @@ class ClassificationTask(Task):
         return train, val
 
     def build_model(self, mcfg: ModelConfig) -> nn.Module:
-        return build_classifier(mcfg.backbone, self.num_classes)  # type: ignore[arg-type]
+        if mcfg.factory is not None:
+            return self.factory_model(mcfg, self.num_classes)
+        return build_classifier(mcfg.backbone, self.num_classes)
+
+    def logits(self, output: Any) -> Tensor:
+        """The output contract: (N, C) logits; anything else is a one-line ConfigError."""
+        if not (isinstance(output, Tensor) and output.dim() == 2 and output.shape[1] == self.num_classes):
+            raise ConfigError(f"model output: classification expects (N, {self.num_classes}) logits; "
+                              f"the model returned {describe_output(output)}")
+        return output
+
+    def check_eval_output(self, output: Any, batch: Batch) -> None:
+        self.logits(output)
 
     def losses(self, model: nn.Module, batch: Batch) -> dict[str, Tensor]:
         images, labels = batch
-        return {"loss_ce": F.cross_entropy(model(images).float(), labels)}
+        return {"loss_ce": F.cross_entropy(self.logits(model(images)).float(), labels)}
 
     def distill_losses(self, distiller: nn.Module, batch: Batch) -> dict[str, Tensor]:
         images, labels = batch
         logits, losses = distiller(images, loss_context=self.loss_context(batch))
-        return {"loss_ce": F.cross_entropy(logits.float(), labels), **losses}
+        return {"loss_ce": F.cross_entropy(self.logits(logits).float(), labels), **losses}
 
     def loss_context(self, batch: Batch) -> dict[str, Any]:
         return {"target": batch[1]}
@@ -48,10 +61,10 @@ class ClassificationTask(Task):
         metric = Top1Accuracy()
         for batch in batches:
             images, labels = self.to_device(batch, device)
-            metric.update(model(images), labels)
+            metric.update(self.logits(model(images)), labels)
         metric.sync()
         return {k: float(v) for k, v in metric.compute().items()}
 
     @torch.no_grad()
     def predict(self, model: nn.Module, batch: Batch) -> Any:
-        return model(batch[0]).argmax(1)
+        return self.logits(model(batch[0])).argmax(1)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,8 @@ from torch.utils.data import Dataset
 from ..config import DataConfig, ModelConfig
 from ..data import CocoDetection, collate_detection
 from ..metrics import CocoEvaluator
-from ..models import build_detector
+from ..errors import ConfigError
+from ..models import build_detector, describe_output
 from .base import Batch, Task, TeacherForward
 from .drawing import plot_detections
 
@@ -47,8 +48,32 @@ class DetectionTask(Task):
         return images, targets
 
     def build_model(self, mcfg: ModelConfig) -> nn.Module:
+        if mcfg.factory is not None:  # torchvision's convention: num_classes counts the background
+            return self.factory_model(mcfg, self.num_classes + 1)
         return build_detector(mcfg.arch, mcfg.backbone, self.num_classes, mcfg.fpn_channels,  # type: ignore[arg-type]
                               mcfg.image_size, tuple(mcfg.anchor_sizes))
+
+    @staticmethod
+    def loss_dict(output: Any) -> dict[str, Tensor]:
+        """The training-mode contract: ``model(images, targets)`` returns a dict of loss tensors."""
+        if not (isinstance(output, Mapping) and output and all(isinstance(v, Tensor) for v in output.values())):
+            raise ConfigError("model output: detection expects the torchvision detection API: in training, "
+                              f"model(images, targets) returns a dict of losses; the model returned {describe_output(output)}")
+        return {f"loss_{k}" if not k.startswith("loss") else k: v for k, v in output.items()}
+
+    @staticmethod
+    def detections(output: Any, count: int) -> list[dict[str, Tensor]]:
+        """The eval-mode contract: ``model(images)`` returns one dict per image with boxes, scores and labels."""
+        ok = isinstance(output, (list, tuple)) and len(output) == count and all(
+            isinstance(o, Mapping) and {"boxes", "scores", "labels"} <= set(o) for o in output)
+        if not ok:
+            raise ConfigError(f"model output: detection expects the torchvision detection API: in eval mode, "
+                              f"model(images) returns a list of {count} dicts with 'boxes', 'scores' and 'labels'; "
+                              f"the model returned {describe_output(output)}")
+        return list(output)
+
+    def check_eval_output(self, output: Any, batch: Batch) -> None:
+        self.detections(output, len(batch[0]))
 
     def backbone_forward(self, teacher: nn.Module) -> TeacherForward | None:
         has_parts = all(isinstance(getattr(teacher, a, None), nn.Module) for a in ("backbone", "transform"))
@@ -56,26 +81,26 @@ class DetectionTask(Task):
 
     def losses(self, model: nn.Module, batch: Batch) -> dict[str, Tensor]:
         images, targets = batch
-        return {f"loss_{k}" if not k.startswith("loss") else k: v for k, v in model(images, targets).items()}
+        return self.loss_dict(model(images, targets))
 
     def distill_losses(self, distiller: nn.Module, batch: Batch) -> dict[str, Tensor]:
         images, targets = batch
         task, losses = distiller(images, targets, teacher_args=(images,))
-        return {**{f"loss_{k}" if not k.startswith("loss") else k: v for k, v in task.items()}, **losses}
+        return {**self.loss_dict(task), **losses}
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Iterable[Batch], device: torch.device) -> dict[str, float]:
         evaluator = CocoEvaluator(self.val_dataset.coco, self.val_dataset.label_to_cat_id)
         for batch in batches:
             images, targets = self.to_device(batch, device)
-            outputs = model(images)
+            outputs = self.detections(model(images), len(images))
             evaluator.update([int(t["image_id"]) for t in targets], [{k: v.cpu() for k, v in o.items()} for o in outputs])
         evaluator.sync()
         return {k: float(v) for k, v in evaluator.compute().items()}
 
     @torch.no_grad()
     def predict(self, model: nn.Module, batch: Batch) -> Any:
-        return [{k: v.cpu() for k, v in o.items()} for o in model(batch[0])]
+        return [{k: v.cpu() for k, v in o.items()} for o in self.detections(model(batch[0]), len(batch[0]))]
 
     def plot_predictions(self, batch: Batch, predictions: Any, out_png: Path) -> Path:
         images, targets = batch

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from ..config import DataConfig, ModelConfig
 from ..data import SegmentationFolder
 from ..errors import ConfigError
 from ..metrics import SegmentationMetric
-from ..models import build_segmenter
+from ..models import build_segmenter, describe_output, normalize_images
 from .base import Batch, Task, TeacherForward
 from .drawing import plot_segmentation
 
@@ -29,8 +29,11 @@ def _class_names_from_coco(path: Path) -> list[str] | None:
 
 
 def backbone_only(teacher: nn.Module, images: Tensor) -> Any:
-    """The teacher's backbone alone: all that backbone points need (no head, no upsampling)."""
-    return teacher.backbone(images)
+    """The teacher's backbone alone: all that backbone points need (no head, no upsampling).
+
+    The teacher's input normalisation is a pre-hook on the whole model, so it is applied here too.
+    """
+    return teacher.backbone(normalize_images(teacher, images))
 
 
 class SegmentationTask(Task):
@@ -56,7 +59,23 @@ class SegmentationTask(Task):
         return train, val
 
     def build_model(self, mcfg: ModelConfig) -> nn.Module:
+        if mcfg.factory is not None:
+            return self.factory_model(mcfg, self.num_classes)
         return build_segmenter(mcfg.arch, mcfg.backbone, self.num_classes, mcfg.output_stride)  # type: ignore[arg-type]
+
+    def logits(self, output: Any, size: tuple[int, ...] | torch.Size) -> Tensor:
+        """The output contract: (N, C, h, w) logits, or a dict with them under ``"out"``, at any resolution;
+        upsampled (bilinear) to ``size``, the mask's. Anything else is a one-line ConfigError."""
+        out = output.get("out") if isinstance(output, Mapping) else output
+        if not (isinstance(out, Tensor) and out.dim() == 4 and out.shape[1] == self.num_classes):
+            raise ConfigError(f"model output: segmentation expects (N, {self.num_classes}, H, W) logits at any resolution, "
+                              f"or a dict holding them under 'out'; the model returned {describe_output(output)}")
+        if tuple(out.shape[-2:]) != tuple(size):
+            out = F.interpolate(out, size=tuple(size), mode="bilinear", align_corners=False)
+        return out
+
+    def check_eval_output(self, output: Any, batch: Batch) -> None:
+        self.logits(output, batch[1].shape[-2:])
 
     def backbone_forward(self, teacher: nn.Module) -> TeacherForward | None:
         return backbone_only if isinstance(getattr(teacher, "backbone", None), nn.Module) else None
@@ -66,12 +85,12 @@ class SegmentationTask(Task):
 
     def losses(self, model: nn.Module, batch: Batch) -> dict[str, Tensor]:
         images, masks = batch
-        return {"loss_ce": self._ce(model(images)["out"], masks)}
+        return {"loss_ce": self._ce(self.logits(model(images), masks.shape[-2:]), masks)}
 
     def distill_losses(self, distiller: nn.Module, batch: Batch) -> dict[str, Tensor]:
         images, masks = batch
         out, losses = distiller(images, loss_context=self.loss_context(batch))
-        return {"loss_ce": self._ce(out["out"], masks), **losses}
+        return {"loss_ce": self._ce(self.logits(out, masks.shape[-2:]), masks), **losses}
 
     def loss_context(self, batch: Batch) -> dict[str, Any]:
         masks = batch[1]
@@ -82,7 +101,7 @@ class SegmentationTask(Task):
         metric = SegmentationMetric(self.num_classes, ignore_index=self.cfg.data.ignore_index)
         for batch in batches:
             images, masks = self.to_device(batch, device)
-            metric.update(model(images)["out"].argmax(1), masks)
+            metric.update(self.logits(model(images), masks.shape[-2:]).argmax(1), masks)
         metric.sync()
         result = metric.compute()
         out = {"miou": float(result["miou"]), "pixel_acc": float(result["pixel_acc"])}
@@ -92,7 +111,7 @@ class SegmentationTask(Task):
 
     @torch.no_grad()
     def predict(self, model: nn.Module, batch: Batch) -> Any:
-        return model(batch[0])["out"].argmax(1)
+        return self.logits(model(batch[0]), batch[1].shape[-2:]).argmax(1)
 
     def plot_predictions(self, batch: Batch, predictions: Any, out_png: Path) -> Path:
         images, masks = batch
