@@ -10,6 +10,11 @@ backgrounds: scikit-image's bundled brick/grass/gravel textures (CC0) plus smoot
 Same arguments give byte-identical annotation JSON (and identical images for the same
 libjpeg/zlib), because every random draw comes from a NumPy generator seeded per split.
 
+Splits and their garments: ``train`` and ``classify/train`` draw from Fashion-MNIST's training
+items; ``val``/``classify/val`` from the first half of its test items (t10k indices 0-4999) and
+``test``/``classify/test`` from the second half (5000-9999), so no garment is in two splits and
+the test split can stay untouched by every decision made on val.
+
     python scripts/make_demo_data.py --seed 0
 """
 
@@ -37,6 +42,33 @@ CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 SOURCE_FILES = {split: (f"{split}-images-idx3-ubyte.gz", f"{split}-labels-idx1-ubyte.gz")
                 for split in ("train", "t10k")}
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """Where one output split takes its garments from, and its own random stream."""
+    source_split: str   # "train" or "t10k"
+    first: int          # garments come from source indices first..last (inclusive)
+    last: int
+    stream: int         # the split's generator is np.random.default_rng([seed, stream])
+
+    @property
+    def indices(self) -> str:
+        return f"{self.first}-{self.last}"
+
+    def pool(self, n_source: int) -> np.ndarray:
+        if self.last >= n_source:
+            raise SystemExit(f"the {self.source_split} source has {n_source} items; split needs {self.indices}")
+        return np.arange(self.first, self.last + 1)
+
+
+# Each split has its own stream; 1-4 are the ones train/val always used, so train is unchanged.
+DETECTION_SPLITS = {"train": SplitSpec("train", 0, 59999, 1),
+                    "val": SplitSpec("t10k", 0, 4999, 2),
+                    "test": SplitSpec("t10k", 5000, 9999, 5)}
+CLASSIFY_SPLITS = {"train": SplitSpec("train", 0, 59999, 3),
+                   "val": SplitSpec("t10k", 0, 4999, 4),
+                   "test": SplitSpec("t10k", 5000, 9999, 6)}
 
 CANVAS = 64             # detection/segmentation canvas side, px
 CROP = 32               # classification image side, px
@@ -149,14 +181,13 @@ def owners(items: list[Item], size: int) -> np.ndarray:
 
 
 def compose(rng: np.random.Generator, textures: list[np.ndarray], images: np.ndarray,
-            labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[tuple[Item, np.ndarray]]]:
-    """(RGB uint8 canvas, class mask uint8, [(item, visible mask)]) for 1-3 garments.
+            labels: np.ndarray, pool: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[tuple[Item, np.ndarray]]]:
+    """(RGB uint8 canvas, class mask uint8, [(item, visible mask)]) for 1-3 garments from ``pool``.
 
     Items left with fewer than MIN_VISIBLE visible pixels are removed from the picture entirely
     (not just from the labels), so every garment pixel in the image is labelled; removing an item
     only uncovers others, so the survivors stay above the threshold.
     """
-    pool = np.arange(len(images))
     items = [draw_item(rng, images, labels, CANVAS, SCALE, pool) for _ in range(int(rng.integers(1, 4)))]
     owner = owners(items, CANVAS)
     visible = np.bincount(owner[owner >= 0], minlength=len(items))
@@ -179,14 +210,16 @@ def sanitise(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
 
-def write_detection_split(out: Path, split: str, source_split: str, n: int, seed: int,
+def write_detection_split(out: Path, split: str, n: int, seed: int,
                           textures: list[np.ndarray], images: np.ndarray, labels: np.ndarray) -> dict[str, int]:
-    rng = np.random.default_rng([seed, 1 if split == "train" else 2])
+    spec = DETECTION_SPLITS[split]
+    rng = np.random.default_rng([seed, spec.stream])
+    pool = spec.pool(len(images))
     (out / split / "images").mkdir(parents=True)
     (out / split / "masks").mkdir(parents=True)
     coco_images, annotations = [], []
     for i in range(n):
-        image, mask, placed = compose(rng, textures, images, labels)
+        image, mask, placed = compose(rng, textures, images, labels, pool)
         stem = f"{i:05d}"
         Image.fromarray(image).save(out / split / "images" / f"{stem}.jpg", quality=JPEG_QUALITY, optimize=True)
         Image.fromarray(mask).save(out / split / "masks" / f"{stem}.png", optimize=True)
@@ -199,8 +232,9 @@ def write_detection_split(out: Path, split: str, source_split: str, n: int, seed
                                 "source_index": item.source_index})
     coco = {
         "info": {"description": f"fashion_canvas {split}: Fashion-MNIST garments composited on textures",
-                 "source": "Fashion-MNIST (Zalando Research), MIT licence", "source_split": source_split,
-                 "source_files": list(SOURCE_FILES[source_split]), "seed": seed,
+                 "source": "Fashion-MNIST (Zalando Research), MIT licence", "source_split": spec.source_split,
+                 "source_indices": spec.indices, "source_files": list(SOURCE_FILES[spec.source_split]),
+                 "seed": seed,
                  "generator": "scripts/make_demo_data.py"},
         "licenses": [{"id": 1, "name": "MIT", "url": "https://opensource.org/licenses/MIT"}],
         "images": coco_images,
@@ -213,11 +247,13 @@ def write_detection_split(out: Path, split: str, source_split: str, n: int, seed
 
 def write_classification_split(out: Path, split: str, per_class: int, seed: int, textures: list[np.ndarray],
                                images: np.ndarray, labels: np.ndarray) -> int:
-    rng = np.random.default_rng([seed, 3 if split == "train" else 4])
+    spec = CLASSIFY_SPLITS[split]
+    rng = np.random.default_rng([seed, spec.stream])
+    candidates = spec.pool(len(images))
     for label, name in enumerate(CLASS_NAMES):
         folder = out / "classify" / split / sanitise(name)
         folder.mkdir(parents=True)
-        pool = np.flatnonzero(labels == label)
+        pool = candidates[labels[candidates] == label]
         for j in range(per_class):
             item = draw_item(rng, images, labels, CROP, CROP_SCALE, pool)
             canvas = background(rng, textures, CROP)
@@ -228,13 +264,14 @@ def write_classification_split(out: Path, split: str, per_class: int, seed: int,
 
 
 def write_readme(out: Path, args: argparse.Namespace, counts: dict[str, dict[str, int]]) -> None:
+    val, test = DETECTION_SPLITS["val"], DETECTION_SPLITS["test"]
     classes = "\n".join(f"| {k + 1} | {name} | `{sanitise(name)}` |" for k, name in enumerate(CLASS_NAMES))
     text = f"""# fashion_canvas — bundled demo data
 
 Small, real-pixel data for avatarkd's segmentation, detection and classification demos.
 Generated by
 
-    python scripts/make_demo_data.py --seed {args.seed} --n-train {args.n_train} --n-val {args.n_val} --cls-train {args.cls_train} --cls-val {args.cls_val}
+    python scripts/make_demo_data.py --seed {args.seed} --n-train {args.n_train} --n-val {args.n_val} --n-test {args.n_test} --cls-train {args.cls_train} --cls-val {args.cls_val} --cls-test {args.cls_test}
 
 The same command reproduces byte-identical annotation JSON (and, with the same Pillow/libjpeg/zlib,
 identical image files).
@@ -244,8 +281,10 @@ identical image files).
 - Garments: **Fashion-MNIST** (Han Xiao, Kashif Rasul, Roland Vollgraf; Zalando Research), MIT licence,
   read from the IDX files of Debian's `dataset-fashion-mnist` package. `train/` and `classify/train/`
   use only the Fashion-MNIST *training* split (`train-*-ubyte.gz`); `val/` and `classify/val/` use only
-  the *test* split (`t10k-*-ubyte.gz`), so no garment appears in both. Each annotation's
-  `source_index` is the garment's index in its split, and `info.source_split` names the split.
+  items {val.indices} of its *test* split (`t10k-*-ubyte.gz`), and `test/` and `classify/test/` only test
+  items {test.indices}, so no garment appears in two splits. Each annotation's `source_index` is the
+  garment's index in its source split; `info.source_split` names that split and `info.source_indices`
+  the index range drawn from.
 - Backgrounds: scikit-image's bundled `brick`, `grass` and `gravel` sample images (random crops,
   brightness and tint). scikit-image (BSD-3-Clause) documents all three as Creative Commons CC0
   (public domain dedication): `brick` and `gravel` from CC0Textures, `grass` from DeviantArt user
@@ -255,13 +294,16 @@ identical image files).
 
 | path | content |
 |---|---|
-| `{{train,val}}/images/<id>.jpg` | {CANVAS}x{CANVAS} RGB canvases with 1-3 tinted garments (JPEG quality {JPEG_QUALITY}) |
-| `{{train,val}}/masks/<id>.png` | 8-bit class masks: 0 background, k+1 for Fashion-MNIST label k |
-| `{{train,val}}/annotations.json` | COCO detection format: tight xyxy-from-visible-mask boxes as `bbox` [x, y, w, h], `area` = visible pixels, `iscrowd` 0 |
-| `classify/{{train,val}}/<class>/<id>.png` | {CROP}x{CROP} RGB, one garment on a background |
+| `{{train,val,test}}/images/<id>.jpg` | {CANVAS}x{CANVAS} RGB canvases with 1-3 tinted garments (JPEG quality {JPEG_QUALITY}) |
+| `{{train,val,test}}/masks/<id>.png` | 8-bit class masks: 0 background, k+1 for Fashion-MNIST label k |
+| `{{train,val,test}}/annotations.json` | COCO detection format: tight xyxy-from-visible-mask boxes as `bbox` [x, y, w, h], `area` = visible pixels, `iscrowd` 0 |
+| `classify/{{train,val,test}}/<class>/<id>.png` | {CROP}x{CROP} RGB, one garment on a background |
 
 A garment pixel is one whose Fashion-MNIST intensity exceeds {THRESHOLD}; later garments occlude
 earlier ones, and a garment with fewer than {MIN_VISIBLE} visible pixels is removed from the picture.
+
+`test/` and `classify/test/` are the held-out split: choose models, schedules and loss weights on
+`val/`, and report on `test/` only what was chosen there.
 
 ## Counts
 
@@ -269,8 +311,10 @@ earlier ones, and a garment with fewer than {MIN_VISIBLE} visible pixels is remo
 |---|---|---|
 | train | {counts['train']['images']} | {counts['train']['annotations']} |
 | val | {counts['val']['images']} | {counts['val']['annotations']} |
+| test | {counts['test']['images']} | {counts['test']['annotations']} |
 | classify/train | {counts['classify']['train']} | {args.cls_train} per class |
 | classify/val | {counts['classify']['val']} | {args.cls_val} per class |
+| classify/test | {counts['classify']['test']} | {args.cls_test} per class |
 
 ## Classes
 
@@ -287,8 +331,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-train", type=int, default=1500, help="training canvases")
     parser.add_argument("--n-val", type=int, default=400, help="validation canvases")
+    parser.add_argument("--n-test", type=int, default=400, help="held-out test canvases")
     parser.add_argument("--cls-train", type=int, default=100, help="classification images per class, train")
     parser.add_argument("--cls-val", type=int, default=30, help="classification images per class, val")
+    parser.add_argument("--cls-test", type=int, default=30, help="classification images per class, test")
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="folder with the Fashion-MNIST IDX .gz files")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -296,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     train_images, train_labels = load_split(args.source, "train")
     test_images, test_labels = load_split(args.source, "t10k")
     textures = load_textures()
-    for sub in ("train", "val", "classify", "README.md"):
+    for sub in ("train", "val", "test", "classify", "README.md"):
         target = args.out / sub
         if target.is_dir():
             shutil.rmtree(target)
@@ -304,18 +350,17 @@ def main(argv: list[str] | None = None) -> int:
             target.unlink()
     args.out.mkdir(parents=True, exist_ok=True)
 
+    source = {"train": (train_images, train_labels), "t10k": (test_images, test_labels)}
+    sizes = {"train": (args.n_train, args.cls_train), "val": (args.n_val, args.cls_val),
+             "test": (args.n_test, args.cls_test)}
     counts: dict[str, dict[str, int]] = {
-        "train": write_detection_split(args.out, "train", "train", args.n_train, args.seed, textures,
-                                       train_images, train_labels),
-        "val": write_detection_split(args.out, "val", "t10k", args.n_val, args.seed, textures,
-                                     test_images, test_labels),
-        "classify": {
-            "train": write_classification_split(args.out, "train", args.cls_train, args.seed, textures,
-                                                train_images, train_labels),
-            "val": write_classification_split(args.out, "val", args.cls_val, args.seed, textures,
-                                              test_images, test_labels),
-        },
-    }
+        split: write_detection_split(args.out, split, n, args.seed, textures,
+                                     *source[DETECTION_SPLITS[split].source_split])
+        for split, (n, _) in sizes.items()}
+    counts["classify"] = {
+        split: write_classification_split(args.out, split, per_class, args.seed, textures,
+                                          *source[CLASSIFY_SPLITS[split].source_split])
+        for split, (_, per_class) in sizes.items()}
     write_readme(args.out, args, counts)
     log.info("wrote %s: %s", args.out, json.dumps(counts))
     return 0

@@ -288,11 +288,43 @@ def test_demo_data_loads_with_all_three_loaders() -> None:
     assert len(ImageFolderDataset(root / "classify" / "val")) >= 100
 
 
-@pytest.mark.parametrize("split, source_split, source_size", [("train", "train", 60000), ("val", "t10k", 10000)])
+def test_demo_test_split_loads() -> None:
+    root = demo_data_root()
+    test = CocoDetection(root / "test" / "images", root / "test" / "annotations.json")
+    val = CocoDetection(root / "val" / "images", root / "val" / "annotations.json")
+    assert len(test) >= 300 and test.num_classes == 10 and test.cat_names == val.cat_names
+    image, target = test[0]
+    assert image.shape == (3, 64, 64) and len(target["boxes"]) >= 1
+    seg = SegmentationFolder(root / "test" / "images", root / "test" / "masks", num_classes=11)
+    assert len(seg) == len(test)
+    image, mask = seg[len(seg) - 1]
+    assert image.shape[-2:] == mask.shape and int(mask.max()) <= 10
+    cls = ImageFolderDataset(root / "classify" / "test")
+    assert cls.classes == ImageFolderDataset(root / "classify" / "val").classes and len(cls) >= 100
+    assert cls[0][0].shape == (3, 32, 32)
+    # every class is represented in the test canvases
+    data = json.loads((root / "test" / "annotations.json").read_text())
+    assert {ann["category_id"] for ann in data["annotations"]} == set(range(1, 11))
+
+
+def test_demo_val_and_test_garments_are_disjoint_halves() -> None:
+    root = demo_data_root()
+    used = {}
+    for split, (first, last) in (("val", (0, 4999)), ("test", (5000, 9999))):
+        data = json.loads((root / split / "annotations.json").read_text())
+        assert data["info"]["source_split"] == "t10k"
+        assert data["info"]["source_indices"] == f"{first}-{last}"
+        used[split] = {ann["source_index"] for ann in data["annotations"]}
+        assert all(first <= i <= last for i in used[split]), split
+    assert not used["val"] & used["test"]
+
+
+@pytest.mark.parametrize("split, source_split, source_size",
+                         [("train", "train", 60000), ("val", "t10k", 10000), ("test", "t10k", 10000)])
 def test_demo_masks_agree_with_boxes(split: str, source_split: str, source_size: int) -> None:
     folder = demo_data_root() / split
     data = json.loads((folder / "annotations.json").read_text())
-    assert data["info"]["source_split"] == source_split  # train and val garments come from disjoint splits
+    assert data["info"]["source_split"] == source_split  # train and val/test garments come from disjoint splits
     by_image: dict[int, list[dict]] = {}
     for ann in data["annotations"]:
         assert 0 <= ann["source_index"] < source_size
@@ -322,14 +354,20 @@ def load_generator():
 @pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="needs Debian package dataset-fashion-mnist")
 def test_generator_is_deterministic(tmp_path: Path) -> None:
     gen = load_generator()
-    args = ["--n-train", "5", "--n-val", "3", "--cls-train", "1", "--cls-val", "1", "--seed", "3"]
+    args = ["--n-train", "5", "--n-val", "3", "--n-test", "4", "--cls-train", "1", "--cls-val", "1",
+            "--cls-test", "2", "--seed", "3"]
     gen.main(args + ["--out", str(tmp_path / "a")])
     gen.main(args + ["--out", str(tmp_path / "b")])
-    for name in ("train/annotations.json", "val/annotations.json", "train/masks/00004.png", "README.md"):
+    for name in ("train/annotations.json", "val/annotations.json", "test/annotations.json",
+                 "train/masks/00004.png", "test/masks/00003.png", "README.md"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     ds = CocoDetection(tmp_path / "a" / "train" / "images", tmp_path / "a" / "train" / "annotations.json")
     assert len(ds) == 5
+    assert len(CocoDetection(tmp_path / "a" / "test" / "images", tmp_path / "a" / "test" / "annotations.json")) == 4
     assert len(ImageFolderDataset(tmp_path / "a" / "classify" / "val")) == 10
+    assert len(ImageFolderDataset(tmp_path / "a" / "classify" / "test")) == 20
+    readme = (tmp_path / "a" / "README.md").read_text()
+    assert "--n-test 4" in readme and "--cls-test 2" in readme and "| test | 4 |" in readme
 
 
 def test_generator_explains_missing_source(tmp_path: Path) -> None:
