@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from .config import TrainConfig
+from .data import SplitReport, check_dataset, format_reports
 from .distiller import Distiller, TeacherCache, build_points, missing_context
 from .engine.checkpoint import find_resume, load_model_weights
 from .engine.distributed import DistContext, cleanup, init_distributed
@@ -41,8 +42,24 @@ def build_datasets(task: Task, cfg: TrainConfig) -> tuple[Dataset, Dataset]:
     train, val = task.datasets(cfg.data)
     train, val = _limit(train, cfg.data.limit_train), _limit(val, cfg.data.limit_val)
     if len(train) == 0 or len(val) == 0:  # type: ignore[arg-type]
-        raise DataError(f"empty dataset: {len(train)} training and {len(val)} validation samples")  # type: ignore[arg-type]
+        raise DataError(f"empty dataset: {len(train)} training and {len(val)} {cfg.eval.split} samples")  # type: ignore[arg-type]
     return train, val
+
+
+def check_datasets(cfg: TrainConfig, task: Task, train: Dataset, val: Dataset,
+                   samples: int | None) -> list[SplitReport]:
+    """The pre-flight check of both splits (``samples`` images each, all when None)."""
+    reports = [check_dataset(ds, split, samples, cfg.data.skip_unreadable, cfg.data.ignore_index)
+               for split, ds in (("train", train), (cfg.eval.split, val))]
+    task.check_reports(reports)
+    return reports
+
+
+def check_data(cfg: TrainConfig, samples: int | None) -> tuple[Task, list[SplitReport]]:
+    """What ``avatarkd check-data`` runs: open both splits and read ``samples`` images of each."""
+    task = make_task(cfg)
+    train, val = build_datasets(task, cfg)
+    return task, check_datasets(cfg, task, train, val, samples)
 
 
 def build_distiller(cfg: TrainConfig, task: Task, student: torch.nn.Module, example_set: Dataset,
@@ -82,6 +99,10 @@ def build_trainer(cfg: TrainConfig, resume: bool | Path = False, ctx: DistContex
     resume_from = find_resume(Path(cfg.output_dir), resume) if check_output else None  # fail before building
     torch.manual_seed(cfg.seed)
     train_set, val_set = build_datasets(task, cfg)
+    if cfg.data.check_samples and check_output:
+        reports = check_datasets(cfg, task, train_set, val_set, cfg.data.check_samples)
+        log.info("data check (%d images per split, data.check_samples):\n%s", cfg.data.check_samples,
+                 format_reports(reports))
     model = task.build_model(cfg.model).to(ctx.device)
     if cfg.model.weights is not None:
         load_model_weights(model, cfg.model.weights, "student")
@@ -110,4 +131,4 @@ def evaluate(cfg: TrainConfig) -> dict[str, float]:
         cleanup(trainer.ctx)
 
 
-__all__ = ["build_datasets", "build_distiller", "build_trainer", "check_loss_context", "evaluate", "train"]
+__all__ = ["build_datasets", "check_data", "check_datasets", "build_distiller", "build_trainer", "check_loss_context", "evaluate", "train"]
