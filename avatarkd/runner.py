@@ -42,7 +42,8 @@ def build_datasets(task: Task, cfg: TrainConfig) -> tuple[Dataset, Dataset]:
     train, val = task.datasets(cfg.data)
     train, val = _limit(train, cfg.data.limit_train), _limit(val, cfg.data.limit_val)
     if len(train) == 0 or len(val) == 0:  # type: ignore[arg-type]
-        raise DataError(f"empty dataset: {len(train)} training and {len(val)} {cfg.eval.split} samples")  # type: ignore[arg-type]
+        raise DataError(f"empty dataset: {len(train)} training and {len(val)} "  # type: ignore[arg-type]
+                        f"{cfg.eval.split} samples")
     return train, val
 
 
@@ -131,4 +132,5 @@ def evaluate(cfg: TrainConfig) -> dict[str, float]:
         cleanup(trainer.ctx)
 
 
-__all__ = ["build_datasets", "check_data", "check_datasets", "build_distiller", "build_trainer", "check_loss_context", "evaluate", "train"]
+__all__ = ["build_datasets", "build_distiller", "build_trainer", "check_data", "check_datasets", "check_loss_context",
+           "evaluate", "train"]

@@ -16,7 +16,8 @@ IGNORE = 255
 PALETTE = torch.tensor([[0.9, 0.1, 0.1], [0.1, 0.8, 0.2], [0.2, 0.3, 0.9], [0.9, 0.9, 0.2], [0.6, 0.2, 0.7]])
 
 
-def coloured_sample(height: int = 48, width: int = 80, seed: int = 0, block: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
+def coloured_sample(height: int = 48, width: int = 80, seed: int = 0,
+                    block: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
     """Blocks of ``block`` pixels with random labels; the image's colour at a pixel encodes its label."""
     g = torch.Generator().manual_seed(seed)
     blocks = torch.randint(0, len(PALETTE), (height // block + 1, width // block + 1), generator=g)

@@ -25,7 +25,8 @@ def backbone_only(teacher: nn.Module, images: Tensor) -> Any:
     return teacher.backbone(images)
 
 
-def pad_stack(images: Sequence[Tensor], masks: Sequence[Tensor] | None, ignore_index: int) -> tuple[Tensor, Tensor | None]:
+def pad_stack(images: Sequence[Tensor], masks: Sequence[Tensor] | None,
+              ignore_index: int) -> tuple[Tensor, Tensor | None]:
     """Images padded (bottom/right) to the largest in the list and stacked; masks padded with ignore."""
     size = (max(im.shape[-2] for im in images), max(im.shape[-1] for im in images))
     padded = [pad_to(im, m, size, ignore_index) for im, m in zip(images, masks or [None] * len(images))]
