@@ -76,8 +76,8 @@ def _path(data: DataConfig, at: Layout, split: str, kind: str, *layout: str, is_
     return at.need(at.under(*layout), "file" if is_file else "folder")
 
 
-# ----------------------------------------------------------------------------- segmentation readers
-def _seg_folders(task: str, at: Layout, split: str, data: DataConfig) -> Dataset:
+# ----------------------------------------------------------------------------- readers: folders and segmentation
+def _folders(task: str, at: Layout, split: str, data: DataConfig) -> Dataset:
     if task == "classification":
         return _images_by_class(at, data, _path(data, at, split, "images", "classify", split))
     if task == "detection":
@@ -203,7 +203,7 @@ ALL_TASKS = ("segmentation", "detection", "classification")
 FORMATS: dict[str, Format] = {
     "folders": Format(ALL_TASKS, "{split}/images + {split}/masks (segmentation), {split}/images + "
                       "{split}/annotations.json (detection), classify/{split}/<class>/ (classification)",
-                      ("train/images", "val/images", "classify"), _seg_folders, ("images", "masks", "annotations")),
+                      ("train/images", "val/images", "classify"), _folders, ("images", "masks", "annotations")),
     "cityscapes": Format(("segmentation",), "leftImg8bit/{split}/<city>/*_leftImg8bit.png with "
                          "gtFine/{split}/<city>/*_gtFine_labelIds.png", ("leftImg8bit", "gtFine"), _cityscapes),
     "voc": Format(("segmentation",), "JPEGImages/*.jpg, SegmentationClass/*.png and "
