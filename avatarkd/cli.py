@@ -1,4 +1,4 @@
-"""``avatarkd`` command line: train, eval, export, demo.
+"""``avatarkd`` command line: train, eval, check-data, export, demo.
 
 Input errors (config, data, checkpoint) print one line and exit with status 2; a run stopped by
 SIGTERM/SIGINT saves a checkpoint and exits with 128 + the signal number.
@@ -48,8 +48,26 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .runner import evaluate
 
     overrides = list(args.set or []) + [f"model.weights={args.weights}", "distill=null", "teacher=null"]
+    if args.split:
+        overrides.append(f"eval.split={args.split}")
     metrics = evaluate(load_config(args.config, overrides))
     print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _cmd_check_data(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .data import format_reports
+    from .runner import check_data
+
+    cfg = load_config(args.config, list(args.set or []))
+    samples = None if args.all else args.samples or cfg.data.check_samples or None
+    task, reports = check_data(cfg, samples)
+    print(format_reports(reports))
+    unreadable = sum(r.unreadable for r in reports)
+    skipped = f"; {unreadable} unreadable images will be skipped (data.skip_unreadable)" if unreadable else ""
+    print(f"data ok: {cfg.data.format} format, {task.num_classes} classes "
+          f"(from {reports[0].class_source}){skipped}")
     return 0
 
 
@@ -104,8 +122,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", required=True,
                    help="weights of the config's model: a checkpoint, an exported student.pt, any state_dict "
                         "file, or torchvision:<EnumClass>.<NAME> (loaded as model.weights)")
+    p.add_argument("--split", choices=["val", "test"], help="the split to evaluate (default: eval.split)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("check-data", help="read a sample of the config's data and report what is wrong with it "
+                       "(also run at the start of train)")
+    p.add_argument("config")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.add_argument("--samples", type=int, help="images per split to read (default: data.check_samples)")
+    p.add_argument("--all", action="store_true", help="read every image")
+    p.set_defaults(func=_cmd_check_data)
 
     p = sub.add_parser("export", help="write student-only weights (no teacher, no connectors) for deployment")
     p.add_argument("checkpoint", help="a training checkpoint (output_dir/checkpoints/step_*.pt)")

@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from .config import ModelConfig, TrainConfig
+from .data import SplitReport, check_dataset, format_reports
 from .distiller import Distiller, TeacherCache, build_points, missing_context
 from .engine.checkpoint import find_resume
 from .engine.distributed import DistContext, cleanup, init_distributed
@@ -42,7 +43,8 @@ def build_datasets(task: Task, cfg: TrainConfig) -> tuple[Dataset, Dataset]:
     train, val = task.datasets(cfg.data)
     train, val = _limit(train, cfg.data.limit_train), _limit(val, cfg.data.limit_val)
     if len(train) == 0 or len(val) == 0:  # type: ignore[arg-type]
-        raise DataError(f"empty dataset: {len(train)} training and {len(val)} validation samples")  # type: ignore[arg-type]
+        raise DataError(f"empty dataset: {len(train)} training and {len(val)} "  # type: ignore[arg-type]
+                        f"{cfg.eval.split} samples")
     return train, val
 
 
@@ -61,6 +63,22 @@ def example_batch(task: Task, dataset: Dataset, device: torch.device) -> Any:
     """Two samples as a batch on ``device``: what models are checked and connectors are built on."""
     batch = task.collate([dataset[i] for i in range(min(2, len(dataset)))])  # type: ignore[arg-type]
     return task.to_device(batch, device)
+
+
+def check_datasets(cfg: TrainConfig, task: Task, train: Dataset, val: Dataset,
+                   samples: int | None) -> list[SplitReport]:
+    """The pre-flight check of both splits (``samples`` images each, all when None)."""
+    reports = [check_dataset(ds, split, samples, cfg.data.skip_unreadable, cfg.data.ignore_index)
+               for split, ds in (("train", train), (cfg.eval.split, val))]
+    task.check_reports(reports)
+    return reports
+
+
+def check_data(cfg: TrainConfig, samples: int | None) -> tuple[Task, list[SplitReport]]:
+    """What ``avatarkd check-data`` runs: open both splits and read ``samples`` images of each."""
+    task = make_task(cfg)
+    train, val = build_datasets(task, cfg)
+    return task, check_datasets(cfg, task, train, val, samples)
 
 
 def build_distiller(cfg: TrainConfig, task: Task, student: torch.nn.Module, example_set: Dataset,
@@ -102,6 +120,10 @@ def build_trainer(cfg: TrainConfig, resume: bool | Path = False, ctx: DistContex
     resume_from = find_resume(Path(cfg.output_dir), resume) if check_output else None  # fail before building
     torch.manual_seed(cfg.seed)
     train_set, val_set = build_datasets(task, cfg)
+    if cfg.data.check_samples and check_output:
+        reports = check_datasets(cfg, task, train_set, val_set, cfg.data.check_samples)
+        log.info("data check (%d images per split, data.check_samples):\n%s", cfg.data.check_samples,
+                 format_reports(reports))
     model = build_model(task, cfg.model, "student", ctx.device)
     task.check_output(model, example_batch(task, val_set, ctx.device))  # a wrong output fails before training
     if not any(p.requires_grad for p in model.parameters()):
@@ -131,4 +153,5 @@ def evaluate(cfg: TrainConfig) -> dict[str, float]:
         cleanup(trainer.ctx)
 
 
-__all__ = ["build_datasets", "build_distiller", "build_model", "example_batch", "build_trainer", "check_loss_context", "evaluate", "train"]
+__all__ = ["build_datasets", "build_distiller", "build_model", "build_trainer", "check_data", "check_datasets",
+           "check_loss_context", "evaluate", "example_batch", "train"]

@@ -13,7 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from avatarkd.data import CocoDetection, ImageFolderDataset, SegmentationFolder, collate_detection, demo_data_root
+from avatarkd.data import (Augmented, CocoDetection, ImageFolderDataset, SegmentationFolder, collate_detection,
+                           demo_data_root)
+from avatarkd.data.transforms import ClassificationAugment, DetectionAugment, SegmentationAugment
 from avatarkd.errors import DataError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -91,17 +93,19 @@ def test_coco_targets_labels_and_boxes(coco_dir: Path, caplog: pytest.LogCapture
 
 def test_coco_hflip_mirrors_boxes_and_is_seeded(coco_dir: Path) -> None:
     plain = CocoDetection(coco_dir / "images", coco_dir / "ann.json")
-    flipped = CocoDetection(coco_dir / "images", coco_dir / "ann.json", hflip=1.0)
+    flipped = Augmented(plain, DetectionAugment(hflip=1.0), seed=0)
     image, target = flipped[0]
     assert torch.equal(image, plain[0][0].flip(-1))
     assert target["boxes"].tolist() == [[40 - 12, 3, 40 - 2, 8], [40 - 28.5, 1.5, 40 - 20.5, 13.5]]
     assert plain[0][1]["boxes"].tolist() == [[2, 3, 12, 8], [20.5, 1.5, 28.5, 13.5]]  # no in-place change
 
-    half = CocoDetection(coco_dir / "images", coco_dir / "ann.json", hflip=0.5)
-
     def draws(seed: int) -> list[float]:
-        torch.manual_seed(seed)
-        return [half[0][1]["boxes"][0, 0].item() for _ in range(12)]
+        half = Augmented(plain, DetectionAugment(hflip=0.5), seed=seed)
+        out = []
+        for epoch in range(12):
+            half.set_epoch(epoch)
+            out.append(half[0][1]["boxes"][0, 0].item())
+        return out
 
     assert draws(5) == draws(5)
     assert set(draws(5)) == {2.0, 28.0}  # both outcomes occur
@@ -190,7 +194,7 @@ def test_segmentation_pairs_by_stem(seg_dir: Path) -> None:
 
 def test_segmentation_hflip_keeps_image_and_mask_aligned(seg_dir: Path) -> None:
     plain = SegmentationFolder(seg_dir / "images", seg_dir / "masks")
-    flipped = SegmentationFolder(seg_dir / "images", seg_dir / "masks", hflip=1.0)
+    flipped = Augmented(plain, SegmentationAugment(hflip=1.0), seed=0)
     image, mask = flipped[0]
     assert torch.equal(image, plain[0][0].flip(-1)) and torch.equal(mask, plain[0][1].flip(-1))
     assert mask[0, 0] == 255
@@ -246,8 +250,9 @@ def test_image_folder(tmp_path: Path) -> None:
     write_image(tmp_path / "cls" / "ant" / "1.png", 5, 4)
     write_image(tmp_path / "cls" / "ant" / "2.jpg", 5, 4)
     (tmp_path / "cls" / "ant" / "readme.txt").write_text("skip me")
-    ds = ImageFolderDataset(tmp_path / "cls", hflip=1.0)
-    assert ds.classes == ["ant", "zebra"] and ds.num_classes == 2 and len(ds) == 3
+    plain = ImageFolderDataset(tmp_path / "cls")
+    ds = Augmented(plain, ClassificationAugment(hflip=1.0), seed=0)
+    assert plain.classes == ["ant", "zebra"] and ds.num_classes == 2 and len(ds) == 3
     image, label = ds[2]
     assert isinstance(label, int) and label == 1
     assert image.shape == (3, 4, 5) and image.dtype == torch.float32

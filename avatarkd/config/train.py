@@ -8,9 +8,9 @@ loss registry (``config.distill``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import Field, PrivateAttr, model_validator
+from pydantic import BeforeValidator, Field, PrivateAttr, model_validator
 
 from .base import Strict
 from .distill import DistillerConfig
@@ -77,14 +77,37 @@ class ModelConfig(Strict):
         return self._config_dir
 
 
-class DataConfig(Strict):
-    """Dataset locations; ``root: null`` means the bundled Fashion-MNIST canvases.
+DataFormat = Literal["folders", "cityscapes", "voc", "ade20k", "coco", "imagefolder"]
+DATA_FORMATS: tuple[str, ...] = get_args(DataFormat)
+Split = Literal["train", "val", "test"]
 
-    Layout under ``root``: ``{train,val}/images``, ``{train,val}/masks`` (segmentation),
-    ``{train,val}/annotations.json`` (detection), ``classify/{train,val}/<class>/`` (classification).
-    Explicit paths override the layout.
+
+def _pair(value: Any) -> Any:
+    """``512`` -> ``(512, 512)``: a square size may be written as one number."""
+    return (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _listed(value: Any) -> Any:
+    """``800`` -> ``[800]``: one size or a list of sizes."""
+    return [value] if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+Size = Annotated[tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]], BeforeValidator(_pair)]
+
+
+class DataConfig(Strict):
+    """Where the data is, in which layout, and how training images are augmented.
+
+    ``format`` picks the reader (``avatarkd.data.open_dataset``): ``folders`` (avatarkd's own layout:
+    ``{split}/images``, ``{split}/masks``, ``{split}/annotations.json``, ``classify/{split}/<class>/``),
+    ``cityscapes``, ``voc``, ``ade20k``, ``coco`` or ``imagefolder`` (their published layouts under
+    ``root``). ``root: null`` with no explicit path means the bundled Fashion-MNIST canvases;
+    explicit paths (``train_images``, ...) override the layout of the ``folders``/``coco`` formats.
+    Sizes are ``[height, width]`` (one number for a square); ``base_size`` is an aspect-preserving
+    fit (the long edge to the larger number, the short edge to the smaller, whichever is tighter).
     """
 
+    format: DataFormat = "folders"
     root: Path | None = None
     train_images: Path | None = None
     val_images: Path | None = None
@@ -92,15 +115,73 @@ class DataConfig(Strict):
     val_masks: Path | None = None
     train_annotations: Path | None = None
     val_annotations: Path | None = None
-    ignore_index: int = 255
-    num_classes: int | None = Field(None, ge=2, description="segmentation: classes incl. background; "
-                                    "default: read from annotations.json categories + 1")
+    ignore_index: int = Field(255, ge=0)
+    num_classes: int | None = Field(None, ge=2, description="segmentation: classes incl. background; default: "
+                                    "from the format, data.class_names, the annotations or a scan of the masks")
+    class_names: list[str] | None = Field(None, min_length=1, description="names shown in metrics and pictures")
     hflip: float = Field(0.5, ge=0.0, le=1.0)
+    crop_size: Size | None = Field(None, description="segmentation/classification: random crops of this size "
+                                   "(padded with 0 / ignore where the image is smaller)")
+    scale_range: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] | None = Field(
+        None, description="segmentation: random rescale by a ratio in this range (of base_size, else of the image)")
+    base_size: Size | None = Field(None, description="segmentation: the size scale_range is relative to, e.g. "
+                                   "[1024, 2048] for Cityscapes")
+    photometric: bool = Field(False, description="segmentation: random brightness, contrast, saturation and hue")
+    min_size: Annotated[list[Annotated[int, Field(ge=8)]], BeforeValidator(_listed)] | None = Field(
+        None, description="detection: shorter side after resizing; a list trains multi-scale (one drawn per "
+        "batch) and evaluates at its last value; default: model.image_size")
+    max_size: int | None = Field(None, ge=8, description="detection: longer side limit (default: the largest min_size)")
+    skip_unreadable: bool = Field(False, description="skip images that cannot be decoded (counted and logged) "
+                                  "instead of stopping")
+    check_samples: int = Field(200, ge=0, description="images per split the pre-flight check reads at the start "
+                               "of training (0: no check); `avatarkd check-data --all` reads every image")
     batch_size: int = Field(16, ge=1)
     val_batch_size: int | None = Field(None, ge=1)
     num_workers: int = Field(0, ge=0)
     limit_train: int | None = Field(None, ge=1, description="use only the first N training samples")
     limit_val: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DataConfig:
+        if self.scale_range is not None and self.scale_range[0] > self.scale_range[1]:
+            raise ValueError(f"scale_range must be [low, high] with low <= high, got {list(self.scale_range)}")
+        if self.num_classes is not None and self.class_names is not None and len(self.class_names) != self.num_classes:
+            raise ValueError(f"{len(self.class_names)} class_names given for num_classes {self.num_classes}")
+        if self.min_size is not None and not self.min_size:
+            raise ValueError("min_size: give at least one size")
+        return self
+
+    def min_sizes(self) -> tuple[int, ...] | None:
+        """``min_size`` as a tuple (the form torchvision's detection transform takes)."""
+        return tuple(self.min_size) if self.min_size is not None else None
+
+
+class EvalConfig(Strict):
+    """How the evaluation split is run: which split, and for segmentation whole-image or sliding-window.
+
+    Segmentation is evaluated at each image's original resolution: ``resize`` (optional, the same
+    aspect-preserving fit as ``data.base_size``) rescales the input and the logits are resized back
+    to the label size; ``slide`` runs ``crop_size`` windows every ``stride`` pixels and averages the
+    overlapping logits (default stride: two thirds of the window).
+    """
+
+    split: Literal["val", "test"] = "val"
+    mode: Literal["whole", "slide"] = "whole"
+    crop_size: Size | None = None
+    stride: Size | None = None
+    resize: Size | None = None
+
+    @model_validator(mode="after")
+    def _slide_needs_a_window(self) -> EvalConfig:
+        if self.mode == "slide" and self.crop_size is None:
+            raise ValueError("mode slide needs crop_size: [height, width] (and optionally stride)")
+        return self
+
+    def window(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """(crop, stride) of the sliding window."""
+        assert self.crop_size is not None
+        stride = self.stride or (max(1, self.crop_size[0] * 2 // 3), max(1, self.crop_size[1] * 2 // 3))
+        return self.crop_size, stride
 
 
 class OptimConfig(Strict):
@@ -130,6 +211,7 @@ class TrainConfig(Strict):
     seed: int = 0
     output_dir: Path = Path("runs/default")
     data: DataConfig = Field(default_factory=DataConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
     model: ModelConfig
     teacher: ModelConfig | None = None
     distill: DistillerConfig | None = None

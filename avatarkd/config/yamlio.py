@@ -71,6 +71,10 @@ def format_validation_error(err: ValidationError, model: type[BaseModel], source
         msg = "unknown key" + (f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}")
     elif "input" in first and first["type"] not in ("missing",):
         msg += f" (got {first['input']!r})"
+        if first["type"] == "literal_error" and isinstance(first["input"], str) and "did you mean" not in msg:
+            choices = re.findall(r"'([^']*)'", str(first.get("ctx", {}).get("expected", "")))
+            close = closest(first["input"], choices)
+            msg += f"; did you mean {close[0]!r}?" if close else ""
     more = len(err.errors()) - 1
     return f"{source}: {where}: {msg}" + (f" (and {more} more problem{'s' * (more > 1)})" if more else "")
 

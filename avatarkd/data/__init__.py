@@ -1,22 +1,22 @@
-"""Datasets for the three tasks, and the bundled Fashion-MNIST canvases used by the demos."""
+"""Datasets for the three tasks in the published formats, their augmentation, and the bundled demo data.
+
+``open_dataset(task, format, root, split)`` is the entry point; ``FORMATS`` the table of formats.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from ..errors import DataError
+from .check import SplitReport, check_dataset, format_reports
 from .classification import ImageFolderDataset
 from .coco import CocoDetection, collate_detection
-from .segmentation import SegmentationFolder
+from .entry import data_root, demo_data_root, open_dataset, train_transform
+from .formats import FORMATS
+from .labels import generic_names
+from .segmentation import SegmentationFolder, SegmentationPairs
+from .transforms import pad_to
+from .wrappers import Augmented, SkipUnreadable, innermost, set_epoch
 
-
-def demo_data_root() -> Path:
-    """The bundled ``fashion_canvas`` folder, found next to the installed package (wheel or checkout)."""
-    root = Path(__file__).resolve().parent.parent / "demo_data" / "fashion_canvas"
-    if not root.is_dir():
-        raise DataError(f"bundled demo data not found at {root}; regenerate it with "
-                        "`python scripts/make_demo_data.py` or reinstall avatarkd")
-    return root
-
-
-__all__ = ["CocoDetection", "ImageFolderDataset", "SegmentationFolder", "collate_detection", "demo_data_root"]
+__all__ = [
+    "Augmented", "CocoDetection", "FORMATS", "ImageFolderDataset", "SegmentationFolder", "SegmentationPairs",
+    "SkipUnreadable", "SplitReport", "check_dataset", "collate_detection", "data_root", "demo_data_root",
+    "format_reports", "generic_names", "innermost", "open_dataset", "pad_to", "set_epoch", "train_transform",
+]

@@ -11,7 +11,6 @@ from torchvision.datasets import ImageFolder
 
 from ..errors import DataError
 from .io import IMAGE_EXTENSIONS, one_line, read_rgb, require_dir
-from .transforms import coin, hflip_image
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +22,8 @@ class ImageFolderDataset(Dataset):
     ``avatarkd.data.io`` so a corrupt file is reported by name as a ``DataError``.
     """
 
-    def __init__(self, root: str | Path, hflip: float = 0.0) -> None:
+    def __init__(self, root: str | Path) -> None:
         self.root = require_dir(Path(root), "image folder")
-        self.hflip = float(hflip)
         try:
             folder = ImageFolder(str(self.root), loader=str,
                                  is_valid_file=lambda p: p.lower().endswith(IMAGE_EXTENSIONS))
@@ -34,6 +32,8 @@ class ImageFolderDataset(Dataset):
         self.classes: list[str] = list(folder.classes)
         self.class_to_idx: dict[str, int] = dict(folder.class_to_idx)
         self.num_classes = len(self.classes)
+        self.class_names: list[str] = list(self.classes)
+        self.class_source = f"the class folders of {self.root}"
         self.samples: list[tuple[str, int]] = list(folder.samples)
         if not self.samples:
             raise DataError(f"{self.root}: no images found in its class folders")
@@ -44,7 +44,4 @@ class ImageFolderDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         path, label = self.samples[index]
-        image = read_rgb(Path(path))
-        if coin(self.hflip):
-            image = hflip_image(image)
-        return image, label
+        return read_rgb(Path(path)), label

@@ -22,7 +22,6 @@ from torch.utils.data import Dataset
 from ..errors import DataError
 from .io import image_size as read_size
 from .io import read_json, read_rgb, require_dir, require_file
-from .transforms import coin, hflip_boxes, hflip_image
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +97,9 @@ class CocoDetection(Dataset):
     evaluation still sees them through ``coco``.
     """
 
-    def __init__(self, image_dir: str | Path, ann_file: str | Path, hflip: float = 0.0,
-                 skip_crowd: bool = True) -> None:
+    def __init__(self, image_dir: str | Path, ann_file: str | Path, skip_crowd: bool = True) -> None:
         self.image_dir = require_dir(Path(image_dir), "image directory")
         self.ann_file = require_file(Path(ann_file), "annotation file")
-        self.hflip = float(hflip)
         data = read_json(self.ann_file, "annotation file")
         _validate(data, self.ann_file)
         _normalise(data)
@@ -112,6 +109,8 @@ class CocoDetection(Dataset):
         self.label_to_cat_id: dict[int, int] = {k + 1: c["id"] for k, c in enumerate(cats)}
         self.cat_id_to_label: dict[int, int] = {c: k for k, c in self.label_to_cat_id.items()}
         self.cat_names: list[str] = [str(c.get("name", c["id"])) for c in cats]
+        self.class_names: list[str] = list(self.cat_names)  # label k is class_names[k - 1]
+        self.class_source = f"the categories of {self.ann_file}"
         self.num_classes = len(cats)
 
         self.ids: list[int] = sorted(self.coco.imgs)
@@ -169,9 +168,6 @@ class CocoDetection(Dataset):
             "area": torch.from_numpy(extra[:, 0].astype(np.float32)),
             "iscrowd": torch.from_numpy(extra[:, 1].astype(np.int64)),
         }
-        if coin(self.hflip):
-            image = hflip_image(image)
-            target["boxes"] = hflip_boxes(target["boxes"], width)
         return image, target
 
     def image_size(self, index: int) -> tuple[int, int]:

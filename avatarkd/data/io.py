@@ -18,7 +18,7 @@ from torch import Tensor
 from ..errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-MASK_MODES = ("L", "P", "I", "I;16")
+MASK_MODES = ("L", "P", "I", "I;16", "I;16L", "I;16B", "I;16N")
 
 
 def one_line(exc: BaseException) -> str:
@@ -51,16 +51,41 @@ def read_json(path: Path, what: str) -> Any:
         raise DataError(f"{path}: cannot read {what} ({one_line(exc)})") from exc
 
 
+class UnreadableError(DataError):
+    """An image or mask file is missing or cannot be decoded (what ``data.skip_unreadable`` skips)."""
+
+
 def _open(path: Path) -> Image.Image:
     """A fully decoded PIL image; truncated or corrupt files fail here rather than deep in a model."""
     if not path.is_file():
-        raise DataError(f"{path}: image file not found")
+        raise UnreadableError(f"{path}: image file not found")
     try:
         with Image.open(path) as im:
             im.load()
             return im.copy()
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise DataError(f"{path}: cannot read image ({one_line(exc)})") from exc
+        raise UnreadableError(f"{path}: cannot read image ({one_line(exc)})") from exc
+
+
+HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def _rgb_array(im: Image.Image) -> np.ndarray:
+    """float32 HxWx3 in [0, 1] from any PIL mode.
+
+    PIL's ``convert("RGB")`` clips 16-bit and 32-bit greyscale to 255 (a 16-bit image becomes
+    almost all white), so those modes are scaled here instead: integer modes by 1/65535 (16-bit
+    PNG/TIFF, which PIL may also open as ``I``), float images are taken as already in [0, 1].
+    Every other mode (grey, palette, RGBA/LA with alpha dropped, CMYK, YCbCr, 1-bit) goes through
+    PIL's own conversion, which maps each to 8-bit RGB correctly.
+    """
+    if im.mode in HIGH_DEPTH_MODES:
+        grey = np.asarray(im, dtype=np.float32)
+        if im.mode != "F":
+            grey = grey / 65535.0
+        grey = np.clip(grey, 0.0, 1.0)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
 
 
 def read_rgb(path: Path) -> Tensor:
@@ -68,10 +93,10 @@ def read_rgb(path: Path) -> Tensor:
     path = Path(path)
     im = _open(path)
     try:
-        array = np.asarray(im.convert("RGB"), dtype=np.uint8)
+        array = _rgb_array(im)
     except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: cannot convert image to RGB ({one_line(exc)})") from exc
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+        raise UnreadableError(f"{path}: cannot convert image to RGB ({one_line(exc)})") from exc
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
 
 
 def read_mask(path: Path) -> Tensor:
@@ -89,8 +114,10 @@ def read_mask(path: Path) -> Tensor:
 
 def image_size(path: Path) -> tuple[int, int]:
     """(width, height) from the header only, for cheap consistency checks."""
+    if not Path(path).is_file():
+        raise UnreadableError(f"{path}: image file not found")
     try:
         with Image.open(path) as im:
             return im.size
     except (OSError, ValueError, SyntaxError) as exc:
-        raise DataError(f"{path}: cannot read image ({one_line(exc)})") from exc
+        raise UnreadableError(f"{path}: cannot read image ({one_line(exc)})") from exc

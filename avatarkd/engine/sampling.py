@@ -1,14 +1,14 @@
-"""Deterministic, resumable data order and augmentation.
+"""Deterministic, resumable data order.
 
 The order of epoch ``e`` is a permutation seeded by ``(seed, e)``, sharded across ranks; a resumed
 run skips the batches it already consumed. Augmentation of sample ``i`` in epoch ``e`` is seeded by
-``(seed, e, i)``, so it does not depend on worker count, rank, or where the run was resumed.
+``(seed, e, i)`` in the data layer (``avatarkd.data.Augmented``), so it does not depend on worker
+count, rank, or where the run was resumed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import torch
 from torch.utils.data import Dataset, DistributedSampler
@@ -45,20 +45,3 @@ class EvalShardSampler(torch.utils.data.Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.indices)
-
-
-class SeededAugmentation(Dataset):
-    """Runs the wrapped dataset's random augmentation under a per-(seed, epoch, index) seed."""
-
-    def __init__(self, dataset: Dataset, seed: int) -> None:
-        self.dataset = dataset
-        self.seed = seed
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, index: int) -> Any:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + self.epoch * 10_007 + index) % (2**63))
-            return self.dataset[index]

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from ..akd import AvatarLoss
 from ..atomic import atomic_write_json
 from ..config import TrainConfig
+from ..data import set_epoch
 from ..distiller import Distiller
 from ..errors import AvatarKDError, DataError
 from ..plots import plot_training_curves, plot_uncertainty
@@ -30,7 +31,7 @@ from .checkpoint import load_checked, load_file, rng_state, save_checkpoint, set
 from .distributed import DistContext, all_true, barrier
 from .export import export_student
 from .logger import MetricLogger
-from .sampling import EvalShardSampler, ResumableSampler, SeededAugmentation
+from .sampling import EvalShardSampler, ResumableSampler
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ class Trainer:
         per_rank = cfg.data.batch_size // ctx.world_size
         if per_rank < 1 or cfg.data.batch_size % ctx.world_size:
             raise DataError(f"data.batch_size {cfg.data.batch_size} is not divisible by {ctx.world_size} processes")
-        self.train_set = SeededAugmentation(train, cfg.seed)
+        self.train_set = train  # augmented per (seed, epoch, index) by the data layer
         self.val_set = val
         self.sampler = ResumableSampler(self.train_set, ctx.world_size, ctx.rank, cfg.seed, shuffle=True, drop_last=True)
         self.batch_size = per_rank
@@ -276,7 +277,7 @@ class Trainer:
                    mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
         while self.step < every.steps:
             epoch, in_epoch = divmod(self.step, self.batches_per_epoch)
-            self.train_set.epoch = epoch
+            set_epoch(self.train_set, epoch)
             self.sampler.set_position(epoch, in_epoch * self.batch_size)
             for batch in self._loader(self.train_set, self.sampler, self.batch_size, drop_last=True, epoch=epoch):
                 values = self.train_step(self.task.to_device(batch, ctx.device))

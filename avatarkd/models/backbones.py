@@ -16,7 +16,6 @@ distillation points name stages as in the classifier.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -42,6 +41,10 @@ class Stage:
     path: str
     stride: int
     channels: int
+
+
+# a head's choice among the levels (last stage per stride, strides ascending): {level index: name}
+Picker = Callable[[list[Stage]], dict[int, str]]
 
 
 def torchvision_names() -> list[str]:

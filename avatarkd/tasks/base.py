@@ -7,8 +7,9 @@ train segmenters, detectors and classifiers, with or without a teacher.
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -17,8 +18,11 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..config import DataConfig, ModelConfig, TrainConfig
-from ..data import demo_data_root
+from ..data import SplitReport, innermost, open_dataset
+from ..errors import DataError
 from ..models import build_from_factory
+
+log = logging.getLogger(__name__)
 
 Batch = Any
 TeacherForward = Callable[..., Any]
@@ -36,20 +40,46 @@ class Task(ABC):
         self.class_names: list[str] = []
 
     # ------------------------------------------------------------------ data
-    def data_path(self, explicit: Path | None, *layout: str) -> Path:
-        """An explicit path from the config, else ``root/<layout>`` (bundled data if no root)."""
-        if explicit is not None:
-            return explicit
-        root = self.cfg.data.root if self.cfg.data.root is not None else demo_data_root()
-        return Path(root).joinpath(*layout)
-
-    @abstractmethod
     def datasets(self, data: DataConfig) -> tuple[Dataset, Dataset]:
-        """(train, val); sets ``num_classes`` and ``class_names``."""
+        """(train, evaluation split ``eval.split``) from ``data:``; sets ``num_classes`` and ``class_names``.
+
+        The training split decides the classes (format, config or data, see ``data.classes``); the
+        evaluation split must agree with it.
+        """
+        train = open_dataset(self.name, split="train", config=data, seed=self.cfg.seed)
+        split = self.cfg.eval.split
+        evaluation = open_dataset(self.name, split=split, config=self.evaluation_config(data, train))
+        if evaluation.num_classes != train.num_classes:  # type: ignore[attr-defined]
+            raise DataError(f"the {split} split has {evaluation.num_classes} classes "  # type: ignore[attr-defined]
+                            f"({innermost(evaluation).class_source}) but the train split has {train.num_classes} "
+                            f"({innermost(train).class_source})")
+        self.num_classes = int(train.num_classes)  # type: ignore[attr-defined]
+        self.class_names = list(train.class_names)  # type: ignore[attr-defined]
+        log.info("%s: %d classes from %s", self.name, self.num_classes, innermost(train).class_source)
+        return train, evaluation
+
+    def evaluation_config(self, data: DataConfig, train: Dataset) -> DataConfig:
+        """The ``data:`` options the evaluation split is opened with (segmentation: the train split's classes)."""
+        return data
+
+    def check_reports(self, reports: list[SplitReport]) -> None:
+        """Fail before training on what the pre-flight check saw and this task cannot batch.
+
+        Images of different sizes cannot be stacked into one batch; training crops (``data.crop_size``)
+        give them one size. (Detection overrides this: detectors batch any sizes.)
+        """
+        train = reports[0]
+        if self.cfg.data.crop_size is None and train.min_size != train.max_size:
+            raise DataError(f"training images have different sizes ({train.sizes()}), which cannot form one "
+                            "batch; set data.crop_size: [height, width] to train on crops of one size")
 
     def collate(self, batch: list[Any]) -> Batch:
+        """Stacked tensors; items ``None`` (skipped unreadable images) are dropped, an empty batch is None."""
+        batch = [item for item in batch if item is not None]
+        if not batch:
+            return None
         images, targets = zip(*batch)
-        return torch.stack(images), torch.stack([torch.as_tensor(t) for t in targets])
+        return stack_images(images), torch.stack([torch.as_tensor(t) for t in targets])
 
     def to_device(self, batch: Batch, device: torch.device) -> Batch:
         images, targets = batch
@@ -122,6 +152,19 @@ class Task(ABC):
     def plot_predictions(self, batch: Batch, predictions: Any, out_png: Path) -> Path | None:
         """A picture of predictions vs ground truth; None where a picture says little."""
         return None
+
+
+def same_size(images: Sequence[Tensor]) -> bool:
+    return all(tuple(im.shape) == tuple(images[0].shape) for im in images)
+
+
+def stack_images(images: Sequence[Tensor]) -> Tensor:
+    """One batch tensor; images of different sizes are a one-line DataError that says what to set."""
+    if not same_size(images):
+        sizes = sorted({f"{im.shape[-2]}x{im.shape[-1]}" for im in images})
+        raise DataError(f"images of different sizes ({', '.join(sizes[:3])}) cannot form one batch; "
+                        "set data.crop_size: [height, width] to train on crops of one size")
+    return torch.stack(list(images))
 
 
 def _under_backbone(path: str) -> bool:

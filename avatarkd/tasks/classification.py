@@ -1,4 +1,4 @@
-"""Image classification: an ImageFolder, cross-entropy, top-1 accuracy."""
+"""Image classification: class folders, cross-entropy, top-1 accuracy."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import Dataset
 
-from ..config import DataConfig, ModelConfig
-from ..data import ImageFolderDataset
+from ..config import ModelConfig
+from ..data import SplitReport
+from ..errors import DataError
 from ..metrics import Top1Accuracy
 from ..errors import ConfigError
 from ..models import build_classifier, describe_output
@@ -23,11 +23,14 @@ class ClassificationTask(Task):
     primary_metric = "top1"
     context_keys = ("target",)  # the class labels, (N,)
 
-    def datasets(self, data: DataConfig) -> tuple[Dataset, Dataset]:
-        train = ImageFolderDataset(self.data_path(data.train_images, "classify", "train"), hflip=data.hflip)
-        val = ImageFolderDataset(self.data_path(data.val_images, "classify", "val"))
-        self.num_classes, self.class_names = train.num_classes, list(train.classes)
-        return train, val
+    def check_reports(self, reports: list[SplitReport]) -> None:
+        """Classification batches both splits as stacked tensors: every split needs one size (or data.crop_size)."""
+        if self.cfg.data.crop_size is None:
+            for report in reports:
+                if report.min_size != report.max_size:
+                    raise DataError(f"{report.split} images have different sizes ({report.sizes()}), which cannot "
+                                    "form one batch; set data.crop_size: [height, width] (random-resized crops for "
+                                    "training, centre crops for evaluation)")
 
     def build_model(self, mcfg: ModelConfig) -> nn.Module:
         if mcfg.factory is not None:
@@ -60,6 +63,8 @@ class ClassificationTask(Task):
     def evaluate(self, model: nn.Module, batches: Iterable[Batch], device: torch.device) -> dict[str, float]:
         metric = Top1Accuracy()
         for batch in batches:
+            if batch is None:
+                continue
             images, labels = self.to_device(batch, device)
             metric.update(self.logits(model(images)), labels)
         metric.sync()

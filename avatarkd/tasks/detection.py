@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..config import DataConfig, ModelConfig
-from ..data import CocoDetection, collate_detection
+from ..data import CocoDetection, SplitReport, collate_detection, innermost
 from ..metrics import CocoEvaluator
 from ..errors import ConfigError
 from ..models import build_detector, describe_output
@@ -24,21 +24,40 @@ def backbone_only(teacher: nn.Module, images: list[Tensor]) -> Any:
     return teacher.backbone(teacher.transform(images)[0].tensors)
 
 
+def configure_resize(model: nn.Module, data: DataConfig) -> nn.Module:
+    """Sets the detector's own resize from ``data.min_size``/``data.max_size`` (if given).
+
+    torchvision detectors resize inside ``model.transform``: the shorter side to ``min_size`` (one
+    drawn per batch from a tuple while training: multi-scale; the last one in evaluation) unless
+    the longer side would pass ``max_size``; after inference the boxes are mapped back to the
+    original image, which is what COCO evaluation compares. Resizing in the data pipeline as well
+    would resize twice. Without ``data.min_size`` the model keeps ``model.image_size``.
+    """
+    transform = getattr(model, "transform", None)
+    sizes = data.min_sizes()
+    if transform is None or (sizes is None and data.max_size is None):
+        return model
+    if sizes is not None:
+        transform.min_size = sizes
+    transform.max_size = data.max_size or (max(sizes) * 5 // 3 if sizes else transform.max_size)
+    return model
+
+
 class DetectionTask(Task):
     name = "detection"
     primary_metric = "map"
 
     def datasets(self, data: DataConfig) -> tuple[Dataset, Dataset]:
-        train = CocoDetection(self.data_path(data.train_images, "train", "images"),
-                              self.data_path(data.train_annotations, "train", "annotations.json"), hflip=data.hflip)
-        val = CocoDetection(self.data_path(data.val_images, "val", "images"),
-                            self.data_path(data.val_annotations, "val", "annotations.json"))
-        self.num_classes, self.class_names = train.num_classes, list(train.cat_names)
-        self.val_dataset = val
-        return train, val
+        train, evaluation = super().datasets(data)
+        self.val_dataset: CocoDetection = innermost(evaluation)  # the COCO index the evaluator scores against
+        return train, evaluation
+
+    def check_reports(self, reports: list[SplitReport]) -> None:
+        """Nothing to refuse: detectors resize and batch images of any size themselves."""
 
     def collate(self, batch: list[Any]) -> Batch:
-        return collate_detection(batch)
+        batch = [item for item in batch if item is not None]  # None: a skipped unreadable image
+        return collate_detection(batch) if batch else None
 
     def to_device(self, batch: Batch, device: torch.device) -> Batch:
         images, targets = batch
@@ -49,9 +68,10 @@ class DetectionTask(Task):
 
     def build_model(self, mcfg: ModelConfig) -> nn.Module:
         if mcfg.factory is not None:  # torchvision's convention: num_classes counts the background
-            return self.factory_model(mcfg, self.num_classes + 1)
-        return build_detector(mcfg.arch, mcfg.backbone, self.num_classes, mcfg.fpn_channels,  # type: ignore[arg-type]
-                              mcfg.image_size, tuple(mcfg.anchor_sizes))
+            return configure_resize(self.factory_model(mcfg, self.num_classes + 1), self.cfg.data)
+        model = build_detector(mcfg.arch, mcfg.backbone, self.num_classes, mcfg.fpn_channels,  # type: ignore[arg-type]
+                               mcfg.image_size, tuple(mcfg.anchor_sizes))
+        return configure_resize(model, self.cfg.data)
 
     @staticmethod
     def loss_dict(output: Any) -> dict[str, Tensor]:
@@ -92,6 +112,8 @@ class DetectionTask(Task):
     def evaluate(self, model: nn.Module, batches: Iterable[Batch], device: torch.device) -> dict[str, float]:
         evaluator = CocoEvaluator(self.val_dataset.coco, self.val_dataset.label_to_cat_id)
         for batch in batches:
+            if batch is None:
+                continue
             images, targets = self.to_device(batch, device)
             outputs = self.detections(model(images), len(images))
             evaluator.update([int(t["image_id"]) for t in targets], [{k: v.cpu() for k, v in o.items()} for o in outputs])

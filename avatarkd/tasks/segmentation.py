@@ -1,9 +1,8 @@
-"""Semantic segmentation: image + PNG label-mask folders, cross-entropy, mIoU."""
+"""Semantic segmentation: any supported format, cross-entropy, mIoU at the labels' own resolution."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,19 +12,13 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..config import DataConfig, ModelConfig
-from ..data import SegmentationFolder
+from ..data import pad_to
 from ..errors import ConfigError
 from ..metrics import SegmentationMetric
 from ..models import build_segmenter, describe_output, normalize_images
-from .base import Batch, Task, TeacherForward
+from .base import Batch, Task, TeacherForward, same_size, stack_images
 from .drawing import plot_segmentation
-
-
-def _class_names_from_coco(path: Path) -> list[str] | None:
-    if not path.is_file():
-        return None
-    cats = sorted(json.loads(path.read_text()).get("categories", []), key=lambda c: c["id"])
-    return ["background"] + [c["name"] for c in cats]
+from .seg_inference import segment_logits
 
 
 def backbone_only(teacher: nn.Module, images: Tensor) -> Any:
@@ -36,27 +29,48 @@ def backbone_only(teacher: nn.Module, images: Tensor) -> Any:
     return teacher.backbone(normalize_images(teacher, images))
 
 
+def pad_stack(images: Sequence[Tensor], masks: Sequence[Tensor] | None,
+              ignore_index: int) -> tuple[Tensor, Tensor | None]:
+    """Images padded (bottom/right) to the largest in the list and stacked; masks padded with ignore."""
+    size = (max(im.shape[-2] for im in images), max(im.shape[-1] for im in images))
+    padded = [pad_to(im, m, size, ignore_index) for im, m in zip(images, masks or [None] * len(images))]
+    stacked = torch.stack([im for im, _ in padded])
+    return stacked, (torch.stack([m for _, m in padded]) if masks is not None else None)  # type: ignore[misc]
+
+
 class SegmentationTask(Task):
     name = "segmentation"
     primary_metric = "miou"
     context_keys = ("target",)  # the label mask (N, H, W), ignored pixels as -1
 
-    def datasets(self, data: DataConfig) -> tuple[Dataset, Dataset]:
-        names = _class_names_from_coco(self.data_path(data.val_annotations, "val", "annotations.json"))
-        if data.num_classes is not None:
-            self.num_classes = data.num_classes
-            names = names if names and len(names) == data.num_classes else None
-        elif names:
-            self.num_classes = len(names)
-        else:
-            raise ConfigError("data.num_classes: set it (classes incl. background) for your segmentation data")
-        self.class_names = names or [str(i) for i in range(self.num_classes)]
-        common = dict(ignore_index=data.ignore_index, num_classes=self.num_classes, class_names=self.class_names)
-        train = SegmentationFolder(self.data_path(data.train_images, "train", "images"),
-                                   self.data_path(data.train_masks, "train", "masks"), hflip=data.hflip, **common)
-        val = SegmentationFolder(self.data_path(data.val_images, "val", "images"),
-                                 self.data_path(data.val_masks, "val", "masks"), **common)
-        return train, val
+    def evaluation_config(self, data: DataConfig, train: Dataset) -> DataConfig:
+        # a scan of the training masks (or the format) decided the classes; the evaluation split uses them
+        return data.model_copy(update={"num_classes": train.num_classes,  # type: ignore[attr-defined]
+                                       "class_names": list(train.class_names)})  # type: ignore[attr-defined]
+
+    def collate(self, batch: list[Any]) -> Batch:
+        """Stacked tensors when the images share a size (always in training: crops), else lists.
+
+        Evaluation images keep their original sizes; lists let each be inferred at its own size.
+        """
+        batch = [item for item in batch if item is not None]
+        if not batch:
+            return None
+        images, masks = zip(*batch)
+        if same_size(images):
+            return torch.stack(images), torch.stack(masks)
+        return list(images), list(masks)
+
+    def to_device(self, batch: Batch, device: torch.device) -> Batch:
+        images, masks = batch
+        if isinstance(images, list):
+            return ([im.to(device, non_blocking=True) for im in images],
+                    [m.to(device, non_blocking=True) for m in masks])
+        return images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
+
+    def images_of(self, batch: Batch) -> Any:
+        images = batch[0]
+        return pad_stack(images, None, 0)[0] if isinstance(images, list) else images
 
     def build_model(self, mcfg: ModelConfig) -> nn.Module:
         if mcfg.factory is not None:
@@ -83,12 +97,19 @@ class SegmentationTask(Task):
     def _ce(self, logits: Tensor, masks: Tensor) -> Tensor:
         return F.cross_entropy(logits.float(), masks, ignore_index=self.cfg.data.ignore_index)
 
-    def losses(self, model: nn.Module, batch: Batch) -> dict[str, Tensor]:
+    @staticmethod
+    def _training_batch(batch: Batch) -> tuple[Tensor, Tensor]:
         images, masks = batch
+        if isinstance(images, list):
+            stack_images(images)  # raises: a training batch needs one size (data.crop_size)
+        return images, masks
+
+    def losses(self, model: nn.Module, batch: Batch) -> dict[str, Tensor]:
+        images, masks = self._training_batch(batch)
         return {"loss_ce": self._ce(self.logits(model(images), masks.shape[-2:]), masks)}
 
     def distill_losses(self, distiller: nn.Module, batch: Batch) -> dict[str, Tensor]:
-        images, masks = batch
+        images, masks = self._training_batch(batch)
         out, losses = distiller(images, loss_context=self.loss_context(batch))
         return {"loss_ce": self._ce(self.logits(out, masks.shape[-2:]), masks), **losses}
 
@@ -96,12 +117,25 @@ class SegmentationTask(Task):
         masks = batch[1]
         return {"target": masks.masked_fill(masks == self.cfg.data.ignore_index, -1)}
 
+    def _predictions(self, model: nn.Module, images: Tensor | list[Tensor]) -> Tensor | list[Tensor]:
+        """Class ids per pixel at each image's size: one pass for a stacked batch, one per image otherwise."""
+        if isinstance(images, list):
+            return [segment_logits(model, im[None], self.cfg.eval).argmax(1)[0] for im in images]
+        return segment_logits(model, images, self.cfg.eval).argmax(1)
+
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Iterable[Batch], device: torch.device) -> dict[str, float]:
         metric = SegmentationMetric(self.num_classes, ignore_index=self.cfg.data.ignore_index)
         for batch in batches:
+            if batch is None:
+                continue
             images, masks = self.to_device(batch, device)
-            metric.update(self.logits(model(images), masks.shape[-2:]).argmax(1), masks)
+            preds = self._predictions(model, images)
+            if isinstance(preds, list):
+                for pred, mask in zip(preds, masks):
+                    metric.update(pred[None], mask[None])
+            else:
+                metric.update(preds, masks)
         metric.sync()
         result = metric.compute()
         out = {"miou": float(result["miou"]), "pixel_acc": float(result["pixel_acc"])}
@@ -111,9 +145,13 @@ class SegmentationTask(Task):
 
     @torch.no_grad()
     def predict(self, model: nn.Module, batch: Batch) -> Any:
-        return self.logits(model(batch[0]), batch[1].shape[-2:]).argmax(1)
+        return self._predictions(model, batch[0])
 
     def plot_predictions(self, batch: Batch, predictions: Any, out_png: Path) -> Path:
         images, masks = batch
+        ignore = self.cfg.data.ignore_index
+        if isinstance(images, list):
+            images, masks = pad_stack([im.cpu() for im in images], [m.cpu() for m in masks], ignore)
+            _, predictions = pad_stack([im.cpu() for im in batch[0]], [p.cpu() for p in predictions], ignore)
         return plot_segmentation(images.cpu(), predictions.cpu(), masks.cpu(), out_png,
-                                 class_names=self.class_names, ignore_index=self.cfg.data.ignore_index)
+                                 class_names=self.class_names, ignore_index=ignore)
