@@ -60,9 +60,23 @@ def build_model(task: Task, mcfg: ModelConfig, role: str, device: torch.device) 
 
 
 def example_batch(task: Task, dataset: Dataset, device: torch.device) -> Any:
-    """Two samples as a batch on ``device``: what models are checked and connectors are built on."""
-    batch = task.collate([dataset[i] for i in range(min(2, len(dataset)))])  # type: ignore[arg-type]
-    return task.to_device(batch, device)
+    """Two samples as a batch on ``device``: what models are checked and connectors are built on.
+
+    Evaluation images may differ in size (they are not cropped); then one sample, so that
+    segmentation and classification models get a stacked tensor as in training.
+    """
+    samples: list[Any] = []
+    for i in range(len(dataset)):  # type: ignore[arg-type]
+        if (sample := dataset[i]) is not None:  # None: an unreadable image skipped (data.skip_unreadable)
+            samples.append(sample)
+        if len(samples) == 2:
+            break
+    if not samples:
+        raise DataError("no readable sample to build the models on")
+    first = samples[0][0]
+    if len(samples) > 1 and isinstance(first, torch.Tensor) and first.shape != samples[1][0].shape:
+        samples = samples[:1]
+    return task.to_device(task.collate(samples), device)
 
 
 def check_datasets(cfg: TrainConfig, task: Task, train: Dataset, val: Dataset,
