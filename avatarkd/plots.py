@@ -129,7 +129,7 @@ def _collect_series(rows: list[dict[str, Any]], keys: Sequence[str] | None) -> d
             if wanted is not None and k not in wanted:
                 continue
             # per-class IoUs would bury mIoU under dozens of lines: shown only when asked for by name
-            if wanted is None and k.startswith("eval/iou/"):
+            if wanted is None and (k.startswith("eval/iou/") or k == "eval/predicted_classes"):
                 continue
             if not math.isfinite(v):
                 continue

@@ -52,6 +52,10 @@ def build_model(task: Task, mcfg: ModelConfig, role: str, device: torch.device) 
     """The model of ``mcfg`` on ``device``: built, its configured weights loaded (one log line, or one
     error line on a mismatch), its input normalisation attached."""
     model = task.build_model(mcfg).to(device)
+    if mcfg.bn_momentum is not None:
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.momentum = mcfg.bn_momentum
     recorded = load_configured_weights(model, mcfg, role)
     norm = resolve_normalization(mcfg, recorded)
     attach_normalization(model, norm)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -62,3 +63,32 @@ def test_bf16_autocast_on_cpu_keeps_distillation_losses_in_float32(data_root, tm
     assert torch.isfinite(values["loss"])
     with pytest.raises(Exception, match="fp16 needs a CUDA device"):
         build_trainer(TrainConfig.model_validate({**cfg, "train": {**cfg["train"], "amp": "fp16"}}))
+
+
+class OneClassClassifier(torch.nn.Module):
+    """A collapsed model: every input gets class 0 (the symptom of stale BatchNorm statistics)."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.arange(num_classes, 0, -1).float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bias.expand(x.shape[0], -1) + 0 * x.mean()
+
+
+def test_a_model_that_predicts_one_class_is_flagged(data_root, tmp_path, caplog):
+    cfg = base_config("classification", data_root, tmp_path / "run", {"factory": "test_reliability:OneClassClassifier"},
+                      steps=1)
+    cfg["optim"]["lr"] = 1e-9
+    cfg["train"]["plots"] = False
+    with caplog.at_level(logging.WARNING, logger="avatarkd.engine.trainer"):
+        result = build_trainer(TrainConfig.model_validate(cfg)).fit()
+    assert result["metrics"]["predicted_classes"] == 1
+    assert "predicts one class for every input" in caplog.text
+
+
+def test_bn_momentum_reaches_every_batchnorm(data_root, tmp_path):
+    model = {**MODELS["classification"][1], "bn_momentum": 0.1}
+    trainer = build_trainer(TrainConfig.model_validate(base_config("classification", data_root, tmp_path / "r", model)))
+    norms = [m for m in trainer.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(m.momentum == 0.1 for m in norms)  # torchvision's MobileNetV3 default is 0.01

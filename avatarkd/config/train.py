@@ -60,6 +60,9 @@ class ModelConfig(Strict):
     image_size: int = Field(128, ge=16)
     anchor_sizes: tuple[int, ...] = (16, 32, 64, 128, 256)
     freeze_bn: bool = Field(False, description="keep BatchNorm statistics fixed while training (small batches)")
+    bn_momentum: float | None = Field(
+        None, gt=0.0, le=1.0, description="momentum of every BatchNorm's running statistics (default: the model's "
+        "own; torchvision's MobileNetV3 uses 0.01, too slow for a schedule of a few hundred steps)")
     # the folder of the YAML file that named this model: a factory's module is also looked up there
     _config_dir: Path | None = PrivateAttr(None)
 

@@ -227,6 +227,11 @@ class Trainer:
         with self._autocast():
             metrics = self.task.evaluate(self.model, self.val_loader(), self.ctx.device)
         self.model.train()
+        if metrics.get("predicted_classes", 2) <= 1 and self.task.num_classes > 1 and self.ctx.is_main:
+            log.warning("the evaluated model predicts %s class for every input (%s): its score is chance level; "
+                        "check the learning rate, the schedule's length and BatchNorm statistics "
+                        "(model.bn_momentum, model.freeze_bn)",
+                        "no" if metrics["predicted_classes"] == 0 else "one", self.task.primary_metric)
         return metrics
 
     def fit(self) -> dict[str, Any]:

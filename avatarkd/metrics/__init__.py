@@ -2,6 +2,7 @@
 
 from .classification import Top1Accuracy
 from .detection import CocoEvaluator
+from .predicted import PredictedClasses
 from .segmentation import SegmentationMetric
 
-__all__ = ["CocoEvaluator", "SegmentationMetric", "Top1Accuracy"]
+__all__ = ["CocoEvaluator", "PredictedClasses", "SegmentationMetric", "Top1Accuracy"]

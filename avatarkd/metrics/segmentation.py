@@ -56,6 +56,11 @@ class SegmentationMetric:
         """Sum the matrices of all ranks; safe to call twice (the local matrix is kept separately)."""
         self._synced = all_reduce_sum(self.confusion)
 
+    def predicted_classes(self) -> int:
+        """How many classes were predicted for at least one (non-ignored) pixel."""
+        matrix = self._synced if self._synced is not None else self.confusion
+        return int((matrix.sum(0) > 0).sum())
+
     def compute(self) -> dict[str, float | list[float]]:
         """``miou``, ``pixel_acc`` and ``per_class_iou`` (NaN where undefined); NaN throughout if no pixel was seen."""
         matrix = (self._synced if self._synced is not None else self.confusion).double().cpu()

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from ..config import ModelConfig
 from ..data import SplitReport
 from ..errors import DataError
-from ..metrics import Top1Accuracy
+from ..metrics import PredictedClasses, Top1Accuracy
 from ..errors import ConfigError
 from ..models import build_classifier, describe_output
 from .base import Batch, Task
@@ -61,14 +61,17 @@ class ClassificationTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Iterable[Batch], device: torch.device) -> dict[str, float]:
-        metric = Top1Accuracy()
+        metric, predicted = Top1Accuracy(), PredictedClasses(self.num_classes)
         for batch in batches:
             if batch is None:
                 continue
             images, labels = self.to_device(batch, device)
-            metric.update(self.logits(model(images)), labels)
+            logits = self.logits(model(images))
+            metric.update(logits, labels)
+            predicted.update(logits.argmax(1))
         metric.sync()
-        return {k: float(v) for k, v in metric.compute().items()}
+        predicted.sync()
+        return {**{k: float(v) for k, v in metric.compute().items()}, "predicted_classes": predicted.count()}
 
     @torch.no_grad()
     def predict(self, model: nn.Module, batch: Batch) -> Any:

@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from ..config import DataConfig, ModelConfig
 from ..data import CocoDetection, SplitReport, collate_detection, innermost
-from ..metrics import CocoEvaluator
+from ..metrics import CocoEvaluator, PredictedClasses
 from ..errors import ConfigError
 from ..models import build_detector, describe_output
 from .base import Batch, Task, TeacherForward
@@ -111,14 +111,18 @@ class DetectionTask(Task):
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Iterable[Batch], device: torch.device) -> dict[str, float]:
         evaluator = CocoEvaluator(self.val_dataset.coco, self.val_dataset.label_to_cat_id)
+        predicted = PredictedClasses(self.num_classes + 1)  # labels 1..num_classes
         for batch in batches:
             if batch is None:
                 continue
             images, targets = self.to_device(batch, device)
             outputs = self.detections(model(images), len(images))
             evaluator.update([int(t["image_id"]) for t in targets], [{k: v.cpu() for k, v in o.items()} for o in outputs])
+            for o in outputs:
+                predicted.update(o["labels"])
         evaluator.sync()
-        return {k: float(v) for k, v in evaluator.compute().items()}
+        predicted.sync()
+        return {**{k: float(v) for k, v in evaluator.compute().items()}, "predicted_classes": predicted.count()}
 
     @torch.no_grad()
     def predict(self, model: nn.Module, batch: Batch) -> Any:

@@ -138,7 +138,8 @@ class SegmentationTask(Task):
                 metric.update(preds, masks)
         metric.sync()
         result = metric.compute()
-        out = {"miou": float(result["miou"]), "pixel_acc": float(result["pixel_acc"])}
+        out = {"miou": float(result["miou"]), "pixel_acc": float(result["pixel_acc"]),
+               "predicted_classes": metric.predicted_classes()}
         for name, iou in zip(self.class_names, result["per_class_iou"]):
             out[f"iou/{name}"] = float(iou)
         return out
