@@ -1,0 +1,187 @@
+"""Exact means over K dropout avatars, without materialising the K copies of the teacher.
+
+A dropout avatar of the teacher tensor ``t`` is ``a_k = t * m_k / q`` with keep-masks
+``m_k ~ Bernoulli(q)``, ``q = 1 - p``. AKD needs ``mean_k f(s, a_k)``; stacking the K avatars costs
+K teacher-sized tensors and K passes over each of them. Two exact shortcuts:
+
+**Squared error: only the keep count matters.** For one element let ``c = sum_k m_k`` be how many
+avatars keep it and ``abar = t c / (K q)`` the mean avatar. Then
+
+    mean_k (s - a_k)^2 = (s - abar)^2 + mean_k (a_k - abar)^2,
+    mean_k (a_k - abar)^2 = (t / q)^2 (c/K)(1 - c/K) = t^2 c (K - c) / (K q)^2,
+
+so the value and the gradient ``2 (s - abar)`` depend on the masks only through ``c``, which is
+Binomial(K, q) and can be drawn with one random number per element (``Avatars.keep_counts``). With
+``kept = t c`` (the sum of the K unscaled masked copies), summed per channel:
+``sum t^2 c (K - c) = K <t, kept> - <kept, kept>``: two per-channel dot products, no per-avatar pass
+(``DropoutCounts`` holds them, so that the variance estimate reuses them).
+
+**KL divergence: stream the avatars.** A softmax does not commute with the mean over avatars, so
+each avatar's softmax is needed; but only two things of it are kept,
+
+    mean_k KL(p_k || q_s) = mean_k sum p_k log p_k  -  sum pbar log q_s,
+
+the per-row mean negative entropy and the mean probability ``pbar``. The avatars are visited one at a
+time (one mask, one log-softmax, one exp), so memory does not grow with K, and the student is seen
+once: its gradient is ``(q_s - pbar)`` times the logit scale, written out in ``_CrossEntropyToMean``.
+
+Both are exact rewrites of the K-avatar mean (``tests/test_fast_paths.py`` checks value, gradient and
+distribution against the explicit K-avatar path).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor
+
+
+def channel_dot(x: Tensor, y: Tensor) -> Tensor:
+    """Per-channel ``sum x * y`` over every dim but dim 1 (channels): shape (C,).
+
+    A squared norm when ``y is x`` (one pass); ``torch.linalg.vecdot`` is several times slower
+    than a product and a sum on CPU.
+    """
+    rows = x.unsqueeze(-1) if x.dim() == 2 else x.flatten(2)  # (N, C, positions)
+    if y is x:
+        return torch.linalg.vector_norm(rows, dim=-1).square_().sum(0)
+    other = y.unsqueeze(-1) if y.dim() == 2 else y.flatten(2)
+    return (rows * other).sum(-1).sum(0)
+
+
+def channel_view(v: Tensor, ndim: int) -> Tensor:
+    """A (C,) tensor shaped to broadcast along dim 1 of an ``ndim``-dim tensor."""
+    return v.view(1, -1, *(1,) * (ndim - 2))
+
+
+class DropoutCounts:
+    """K dropout avatars of ``teacher`` summarised by their per-element keep counts.
+
+    ``counts`` (broadcastable to the teacher: per element, or per (sample, channel) for channel
+    dropout) says how many of the ``num`` avatars keep each element; ``keep`` is 1 - p. Everything
+    a squared error over the K avatars and the variance estimate need is here, each computed once:
+    ``kept = t * counts`` (the sum of the K unscaled masked copies) and per-channel dot products.
+    """
+
+    def __init__(self, teacher: Tensor, counts: Tensor, num: int, keep: float) -> None:
+        self.teacher = teacher.detach()
+        self.counts = counts
+        self.num = num
+        self.keep = keep
+        self._dots: dict[str, Tensor] = {}
+
+    @functools.cached_property
+    def kept(self) -> Tensor:
+        # a product of mixed dtypes takes a slow, unvectorised path: convert the counts first
+        return self.teacher * self.counts.to(self.teacher.dtype)
+
+    def dot(self, which: str) -> Tensor:
+        """Per-channel ``<t, kept>`` (``"tk"``), ``<kept, kept>`` (``"kk"``) or ``<t, t>`` (``"tt"``)."""
+        if which not in self._dots:
+            t, kept = self.teacher, self.kept
+            x, y = {"tk": (t, kept), "kk": (kept, kept), "tt": (t, t)}[which]
+            self._dots[which] = channel_dot(x, y)
+        return self._dots[which]
+
+
+class _SquaredDistance(torch.autograd.Function):
+    """``sum (student * mult - kept * coef)^2`` with its gradient ``2 mult (student * mult - kept * coef)``.
+
+    Written out because autograd would keep the difference and its square and take three passes
+    backwards for what is one. ``mult`` and ``coef`` are numbers or per-channel tensors that
+    broadcast along dim 1.
+    """
+
+    @staticmethod
+    def forward(ctx, student: Tensor, mult: Tensor | float, kept: Tensor, coef: Tensor | float) -> Tensor:  # type: ignore[override]
+        diff = student * mult if not (isinstance(mult, float) and mult == 1.0) else student.clone()
+        if isinstance(coef, Tensor):
+            diff.addcmul_(kept, coef, value=-1.0)
+        else:
+            diff.add_(kept, alpha=-coef)
+        flat = diff.view(-1)
+        ctx.save_for_backward(diff)
+        ctx.mult = mult
+        return torch.dot(flat, flat)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, None, None, None]:  # type: ignore[override]
+        (diff,) = ctx.saved_tensors
+        return diff * (ctx.mult * (2.0 * grad)), None, None, None
+
+
+def squared_error_counts(student: Tensor, counts: DropoutCounts, student_scale: Tensor | None = None,
+                         avatar_scale: Tensor | None = None) -> Tensor:
+    """``mean_k sum (student * student_scale - a_k * avatar_scale)^2`` over the K dropout avatars.
+
+    The scales are optional per-channel (C,) factors (the uncertainty factor 1/sigma). Sum over all
+    elements, divided by nothing.
+    """
+    norm = 1.0 / (counts.num * counts.keep)
+    with torch.no_grad():
+        if avatar_scale is None:  # totals only: BLAS dot products
+            kept = counts.kept.reshape(-1)
+            spread = counts.num * torch.dot(counts.teacher.reshape(-1), kept) - torch.dot(kept, kept)
+        else:  # sum t^2 c (K - c) per channel, weighted
+            spread = ((counts.num * counts.dot("tk") - counts.dot("kk")) * avatar_scale.pow(2)).sum()
+        spread = spread * norm**2
+    ndim = student.dim()
+    mult: Tensor | float = 1.0 if student_scale is None else channel_view(student_scale, ndim)
+    coef: Tensor | float = norm if avatar_scale is None else channel_view(avatar_scale * norm, ndim)
+    return _SquaredDistance.apply(student, mult, counts.kept, coef) + spread
+
+
+class _CrossEntropyToMean(torch.autograd.Function):
+    """Per row: ``-sum pbar * log_softmax(mult * student)`` over ``dim``; gradient ``mult (softmax - pbar)``.
+
+    ``pbar`` sums to 1 along ``dim``, which is what makes the gradient that simple.
+    """
+
+    @staticmethod
+    def forward(ctx, student: Tensor, mult: Tensor | float, pbar: Tensor, dim: int) -> Tensor:  # type: ignore[override]
+        logits = student if isinstance(mult, float) and mult == 1.0 else student * mult
+        log_q = torch.log_softmax(logits, dim)
+        ctx.save_for_backward(log_q, pbar)
+        ctx.mult, ctx.dim = mult, dim
+        return -(pbar * log_q).sum(dim)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
+        log_q, pbar = ctx.saved_tensors
+        out = torch.exp(log_q)
+        out.sub_(pbar).mul_(grad.unsqueeze(ctx.dim) * ctx.mult)
+        return out, None, None, None
+
+
+def kl_dropout_mean(student: Tensor, student_mult: Tensor | float, kept_logits: Tensor, masks: Iterable[Tensor],
+                    num: int, dim: int) -> Tensor:
+    """Per row, ``mean_k KL(softmax(z_k) || softmax(student_mult * student))`` along ``dim``.
+
+    ``student_mult`` is a number or a tensor that broadcasts to the student (temperature and sigma).
+
+    ``z_k = where(mask_k, kept_logits, 0)``: the avatar's logits are the teacher's (already divided
+    by q, the temperature and sigma) where the mask keeps an element and 0 where it drops it. The
+    K masks are consumed one at a time. Returns the rows (``dim`` reduced), differentiable in
+    ``student``.
+    """
+    with torch.no_grad():
+        pbar: Tensor | None = None
+        neg_entropy: Tensor | None = None
+        seen = 0
+        for mask in masks:
+            z = torch.where(mask, kept_logits, 0.0)
+            log_p = torch.log_softmax(z, dim)
+            p = torch.exp(log_p, out=z)
+            h = (p * log_p).sum(dim)
+            neg_entropy = h if neg_entropy is None else neg_entropy.add_(h)
+            pbar = p if pbar is None else pbar.add_(p)
+            seen += 1
+            del z, log_p, p
+        del kept_logits  # the caller passes it without keeping it: it is freed before the student side
+        if seen != num or pbar is None or neg_entropy is None:
+            raise ValueError(f"kl_dropout_mean: expected {num} masks, got {seen}")
+        pbar.div_(num)
+        neg_entropy.div_(num)
+    return _CrossEntropyToMean.apply(student, student_mult, pbar, dim) + neg_entropy
