@@ -5,8 +5,8 @@ Three kinds of evidence (``losses/dropout.py`` has the derivations):
 1. Same random state, same numbers. The KL forms (``cwd``, ``kd``) stream the very masks that
    ``Avatars.__call__`` draws (same generator calls, same order), so with one seed the fast and the
    explicit path must agree in value and gradient to rounding (float64: 1e-10 relative).
-2. Same keep counts, same numbers. The squared-error forms (``mse``, ``MGD``) depend on the masks
-   only through the per-element keep count; given the counts of explicit masks they must agree in
+2. Same keep counts, same numbers. The count forms (``mse``, ``MGD``, ``l1``, ``smooth_l1``) depend
+   on the masks only through the per-element keep count; given the counts of explicit masks they must agree in
    value and gradient, and the variance estimate from counts must equal the explicit one.
 3. Same distribution. The counts are drawn from one uniform per element instead of K masks, so
    fast and explicit paths no longer share their random state; their draws must agree in
@@ -25,7 +25,7 @@ import torch
 from avatarkd import AvatarLoss, Avatars
 from avatarkd import losses as L
 from avatarkd.avatars import binomial_thresholds, int32_threshold
-from avatarkd.losses import MGD
+from avatarkd.losses import MGD, MasKD
 from avatarkd.losses.dropout import DropoutCounts
 from avatarkd.uncertainty import Uncertainty, dropout_batch_var
 
@@ -49,9 +49,11 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_dropout_form_is_chosen_per_base_loss_and_setting():
     assert AvatarLoss(L.mse, 4).dropout_form() == "avatar_counts"
     assert AvatarLoss(MGD(3), 4).dropout_form() == "avatar_counts"
+    assert AvatarLoss(L.l1, 4).dropout_form() == "avatar_counts"
+    assert AvatarLoss(L.smooth_l1, 4).dropout_form() == "avatar_counts"
     assert AvatarLoss(L.cwd, 4).dropout_form() == "avatar_masks"
     assert AvatarLoss(L.kd, 4, perturbation="channel_dropout").dropout_form() == "avatar_masks"
-    for akd in (AvatarLoss(L.pkd, 4), AvatarLoss(L.l1, 4), AvatarLoss(L.dkd, 4),  # no exact dropout form
+    for akd in (AvatarLoss(L.pkd, 4), AvatarLoss(MasKD(3), 4), AvatarLoss(L.dkd, 4),  # no exact dropout form
                 AvatarLoss(L.mse, 4, uncertainty="batchnorm"),  # per-avatar statistics
                 AvatarLoss(L.mse, 4, perturbation="gaussian"), AvatarLoss(L.mse, 4, p=0.0)):
         assert akd.dropout_form() is None
@@ -104,12 +106,13 @@ def _counts_of(avatars: torch.Tensor, perturbation: str) -> torch.Tensor:
 
 @pytest.mark.parametrize("perturbation", ["dropout", "channel_dropout"])
 @pytest.mark.parametrize("uncertainty", ["none", "variance", "relative"])
-@pytest.mark.parametrize("which", ["mse", "mgd"])
+@pytest.mark.parametrize("which", ["mse", "mgd", "l1", "smooth_l1"])
 def test_counts_form_equals_explicit_avatars_for_the_same_counts(which, uncertainty, perturbation, rng):
     s = torch.randn(2, 4, 5, 6, generator=rng, dtype=torch.float64, requires_grad=True)
     t = (torch.randn(2, 4, 5, 6, generator=rng, dtype=torch.float64) + 0.5).relu() + 0.1  # no exact zeros
-    base = L.mse if which == "mse" else MGD(4, alpha=1.0, generator=torch.Generator().manual_seed(7)).double()
-    akd = AvatarLoss(base, num_avatars=5, p=0.3, perturbation=perturbation, uncertainty=uncertainty)
+    base = MGD(4, alpha=1.0, generator=torch.Generator().manual_seed(7)).double() if which == "mgd" else getattr(L, which)
+    kw = {"beta": 0.5} if which == "smooth_l1" else {}
+    akd = AvatarLoss(base, num_avatars=5, p=0.3, perturbation=perturbation, uncertainty=uncertainty, base_kwargs=kw)
     explicit = copy.deepcopy(akd)
     avatars = Avatars(5, perturbation, 0.3, rng)(t)
     counts = DropoutCounts(t, _counts_of(avatars, perturbation), 5, 0.7)
@@ -117,7 +120,7 @@ def test_counts_form_equals_explicit_avatars_for_the_same_counts(which, uncertai
         explicit.base.rng.manual_seed(7)  # the same spatial mask on both sides
     want = explicit(s, t, avatars=avatars)
     scale = akd._avatar_scale(lambda: dropout_batch_var(counts), s.dtype)
-    got = akd.base.avatar_counts(s, counts, scale=scale)
+    got = akd.base.avatar_counts(s, counts, scale=scale, **kw)
     (g_got,), (g_want,) = torch.autograd.grad(got, s), torch.autograd.grad(want, s)
     assert _rel(got, want) < 1e-10 and _rel(g_got, g_want) < 1e-10
     if uncertainty != "none":
@@ -277,7 +280,7 @@ def _peak_tensor_bytes(fn) -> int | None:
     return peak
 
 
-@pytest.mark.parametrize("name", ["mse", "cwd", "kd"])
+@pytest.mark.parametrize("name", ["mse", "l1", "cwd", "kd"])
 def test_akd_with_four_avatars_needs_at_most_one_feature_map_more_than_its_base(name):
     base = getattr(L, name)
     s = torch.randn(2, 16, 24, 24, requires_grad=True)

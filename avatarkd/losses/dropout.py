@@ -16,6 +16,9 @@ Binomial(K, q) and can be drawn with one random number per element (``Avatars.ke
 ``sum t^2 c (K - c) = K <t, kept> - <kept, kept>``: two per-channel dot products, no per-avatar pass
 (``DropoutCounts`` holds them, so that the variance estimate reuses them).
 
+**Any element-wise loss: two evaluations.** An element of a dropout avatar is ``t/q`` or 0, so for
+an element-wise loss (L1, smooth L1) ``mean_k l(s, a_k) = (c/K) l(s, t/q) + (1 - c/K) l(s, 0)``.
+
 **KL divergence: stream the avatars.** A softmax does not commute with the mean over avatars, so
 each avatar's softmax is needed; but only two things of it are kept,
 
@@ -32,7 +35,7 @@ distribution against the explicit K-avatar path).
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor
@@ -76,6 +79,10 @@ class DropoutCounts:
     def kept(self) -> Tensor:
         # a product of mixed dtypes takes a slow, unvectorised path: convert the counts first
         return self.teacher * self.counts.to(self.teacher.dtype)
+
+    def free_kept(self) -> None:
+        """Drop ``kept`` (a teacher-sized tensor) once nothing will need it again."""
+        self.__dict__.pop("kept", None)
 
     def dot(self, which: str) -> Tensor:
         """Per-channel ``<t, kept>`` (``"tk"``), ``<kept, kept>`` (``"kk"``) or ``<t, t>`` (``"tt"``)."""
@@ -131,6 +138,85 @@ def squared_error_counts(student: Tensor, counts: DropoutCounts, student_scale: 
     mult: Tensor | float = 1.0 if student_scale is None else channel_view(student_scale, ndim)
     coef: Tensor | float = norm if avatar_scale is None else channel_view(avatar_scale * norm, ndim)
     return _SquaredDistance.apply(student, mult, counts.kept, coef) + spread
+
+
+class ElementwiseLoss:
+    """An element-wise loss ``l(x, y) = f(x - y)`` given by ``f`` and its derivative ``df``, both
+    allowed to overwrite their argument (they are only ever given temporaries)."""
+
+    def __init__(self, f: Callable[[Tensor], Tensor], df: Callable[[Tensor], Tensor]) -> None:
+        self.f, self.df = f, df
+
+
+class _ElementwiseCountsMean(torch.autograd.Function):
+    """``sum over elements of mean_k l(x, a_k * scale)`` with ``x = student * scale``.
+
+    An element of a dropout avatar is ``t/q`` (kept by c of the K avatars) or 0, so the mean over the
+    avatars is ``(c/K) f(x - y) + (1 - c/K) f(x)`` with ``y = scale * t / q``; the gradient the same
+    with ``df``. Nothing is saved but references to the inputs: backward recomputes ``x``, ``y`` and
+    the weights, so that memory stays at a few temporaries whatever K is.
+    """
+
+    @staticmethod
+    def _mean(student: Tensor, counts: DropoutCounts, scale: Tensor | None, f: Callable[[Tensor], Tensor]) -> Tensor:
+        """``(c/K) f(x - y) + (1 - c/K) f(x)`` per element, with as few teacher-sized temporaries alive as possible."""
+        view = None if scale is None else channel_view(scale, student.dim())
+        x = student if view is None else student * view
+        y = counts.teacher * (1.0 / counts.keep) if view is None else counts.teacher * (view * (1.0 / counts.keep))
+        kept = f(y.sub_(x).neg_())  # x - y, in y's memory
+        dropped = f(x.clone() if x is student else x)
+        return dropped.lerp_(kept, counts.counts.to(student.dtype).mul_(1.0 / counts.num))
+
+    @staticmethod
+    def forward(ctx, student: Tensor, counts: DropoutCounts, scale: Tensor | None, loss: ElementwiseLoss) -> Tensor:  # type: ignore[override]
+        counts.free_kept()  # made for the variance estimate, not needed here
+        ctx.save_for_backward(student, scale)
+        ctx.counts, ctx.loss = counts, loss
+        return _ElementwiseCountsMean._mean(student, counts, scale, loss.f).sum()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
+        student, scale = ctx.saved_tensors
+        out = _ElementwiseCountsMean._mean(student, ctx.counts, scale, ctx.loss.df)
+        if scale is not None:
+            out.mul_(channel_view(scale, student.dim()))
+        return out.mul_(grad), None, None, None
+
+
+def elementwise_counts(loss: ElementwiseLoss, student: Tensor, counts: DropoutCounts,
+                       scale: Tensor | None = None) -> Tensor:
+    """``sum over elements of mean_k loss(student * scale, a_k * scale)`` over K dropout avatars.
+
+    Exact, value and gradient, for any element-wise loss (L1, smooth L1), at the cost of two
+    evaluations whatever K is (see ``_ElementwiseCountsMean``).
+    """
+    return _ElementwiseCountsMean.apply(student, counts, scale, loss)
+
+
+def _abs_(d: Tensor) -> Tensor:
+    return d.abs_()
+
+
+def _sign_(d: Tensor) -> Tensor:
+    return d.sign_()
+
+
+L1 = ElementwiseLoss(_abs_, _sign_)
+
+
+def smooth_l1_elementwise(beta: float) -> ElementwiseLoss:
+    """Huber with transition ``beta``: ``0.5 d^2 / beta`` below it, ``|d| - 0.5 beta`` above (torch's smooth L1)."""
+    if beta == 0:
+        return L1
+
+    def f(d: Tensor) -> Tensor:
+        a = d.abs_()
+        return torch.where(a < beta, a * a * (0.5 / beta), a - 0.5 * beta)
+
+    def df(d: Tensor) -> Tensor:
+        return d.div_(beta).clamp_(-1.0, 1.0)
+
+    return ElementwiseLoss(f, df)
 
 
 class _CrossEntropyToMean(torch.autograd.Function):

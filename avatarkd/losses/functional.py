@@ -13,8 +13,8 @@ the student-side cost of AKD then does not grow with K. Losses without such a fo
 smooth L1) are marked ``batch_separable`` instead: their value on a batch of K*N samples is the
 mean of their K per-avatar values, so all avatars go through one call.
 
-For drawn dropout avatars, ``mse`` also has an ``avatar_counts`` twin (the mean over K avatars from
-the per-element keep counts) and ``cwd``/``kd`` an ``avatar_masks`` twin (the K avatars streamed one
+For drawn dropout avatars, ``mse``, ``l1`` and ``smooth_l1`` also have an ``avatar_counts`` twin (the
+mean over K avatars from the per-element keep counts) and ``cwd``/``kd`` an ``avatar_masks`` twin (the K avatars streamed one
 mask at a time); both are exact, see ``dropout.py``.
 
 Reductions (stated because papers differ):
@@ -41,7 +41,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..registry import register_loss
-from .dropout import DropoutCounts, channel_view, kl_dropout_mean, squared_error_counts
+from .dropout import (L1, DropoutCounts, channel_view, elementwise_counts, kl_dropout_mean, smooth_l1_elementwise,
+                      squared_error_counts)
 
 __all__ = ["mse", "cwd", "kd", "dkd", "pkd", "l1", "smooth_l1", "kl_div_probs"]
 
@@ -340,6 +341,19 @@ def smooth_l1(student: Tensor, teacher: Tensor, beta: float = 1.0) -> Tensor:
     return F.smooth_l1_loss(student, teacher, beta=beta)
 
 
+def _l1_avatar_counts(student: Tensor, counts: DropoutCounts, scale: Tensor | None = None) -> Tensor:
+    """mean_k l1(scale * student, scale * a_k) over K dropout avatars given by their keep counts (``dropout.py``)."""
+    _check_same_shape("l1", student, counts.teacher)
+    return elementwise_counts(L1, student, counts, scale) / student.numel()
+
+
+def _smooth_l1_avatar_counts(student: Tensor, counts: DropoutCounts, scale: Tensor | None = None,
+                             beta: float = 1.0) -> Tensor:
+    """mean_k smooth_l1(scale * student, scale * a_k) from the keep counts (``dropout.py``)."""
+    _check_same_shape("smooth_l1", student, counts.teacher)
+    return elementwise_counts(smooth_l1_elementwise(beta), student, counts, scale) / student.numel()
+
+
 mse.avatar_mean = _mse_avatar_mean  # type: ignore[attr-defined]
 cwd.avatar_mean = _cwd_avatar_mean  # type: ignore[attr-defined]
 kd.avatar_mean = _kd_avatar_mean  # type: ignore[attr-defined]
@@ -349,4 +363,8 @@ mse.avatar_counts = _mse_avatar_counts  # type: ignore[attr-defined]
 cwd.avatar_masks = _cwd_avatar_masks  # type: ignore[attr-defined]
 kd.avatar_masks = _kd_avatar_masks  # type: ignore[attr-defined]
 l1.batch_separable = True  # type: ignore[attr-defined]
+l1.avatar_counts = _l1_avatar_counts  # type: ignore[attr-defined]
+smooth_l1.avatar_counts = _smooth_l1_avatar_counts  # type: ignore[attr-defined]
 smooth_l1.batch_separable = True  # type: ignore[attr-defined]
+l1.avatar_counts = _l1_avatar_counts  # type: ignore[attr-defined]
+smooth_l1.avatar_counts = _smooth_l1_avatar_counts  # type: ignore[attr-defined]
