@@ -159,7 +159,7 @@ class Trainer:
         else:
             cls, kw = torch.optim.AdamW, {"lr": o.lr, "weight_decay": o.weight_decay}
         params = list(params)
-        try:  # one fused kernel for all parameters (CPU and CUDA): the per-tensor loop costs ~10x more on CPU
+        try:  # one fused kernel for all parameters (CPU and CUDA) instead of a Python loop over them
             self.optimizer = cls(params, fused=True, **kw)
         except (RuntimeError, ValueError, TypeError) as err:
             log.debug("fused %s unavailable (%s); using the foreach implementation", cls.__name__, err)

@@ -94,29 +94,32 @@ class DropoutCounts:
 
 
 class _SquaredDistance(torch.autograd.Function):
-    """``sum (student * mult - kept * coef)^2`` with its gradient ``2 mult (student * mult - kept * coef)``.
+    """``sum w_c (student - coef * kept)^2`` (``w`` per channel, or 1) with its gradient
+    ``2 w (student - coef * kept)`` written out.
 
-    Written out because autograd would keep the difference and its square and take three passes
-    backwards for what is one. ``mult`` and ``coef`` are numbers or per-channel tensors that
-    broadcast along dim 1.
+    Autograd would keep the difference and its square and take three passes backwards for what is
+    one. ``coef`` is a number or a per-channel tensor broadcast along dim 1; ``weight`` a (C,) tensor
+    or None.
     """
 
     @staticmethod
-    def forward(ctx, student: Tensor, mult: Tensor | float, kept: Tensor, coef: Tensor | float) -> Tensor:  # type: ignore[override]
-        diff = student * mult if not (isinstance(mult, float) and mult == 1.0) else student.clone()
+    def forward(ctx, student: Tensor, kept: Tensor, coef: Tensor | float, weight: Tensor | None) -> Tensor:  # type: ignore[override]
         if isinstance(coef, Tensor):
-            diff.addcmul_(kept, coef, value=-1.0)
+            diff = torch.addcmul(student, kept, coef, value=-1.0)
         else:
-            diff.add_(kept, alpha=-coef)
-        flat = diff.view(-1)
-        ctx.save_for_backward(diff)
-        ctx.mult = mult
-        return torch.dot(flat, flat)
+            diff = torch.add(student, kept, alpha=-coef)
+        ctx.save_for_backward(diff, weight)
+        if weight is None:
+            flat = diff.view(-1)
+            return torch.dot(flat, flat)
+        return (channel_dot(diff, diff) * weight).sum()
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, None, None, None]:  # type: ignore[override]
-        (diff,) = ctx.saved_tensors
-        return diff * (ctx.mult * (2.0 * grad)), None, None, None
+        diff, weight = ctx.saved_tensors
+        if weight is None:
+            return diff * (2.0 * grad), None, None, None
+        return diff * channel_view(weight * (2.0 * grad), diff.dim()), None, None, None
 
 
 def squared_error_counts(student: Tensor, counts: DropoutCounts, student_scale: Tensor | None = None,
@@ -124,7 +127,8 @@ def squared_error_counts(student: Tensor, counts: DropoutCounts, student_scale: 
     """``mean_k sum (student * student_scale - a_k * avatar_scale)^2`` over the K dropout avatars.
 
     The scales are optional per-channel (C,) factors (the uncertainty factor 1/sigma). Sum over all
-    elements, divided by nothing.
+    elements, divided by nothing. With ``g`` the student scale the sum is ``sum_c g_c^2 (s - abar *
+    avatar_scale / g)^2 + spread``: one pass makes the difference, one the per-channel sums.
     """
     norm = 1.0 / (counts.num * counts.keep)
     with torch.no_grad():
@@ -135,9 +139,13 @@ def squared_error_counts(student: Tensor, counts: DropoutCounts, student_scale: 
             spread = ((counts.num * counts.dot("tk") - counts.dot("kk")) * avatar_scale.pow(2)).sum()
         spread = spread * norm**2
     ndim = student.dim()
-    mult: Tensor | float = 1.0 if student_scale is None else channel_view(student_scale, ndim)
-    coef: Tensor | float = norm if avatar_scale is None else channel_view(avatar_scale * norm, ndim)
-    return _SquaredDistance.apply(student, mult, counts.kept, coef) + spread
+    if student_scale is None:
+        coef: Tensor | float = norm if avatar_scale is None else channel_view(avatar_scale * norm, ndim)
+        weight = None
+    else:
+        target = norm * (avatar_scale if avatar_scale is not None else torch.ones_like(student_scale))
+        coef, weight = channel_view(target / student_scale, ndim), student_scale.pow(2)
+    return _SquaredDistance.apply(student, counts.kept, coef, weight) + spread
 
 
 class ElementwiseLoss:
@@ -254,20 +262,24 @@ def kl_dropout_mean(student: Tensor, student_mult: Tensor | float, kept_logits: 
     """
     with torch.no_grad():
         pbar: Tensor | None = None
-        neg_entropy: Tensor | None = None
+        p_log_p: Tensor | None = None  # sum over avatars of p_k log p_k, element-wise: summed once at the end
         seen = 0
         for mask in masks:
             z = torch.where(mask, kept_logits, 0.0)
             log_p = torch.log_softmax(z, dim)
             p = torch.exp(log_p, out=z)
-            h = (p * log_p).sum(dim)
-            neg_entropy = h if neg_entropy is None else neg_entropy.add_(h)
-            pbar = p if pbar is None else pbar.add_(p)
+            if p_log_p is None:
+                p_log_p = log_p.mul_(p)
+                pbar = p
+            else:
+                p_log_p.addcmul_(p, log_p)
+                pbar.add_(p)  # type: ignore[union-attr]
             seen += 1
             del z, log_p, p
         del kept_logits  # the caller passes it without keeping it: it is freed before the student side
-        if seen != num or pbar is None or neg_entropy is None:
+        if seen != num or pbar is None or p_log_p is None:
             raise ValueError(f"kl_dropout_mean: expected {num} masks, got {seen}")
         pbar.div_(num)
-        neg_entropy.div_(num)
+        neg_entropy = p_log_p.sum(dim).div_(num)
+        del p_log_p
     return _CrossEntropyToMean.apply(student, student_mult, pbar, dim) + neg_entropy
