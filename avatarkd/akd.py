@@ -6,21 +6,29 @@ All K avatars are evaluated at once: through the base loss's exact ``avatar_mean
 has one (one student-side evaluation whatever K is), else by stacking avatars into the batch when
 the loss is ``batch_separable``, else with ``torch.func.vmap``; a Python loop over avatars is only
 the last resort.
+
+When the avatars are drawn here (not passed in) and are dropout avatars, the K copies are not made
+at all where the base loss has an exact dropout form (``losses/dropout.py``): ``avatar_counts``
+(squared errors: one Binomial keep count per element instead of K masks) or ``avatar_masks``
+(KL losses: the K masks streamed one at a time). The uncertainty estimate then comes from the
+same counts (``uncertainty.dropout_batch_var``). Set ``fast_paths = False`` on an instance to
+force the explicit K-avatar path (benchmarks and tests compare the two).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .avatars import Avatars, Perturbation
+from .losses.dropout import DropoutCounts
 from .registry import check_kwargs
-from .uncertainty import Uncertainty, UncertaintyMode
+from .uncertainty import Uncertainty, UncertaintyMode, dropout_batch_var
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +52,8 @@ class AvatarLoss(nn.Module):
 
     With ``num_avatars=1, p=0, uncertainty="none"`` it equals the base loss exactly.
     """
+
+    fast_paths: bool = True  # the exact dropout forms of the base loss; False: always K explicit avatars
 
     def __init__(
         self,
@@ -110,7 +120,13 @@ class AvatarLoss(nn.Module):
     def forward(self, student: Tensor, teacher: Tensor, avatars: Tensor | None = None, **kw: Any) -> Tensor:
         """``kw`` (e.g. ``target=`` for dkd) is passed to the base loss with ``base_kwargs``."""
         teacher = teacher.detach()
+        kw = {**self.base_kwargs, **kw}
         if avatars is None:
+            form = self.dropout_form()
+            if form == "avatar_counts":
+                return self._from_counts(student, teacher, kw)
+            if form == "avatar_masks":
+                return self._from_masks(student, teacher, kw)
             avatars = self.avatars(teacher)
         elif avatars.shape[1:] != teacher.shape:
             raise ValueError(
@@ -118,15 +134,15 @@ class AvatarLoss(nn.Module):
             )
         avatars = avatars.detach()
         s, a = self.uncertainty(student, teacher, avatars)
-        return self._mean_over_avatars(s, a, {**self.base_kwargs, **kw})
+        return self._mean_over_avatars(s, a, kw)
 
     def _mean_over_avatars(self, s: Tensor, a: Tensor, kw: dict[str, Any]) -> Tensor:
         k = a.shape[0]
+        if k == 1:  # the base loss itself: a mean form would only add passes
+            return self.base(s, a[0], **kw)
         mean_form = getattr(self.base, "avatar_mean", None)
         if mean_form is not None:
             return mean_form(s, a, **kw)
-        if k == 1:
-            return self.base(s, a[0], **kw)
         per_sample = any(isinstance(v, Tensor) for v in kw.values())
         if getattr(self.base, "batch_separable", False) and not per_sample:
             s_rep = s.repeat(k, *([1] * (s.dim() - 1)))
@@ -137,3 +153,48 @@ class AvatarLoss(nn.Module):
             log.debug("vmap over avatars failed (%s); looping over %d avatars", err, k)
             losses = torch.stack([self.base(s, a[i], **kw) for i in range(k)])
         return losses.mean()
+
+    # ------------------------------------------------------------------ exact dropout forms
+    def dropout_form(self) -> str | None:
+        """Which exact dropout form drawn avatars go through: ``"avatar_counts"``, ``"avatar_masks"`` or None.
+
+        None (the explicit K-avatar path) when ``fast_paths`` is off, the avatars are not dropout
+        (or p = 0), the uncertainty mode is ``batchnorm`` (each avatar has its own statistics) or
+        the base loss has no such form.
+        """
+        if not self.fast_paths or not self.avatars.is_dropout or self.uncertainty.mode == "batchnorm":
+            return None
+        for form in ("avatar_counts", "avatar_masks"):
+            if callable(getattr(self.base, form, None)):
+                return form
+        return None
+
+    def _avatar_scale(self, batch_var: Callable[[], Tensor], dtype: torch.dtype) -> Tensor | None:
+        """1/sigma per channel for both sides (None in mode ``none``); ``batch_var`` only runs when needed."""
+        if self.uncertainty.mode == "none":
+            return None
+        return self.uncertainty.sigma_from(batch_var).to(dtype).reciprocal()
+
+    def _needs_batch_var(self) -> bool:
+        u = self.uncertainty
+        return u.mode in ("variance", "relative") and (u.training or u.running_var.numel() == 0)
+
+    def _from_counts(self, student: Tensor, teacher: Tensor, kw: dict[str, Any]) -> Tensor:
+        av = self.avatars
+        counts = DropoutCounts(teacher, av.keep_counts(teacher), av.num, av.keep)
+        scale = self._avatar_scale(lambda: dropout_batch_var(counts), student.dtype)
+        return self.base.avatar_counts(student, counts, scale=scale, **kw)
+
+    def _from_masks(self, student: Tensor, teacher: Tensor, kw: dict[str, Any]) -> Tensor:
+        av = self.avatars
+        masks: Iterable[Tensor]
+        if self._needs_batch_var():  # sigma depends on this batch's masks: draw them all first, as bits
+            packed = av.packed_masks(teacher)
+            counts = packed.counts
+            scale = self._avatar_scale(
+                lambda: dropout_batch_var(DropoutCounts(teacher, counts, av.num, av.keep)), student.dtype)
+            masks = packed
+        else:  # drawn one at a time while the loss streams over them
+            scale = self._avatar_scale(lambda: torch.empty(0), student.dtype)
+            masks = av.keep_masks(teacher)
+        return self.base.avatar_masks(student, teacher, masks, av.num, av.keep, scale=scale, **kw)

@@ -23,13 +23,17 @@ running estimate stays identical on every rank.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config.distill import UNCERTAINTY_MODES, UncertaintyMode
+from .losses.dropout import DropoutCounts
 
 
 def _reduce_dims(ndim: int, channel_dim: int, first: int) -> tuple[int, ...]:
@@ -39,11 +43,41 @@ def _reduce_dims(ndim: int, channel_dim: int, first: int) -> tuple[int, ...]:
 def batch_standardise(x: Tensor, channel_dim: int = 1, eps: float = 1e-5) -> Tensor:
     """Training-mode, non-affine batch norm: per channel over every dim from ``channel_dim-1`` on.
 
+    ``(x - mean) / sqrt(var + eps)`` with the biased variance, i.e. ``F.batch_norm`` in training
+    mode without affine parameters, which is what runs (one fused kernel forward and backward).
     With ``channel_dim=2`` on a (K, N, C, ...) stack, each avatar gets its own statistics.
     """
-    dims = _reduce_dims(x.dim(), channel_dim, channel_dim - 1)
+    if channel_dim == 2:
+        if x.shape[0] == 1:
+            return batch_standardise(x[0], 1, eps).unsqueeze(0)
+        return torch.stack([batch_standardise(xk, 1, eps) for xk in x.unbind(0)])
+    if channel_dim != 1:
+        raise ValueError(f"batch_standardise: channel_dim must be 1 or 2, got {channel_dim}")
+    if x.shape[0] * math.prod(x.shape[2:]) > 1:
+        return F.batch_norm(x, None, None, training=True, eps=eps)
+    dims = _reduce_dims(x.dim(), 1, 0)  # one value per channel: F.batch_norm refuses it
     var, mean = torch.var_mean(x, dim=dims, keepdim=True, unbiased=False)
     return (x - mean) * torch.rsqrt(var + eps)
+
+
+def _estimate_dtype(x: Tensor) -> torch.dtype:
+    """Float32 at least (half-precision features), float64 for float64 features."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+@torch.no_grad()
+def dropout_batch_var(counts: DropoutCounts) -> Tensor:
+    """The batch estimate ``mean over avatars, batch, positions of (a_k - t)^2`` for dropout avatars.
+
+    Computed from the keep counts ``c`` instead of the K avatars: with ``a_k = t m_k / q``,
+    ``sum_k (a_k - t)^2 = t^2 (c / q^2 - 2 c / q + K)``, so per channel it is
+    ``(<t, t c> (1/q^2 - 2/q) + K <t, t>) / (K M)``, M the elements per channel: the same number as
+    ``Uncertainty._batch_var(t, avatars)`` for the same masks.
+    """
+    t, q, k = counts.teacher, counts.keep, counts.num
+    per_channel = t.numel() // t.shape[1]
+    var = counts.dot("tk") * (1.0 / q**2 - 2.0 / q) + k * counts.dot("tt")
+    return var.to(_estimate_dtype(t)).div_(k * per_channel).clamp_min_(0.0)
 
 
 class Uncertainty(nn.Module):
@@ -81,38 +115,50 @@ class Uncertainty(nn.Module):
             self.running_var = torch.empty_like(state_dict[key], device=self.running_var.device)
         super()._load_from_state_dict(state_dict, prefix, *args)
 
+    @staticmethod
     @torch.no_grad()
-    def _batch_var(self, teacher: Tensor, avatars: Tensor) -> Tensor:
-        diff = (avatars.float() - teacher.float().unsqueeze(0)).pow_(2)
-        var = diff.mean(dim=_reduce_dims(diff.dim(), 2, 0))
+    def _batch_var(teacher: Tensor, avatars: Tensor) -> Tensor:
+        dtype = _estimate_dtype(teacher)
+        diff = (avatars.to(dtype) - teacher.to(dtype).unsqueeze(0)).pow_(2)
+        return diff.mean(dim=_reduce_dims(diff.dim(), 2, 0))
+
+    @torch.no_grad()
+    def update(self, var: Tensor) -> None:
+        """One EMA step of the running estimate with a batch estimate ``var`` (C,), averaged over ranks."""
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(var)
             var /= dist.get_world_size()
-        return var
+        if self.running_var.numel() == 0 or self.running_var.shape != var.shape:
+            if self.running_var.numel() not in (0, var.numel()):
+                raise ValueError(
+                    f"uncertainty: feature has {var.numel()} channels but the running "
+                    f"estimate has {self.running_var.numel()}"
+                )
+            self.running_var = var.clone()
+        else:
+            self.running_var.lerp_(var, self.momentum)
+        self.num_batches_tracked += 1
 
     @torch.no_grad()
-    def sigma(self, teacher: Tensor, avatars: Tensor) -> Tensor:
-        """Per-channel sigma, shape (C,) (RMS 1 in ``"relative"`` mode). Updates the running estimate in training mode."""
+    def sigma_from(self, batch_var: Callable[[], Tensor]) -> Tensor:
+        """Per-channel sigma, shape (C,) (RMS 1 in ``"relative"`` mode).
+
+        In training mode (or before the first batch) the running estimate first takes an EMA
+        step with ``batch_var()``; it is only called then.
+        """
         if self.training or self.running_var.numel() == 0:
-            var = self._batch_var(teacher, avatars)
-            if self.running_var.numel() == 0 or self.running_var.shape != var.shape:
-                if self.running_var.numel() not in (0, var.numel()):
-                    raise ValueError(
-                        f"uncertainty: feature has {var.numel()} channels but the running "
-                        f"estimate has {self.running_var.numel()}"
-                    )
-                self.running_var = var.clone()
-            else:
-                self.running_var.lerp_(var, self.momentum)
-            self.num_batches_tracked += 1
+            self.update(batch_var())
         var = self.running_var
         mean = var.mean()
-        if mean <= 0:  # no perturbation at all (p = 0): nothing to weigh by
-            return torch.ones_like(var)
+        # no perturbation at all (p = 0): nothing to weigh by. Decided on the device: no host sync.
         var = var.clamp_min(self.rel_floor * mean)
         if self.mode == "relative":
             var = var / var.mean()
-        return var.sqrt()
+        return torch.where(mean > 0, var.sqrt(), torch.ones_like(var))
+
+    def sigma(self, teacher: Tensor, avatars: Tensor) -> Tensor:
+        """Per-channel sigma, shape (C,) (RMS 1 in ``"relative"`` mode). Updates the running estimate in training mode."""
+        return self.sigma_from(lambda: self._batch_var(teacher, avatars))
 
     def forward(self, student: Tensor, teacher: Tensor, avatars: Tensor) -> tuple[Tensor, Tensor]:
         """Returns ``(student', avatars')`` ready for the base loss."""

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import ctypes
 import os
+import statistics
 import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
 
 
 class RssPeak:
@@ -40,3 +46,72 @@ class RssPeak:
         self._thread.join()
         self.peak = max(self.peak, self._rss())
         self.mib = (self.peak - self.base) / 2**20
+
+
+def sync(device: str | torch.device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], Any], device: str | torch.device) -> float:
+    """Seconds one call takes; on CUDA between two synchronised events."""
+    if torch.device(device).type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1000.0
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def interleaved(arms: dict[str, Callable[[], Any]], repeats: int, device: str | torch.device,
+                warmup: int = 1) -> dict[str, list[float]]:
+    """Times every arm ``repeats`` times, round-robin, so that machine noise hits all arms alike."""
+    for fn in arms.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in arms}
+    for _ in range(repeats):
+        for name, fn in arms.items():
+            times[name].append(timed(fn, device))
+    return times
+
+
+def medians(times: dict[str, list[float]]) -> dict[str, float]:
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def peak_tensor_bytes(fn: Callable[[], Any], device: str | torch.device) -> int | None:
+    """Highest sum of live tensor bytes allocated during ``fn`` (tensors alive before it excluded).
+
+    CUDA: the caching allocator's peak. CPU: torch.profiler's memory timeline (allocations and frees
+    of every tensor), which unlike the resident-set size does not depend on the malloc arena; None
+    when that (private) profiler API is unavailable.
+    """
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    from torch.profiler import ProfilerActivity, profile
+
+    try:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+            fn()
+        timeline = prof._memory_profile().timeline
+    except Exception:  # noqa: BLE001 - a private API: report nothing rather than fail the benchmark
+        return None
+    live = peak = 0
+    for _, action, _, size in timeline:
+        if action.name == "CREATE":
+            live += size
+        elif action.name == "DESTROY":
+            live -= size
+        peak = max(peak, live)
+    return peak

@@ -69,3 +69,25 @@ def test_ablation_plot_has_a_row_per_task(tmp_path):
     from PIL import Image
     with Image.open(tmp_path / "a.png") as im:
         assert im.size[1] > 1.5 * im.size[0] / 2  # two rows of panels, two columns
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script,args", [
+    ("loss_overhead.py", ["--shape", "2x4x8x8", "--repeats", "1", "--losses", "mse", "cwd"]),
+    ("data_loading.py", ["--batches", "2", "--repeats", "1"]),
+    ("engine.py", ["--steps", "3", "--repeats", "1", "--warmup-steps", "1"]),
+    ("overhead.py", ["--tasks", "detection", "--repeats", "1", "--warmup", "0", "--arms", "base", "4", "4x"]),
+])
+def test_benchmark_scripts_run_end_to_end_on_tiny_settings(script, args, tmp_path):
+    """The benchmark scripts still run and write their JSON (their timings are not checked here)."""
+    import json
+    import os
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "out.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    proc = subprocess.run([sys.executable, str(root / "benchmarks" / script), *args, "--out", str(out)],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(out.read_text())

@@ -110,7 +110,10 @@ class Distiller(nn.Module):
     Args:
         teacher_forward: ``f(teacher, *teacher_args)``; the default calls the teacher. Give a
             cheaper one (e.g. only the backbone) when the points do not need the full forward.
-        check_finite: raise, naming the point, when a recorded feature holds NaN/Inf.
+        check_finite: raise, naming the point, when a recorded feature holds NaN/Inf (a host
+            sync per forward). ``"defer"``: only record it on the device, for
+            ``nonfinite_features()`` to report later (what the Trainer uses: it checks the loss
+            every few steps, not every step).
         teacher_cache: read the teacher's features from disk when it has seen the same input
             before (see ``TeacherCache``); the teacher then does not run for that batch.
     """
@@ -121,7 +124,7 @@ class Distiller(nn.Module):
         teacher: nn.Module,
         points: Sequence[DistillPoint],
         teacher_forward: TeacherForward | None = None,
-        check_finite: bool = True,
+        check_finite: bool | str = True,
         teacher_cache: TeacherCache | None = None,
     ) -> None:
         super().__init__()
@@ -134,7 +137,10 @@ class Distiller(nn.Module):
         self.teacher = teacher.eval().requires_grad_(False)
         self.points = list(points)
         self.teacher_forward = teacher_forward or _default_teacher_forward
+        if check_finite not in (True, False, "defer"):
+            raise DistillationError(f"check_finite must be True, False or 'defer', got {check_finite!r}")
         self.check_finite = check_finite
+        self._nonfinite: dict[str, Tensor] = {}  # label -> device flag, while deferring
         self.teacher_cache = teacher_cache
         self._student_rec = Recorder(student, [p.student for p in points], "student")
         self._teacher_rec = Recorder(teacher, [p.teacher for p in points], "teacher")
@@ -305,7 +311,9 @@ class Distiller(nn.Module):
             for level in self._levels[point.name]:
                 label = f"{point.name}.{level}" if level else point.name
                 pairs.append((label, point, s_levels[level], t_feats[label]))
-        if self.check_finite:
+        if self.check_finite == "defer":
+            self._record_finite(pairs)
+        elif self.check_finite:
             self._check_finite(pairs)
         losses: dict[str, Tensor] = {}
         for label, point, s_feat, t_feat in pairs:
@@ -335,6 +343,20 @@ class Distiller(nn.Module):
                 f"loss_context={{{', '.join(repr(k) + ': ...' for k in missing)}}} to Distiller.forward"
             )
         return {k: context[k] for k in keys}
+
+    @torch.no_grad()
+    def _record_finite(self, pairs: list[tuple[str, DistillPoint, Tensor, Tensor]]) -> None:
+        for label, _, s, t in pairs:
+            bad = ~(torch.isfinite(s).all() & torch.isfinite(t).all())
+            self._nonfinite[label] = self._nonfinite[label] | bad if label in self._nonfinite else bad
+
+    def nonfinite_features(self, reset: bool = True) -> list[str]:
+        """Points whose student or teacher feature held NaN/Inf since the last reset (``"defer"`` mode; a host sync)."""
+        flags = torch.stack(list(self._nonfinite.values())).tolist() if self._nonfinite else []
+        labels = [label for label, flag in zip(self._nonfinite, flags) if flag]
+        if reset:
+            self._nonfinite.clear()
+        return labels
 
     @staticmethod
     def _check_finite(pairs: list[tuple[str, DistillPoint, Tensor, Tensor]]) -> None:

@@ -1,7 +1,16 @@
-"""The training loop: one code path for teacher, student-alone and distilled runs, 1..N processes."""
+"""The training loop: one code path for teacher, student-alone and distilled runs, 1..N processes.
+
+The per-step hot path waits for the device only where it must. Whether the loss is finite is
+recorded on the device every step (the first non-finite step number) and read on the host only at
+check steps: logging steps, checkpoint and evaluation steps, a signal, the last step. At every
+check that finds only finite losses, the trainer keeps a copy of its whole state (on the CPU); when
+a check finds a NaN/Inf, that last good copy is restored, written as a checkpoint, and the run stops
+naming the first bad step. Logged values stay on the device until a logging step converts them.
+"""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -38,6 +47,17 @@ log = logging.getLogger(__name__)
 
 class NonFiniteLossError(AvatarKDError, FloatingPointError):
     """The loss became NaN/Inf; the last good state was saved."""
+
+
+def _host_copy(obj: Any) -> Any:
+    """A copy of a (nested) state whose tensors live on the CPU and share nothing with the original."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _host_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_host_copy(v) for v in obj)
+    return copy.deepcopy(obj)
 
 
 class Stopped(Exception):
@@ -82,6 +102,11 @@ class Trainer:
         self.generator = generator
         self._signal: int | None = None
         self._resume_from = resume_from
+        self._first_bad = torch.zeros((), dtype=torch.long, device=ctx.device)  # first non-finite step, 0: none
+        self._good: dict[str, Any] | None = None  # the state at the last check that found only finite losses
+        self._modes_set = False  # train/eval modes of the modules as train_step wants them
+        if distiller is not None and distiller.check_finite is True:
+            distiller.check_finite = "defer"  # features are checked with the loss, at check steps
         self._build_data(train_set, val_set)
         self._wrap_models()
         self._build_optim()
@@ -105,6 +130,8 @@ class Trainer:
     def _loader(self, dataset: Any, sampler: Any, batch_size: int, drop_last: bool, epoch: int = 0) -> DataLoader:
         # Its own generator: creating an iterator would otherwise draw from the global RNG, and a
         # resumed run creates one at a different step than an uninterrupted run.
+        # Workers are not kept across epochs: the dataset learns the epoch in the main process
+        # (its augmentation seeds depend on it), and a persistent worker would keep a stale copy.
         gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=self.task.collate,
                           num_workers=self.cfg.data.num_workers, drop_last=drop_last,
@@ -129,9 +156,15 @@ class Trainer:
         params = (self.distiller.trainable_parameters() if self.distiller is not None
                   else [p for p in self.model.parameters() if p.requires_grad])
         if o.name == "sgd":
-            self.optimizer = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+            cls, kw = torch.optim.SGD, {"lr": o.lr, "momentum": o.momentum, "weight_decay": o.weight_decay}
         else:
-            self.optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+            cls, kw = torch.optim.AdamW, {"lr": o.lr, "weight_decay": o.weight_decay}
+        params = list(params)
+        try:  # one fused kernel for all parameters (CPU and CUDA) instead of a Python loop over them
+            self.optimizer = cls(params, fused=True, **kw)
+        except (RuntimeError, ValueError, TypeError) as err:
+            log.debug("fused %s unavailable (%s); using the foreach implementation", cls.__name__, err)
+            self.optimizer = cls(params, foreach=True, **kw)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(self.cfg))
         amp = self.cfg.train.amp
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
@@ -192,12 +225,21 @@ class Trainer:
             return nullcontext()
         return torch.autocast(self.ctx.device.type, dtype=self.amp_dtype)
 
-    def train_step(self, batch: Any) -> dict[str, torch.Tensor]:
+    def _set_modes(self) -> None:
+        """Train mode (frozen BatchNorm layers in eval mode); redone only after something changed it."""
+        if self._modes_set and self.train_module.training:
+            return
         self.train_module.train()
         if self.cfg.model.freeze_bn:
             for m in self.model.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
+        self._modes_set = True
+
+    def train_step(self, batch: Any) -> dict[str, torch.Tensor]:
+        """One optimisation step. Never waits for the device: a non-finite loss is only recorded
+        (``_first_bad``) and acted on at the next check (``check_finite``)."""
+        self._set_modes()
         with self._autocast():
             if self.distiller is not None:
                 losses = self.task.distill_losses(self.train_module, batch)
@@ -205,11 +247,9 @@ class Trainer:
                 losses = self.task.losses(self.train_module, batch)
         task_total = sum(v for k, v in losses.items() if k.startswith("loss_"))
         total = task_total + losses.get("distill_total", 0.0)
-        if not all_true(bool(torch.isfinite(total).item()), self.ctx):
-            path = self.save()
-            raise NonFiniteLossError(
-                f"loss is NaN/Inf at step {self.step + 1}; last good state saved to {path or self.out / 'checkpoints'}"
-            )
+        with torch.no_grad():
+            first_bad_now = (self._first_bad == 0) & ~torch.isfinite(total.detach())
+            self._first_bad = torch.where(first_bad_now, self.step + 1, self._first_bad)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
         if self.cfg.optim.max_grad_norm:
@@ -227,6 +267,7 @@ class Trainer:
         with self._autocast():
             metrics = self.task.evaluate(self.model, self.val_loader(), self.ctx.device)
         self.model.train()
+        self._modes_set = False
         if metrics.get("predicted_classes", 2) <= 1 and self.task.num_classes > 1 and self.ctx.is_main:
             log.warning("the evaluated model predicts %s class for every input (%s): its score is chance level; "
                         "check the learning rate, the schedule's length and BatchNorm statistics "
@@ -275,11 +316,66 @@ class Trainer:
         torch.distributed.all_gather_object(digests, digest.hexdigest())
         return len(set(digests)) == 1
 
+    # ------------------------------------------------------------------ finiteness checks
+    def _keep_good_state(self) -> None:
+        """Copy the whole training state to the host: what a NaN later rolls back to."""
+        self._good = {"step": self.step, "state": _host_copy(self.state()), "rng": _host_copy(rng_state(self.generator))}
+
+    def check_finite(self) -> None:
+        """Collective: read the device's non-finite record (one host sync). All finite: keep this
+        state as the last good one. Else restore and save the last good state and raise."""
+        bad = int(self._first_bad.item())
+        if all_true(bad == 0, self.ctx):
+            if self.distiller is not None:
+                self.distiller.nonfinite_features()  # a NaN feature that left the loss finite: forget it
+            self._keep_good_state()
+            return
+        bad_steps = [bad]
+        if self.ctx.distributed:
+            bad_steps = [0] * self.ctx.world_size
+            torch.distributed.all_gather_object(bad_steps, bad)
+        first = min(b for b in bad_steps if b > 0)
+        points = self.distiller.nonfinite_features() if self.distiller is not None else []
+        path = self._restore_good_state()
+        where = f"; NaN/Inf features at points {points}" if points else ""
+        raise NonFiniteLossError(
+            f"loss is NaN/Inf at step {first}; last good state saved to {path or self.out / 'checkpoints'}"
+            f" (step {self.step}, the last check before it; train.log_every sets how often losses are checked){where}"
+        )
+
+    def _restore_good_state(self) -> Path | None:
+        """Collective: load the last good state back into the trainer and write it as a checkpoint."""
+        good = self._good
+        if good is None:  # a check always runs before the first step; kept for library callers
+            raise NonFiniteLossError(f"loss is NaN/Inf before step {self.step + 1} and no good state was kept")
+        rngs = [good["rng"]]
+        if self.ctx.distributed:
+            rngs = [None] * self.ctx.world_size
+            torch.distributed.all_gather_object(rngs, good["rng"])
+        ckpt = {"format": "avatarkd-checkpoint-1", "step": good["step"], **good["state"], "rng": rngs}
+        self.load_state(ckpt, self.out / "checkpoints")
+        self._first_bad.zero_()
+        path = None
+        if self.ctx.is_main:
+            path = save_checkpoint(self.out, good["step"], {**good["state"], "rng": rngs}, self.cfg.train.keep_last)
+        barrier(self.ctx)
+        return path
+
+    def _log_row(self, values: dict[str, torch.Tensor], epoch: int) -> dict[str, Any]:
+        """The step's values as floats: one device-to-host copy for all of them."""
+        names = list(values)
+        floats = torch.stack([values[k].detach().float().reshape(()) for k in names]).tolist() if names else []
+        row: dict[str, Any] = dict(zip(names, floats))
+        row["lr"] = self.scheduler.get_last_lr()[0]
+        row["epoch"] = epoch
+        return row
+
     def _loop(self, logger: MetricLogger) -> None:
         cfg, ctx = self.cfg, self.ctx
         every = cfg.train
         bar = tqdm(total=every.steps, initial=self.step, disable=not ctx.is_main, desc=f"{cfg.task} {self.out.name}",
                    mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
+        self._keep_good_state()
         while self.step < every.steps:
             epoch, in_epoch = divmod(self.step, self.batches_per_epoch)
             set_epoch(self.train_set, epoch)
@@ -287,18 +383,26 @@ class Trainer:
             for batch in self._loader(self.train_set, self.sampler, self.batch_size, drop_last=True, epoch=epoch):
                 values = self.train_step(self.task.to_device(batch, ctx.device))
                 bar.update(1)
-                if self.step % every.log_every == 0 or self.step == every.steps:
-                    row = {k: float(v) for k, v in values.items()}
-                    row["lr"] = self.scheduler.get_last_lr()[0]
-                    row["epoch"] = epoch
+                log_now = self.step % every.log_every == 0 or self.step == every.steps
+                eval_now = bool(every.eval_every) and self.step % every.eval_every == 0 and self.step < every.steps
+                save_now = self.step % every.checkpoint_every == 0
+                # one process: a signal is seen at the end of the step it arrived in; several: at the
+                # next logging or checkpoint step (agreeing on it is a collective, kept off the hot path)
+                if not ctx.distributed:
+                    stop = self._signal is not None
+                else:
+                    stop = (log_now or save_now) and not all_true(self._signal is None, ctx)
+                if log_now or eval_now or save_now or stop:
+                    self.check_finite()  # never log, evaluate or save past a NaN
+                if log_now:
+                    row = self._log_row(values, epoch)
                     logger.log(self.step, row)
                     bar.set_postfix(loss=f"{row['loss']:.4g}")
-                if every.eval_every and self.step % every.eval_every == 0 and self.step < every.steps:
+                if eval_now:
                     logger.log(self.step, {f"eval/{k}": v for k, v in self.evaluate().items()})
-                if self.step % every.checkpoint_every == 0:
+                if save_now or stop:
                     self.save()
-                if not all_true(self._signal is None, ctx):
-                    self.save()
+                if stop:
                     raise Stopped(self._signal or signal.SIGTERM)
                 if self.step >= every.steps:
                     break

@@ -13,6 +13,10 @@ the student-side cost of AKD then does not grow with K. Losses without such a fo
 smooth L1) are marked ``batch_separable`` instead: their value on a batch of K*N samples is the
 mean of their K per-avatar values, so all avatars go through one call.
 
+For drawn dropout avatars, ``mse``, ``l1`` and ``smooth_l1`` also have an ``avatar_counts`` twin (the
+mean over K avatars from the per-element keep counts) and ``cwd``/``kd`` an ``avatar_masks`` twin (the K avatars streamed one
+mask at a time); both are exact, see ``dropout.py``.
+
 Reductions (stated because papers differ):
 - ``mse``: sum of squared differences over all non-batch dims, divided by N (FitNet/MGD style).
 - ``cwd``: per (sample, channel) KL over spatial positions, times tau^2, divided by N*C.
@@ -30,13 +34,15 @@ temperature is ``tau`` in every loss (``T`` is still accepted by ``kd``/``dkd``,
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..registry import register_loss
+from .dropout import (L1, DropoutCounts, channel_view, elementwise_counts, kl_dropout_mean, smooth_l1_elementwise,
+                      squared_error_counts)
 
 __all__ = ["mse", "cwd", "kd", "dkd", "pkd", "l1", "smooth_l1", "kl_div_probs"]
 
@@ -94,6 +100,24 @@ def _mse_avatar_mean(student: Tensor, avatars: Tensor) -> Tensor:
     return mse(student, abar) + gap
 
 
+def _mse_avatar_counts(student: Tensor, counts: DropoutCounts, scale: Tensor | None = None) -> Tensor:
+    """mean_k mse(scale * student, scale * a_k) over K dropout avatars given by their keep counts (``dropout.py``)."""
+    _check_same_shape("mse", student, counts.teacher)
+    return squared_error_counts(student, counts, scale, scale) / student.shape[0]
+
+
+def _avatar_logits(teacher: Tensor, keep: float, scale: Tensor | None, tau: float) -> Tensor:
+    """Teacher logits of a kept element of a dropout avatar: ``t * scale / (keep * tau)``."""
+    mult = 1.0 / (keep * tau)
+    if scale is None:
+        return teacher * mult
+    return teacher * channel_view(scale * mult, teacher.dim())
+
+
+def _student_mult(student: Tensor, scale: Tensor | None, tau: float) -> Tensor | float:
+    return 1.0 / tau if scale is None else channel_view(scale / tau, student.dim())
+
+
 # --------------------------------------------------------------------------- CWD
 def _cwd_flat(x: Tensor) -> Tensor:
     if x.dim() < 3:
@@ -126,6 +150,18 @@ def _cwd_avatar_mean(student: Tensor, avatars: Tensor, tau: float = 1.0) -> Tens
     return main + gap
 
 
+def _cwd_avatar_masks(student: Tensor, teacher: Tensor, masks: Iterable[Tensor], num: int, keep: float,
+                      scale: Tensor | None = None, tau: float = 1.0) -> Tensor:
+    """mean_k cwd(scale * student, scale * t * m_k / keep), the K masks streamed (see ``dropout.py``)."""
+    _check_same_shape("cwd", student, teacher)
+    s = _cwd_flat(student)
+    n, c = s.shape[:2]
+    mult = 1.0 / tau if scale is None else (scale / tau).view(1, -1, 1)
+    rows = kl_dropout_mean(s, mult, _cwd_flat(_avatar_logits(teacher.detach(), keep, scale, tau)),
+                           (m.flatten(2) for m in masks), num, dim=-1)
+    return rows.sum() * tau**2 / (n * c)
+
+
 # --------------------------------------------------------------------------- KD
 def _kd_reduce(kl: Tensor) -> Tensor:
     # kl has the class dim summed away: (N, *positions); batch (and position) mean.
@@ -149,6 +185,15 @@ def _kd_avatar_mean(student: Tensor, avatars: Tensor, tau: float = 4.0) -> Tenso
         gap = kl_div_probs(p_k, log_bar, dim=2, log_p=log_p_k).flatten(1).mean(1).mean() * tau**2
     main = _kd_reduce(kl_div_probs(p_bar, F.log_softmax(student / tau, dim=1), dim=1, log_p=log_bar)) * tau**2
     return main + gap
+
+
+def _kd_avatar_masks(student: Tensor, teacher: Tensor, masks: Iterable[Tensor], num: int, keep: float,
+                     scale: Tensor | None = None, tau: float = 4.0) -> Tensor:
+    """mean_k kd(scale * student, scale * t * m_k / keep), the K masks streamed (see ``dropout.py``)."""
+    _check_same_shape("kd", student, teacher)
+    rows = kl_dropout_mean(student, _student_mult(student, scale, tau), _avatar_logits(teacher.detach(), keep, scale, tau),
+                           masks, num, dim=1)
+    return _kd_reduce(rows) * tau**2
 
 
 # --------------------------------------------------------------------------- DKD
@@ -296,10 +341,30 @@ def smooth_l1(student: Tensor, teacher: Tensor, beta: float = 1.0) -> Tensor:
     return F.smooth_l1_loss(student, teacher, beta=beta)
 
 
+def _l1_avatar_counts(student: Tensor, counts: DropoutCounts, scale: Tensor | None = None) -> Tensor:
+    """mean_k l1(scale * student, scale * a_k) over K dropout avatars given by their keep counts (``dropout.py``)."""
+    _check_same_shape("l1", student, counts.teacher)
+    return elementwise_counts(L1, student, counts, scale) / student.numel()
+
+
+def _smooth_l1_avatar_counts(student: Tensor, counts: DropoutCounts, scale: Tensor | None = None,
+                             beta: float = 1.0) -> Tensor:
+    """mean_k smooth_l1(scale * student, scale * a_k) from the keep counts (``dropout.py``)."""
+    _check_same_shape("smooth_l1", student, counts.teacher)
+    return elementwise_counts(smooth_l1_elementwise(beta), student, counts, scale) / student.numel()
+
+
 mse.avatar_mean = _mse_avatar_mean  # type: ignore[attr-defined]
 cwd.avatar_mean = _cwd_avatar_mean  # type: ignore[attr-defined]
 kd.avatar_mean = _kd_avatar_mean  # type: ignore[attr-defined]
 dkd.avatar_mean = _dkd_avatar_mean  # type: ignore[attr-defined]
 pkd.avatar_mean = _pkd_avatar_mean  # type: ignore[attr-defined]
+mse.avatar_counts = _mse_avatar_counts  # type: ignore[attr-defined]
+cwd.avatar_masks = _cwd_avatar_masks  # type: ignore[attr-defined]
+kd.avatar_masks = _kd_avatar_masks  # type: ignore[attr-defined]
 l1.batch_separable = True  # type: ignore[attr-defined]
+l1.avatar_counts = _l1_avatar_counts  # type: ignore[attr-defined]
+smooth_l1.avatar_counts = _smooth_l1_avatar_counts  # type: ignore[attr-defined]
 smooth_l1.batch_separable = True  # type: ignore[attr-defined]
+l1.avatar_counts = _l1_avatar_counts  # type: ignore[attr-defined]
+smooth_l1.avatar_counts = _smooth_l1_avatar_counts  # type: ignore[attr-defined]

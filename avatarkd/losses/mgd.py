@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ..registry import register_loss
+from .dropout import DropoutCounts, channel_view, squared_error_counts
 from .functional import mse
 
 
@@ -58,3 +59,10 @@ class MGD(nn.Module):
     def avatar_mean(self, student: Tensor, avatars: Tensor) -> Tensor:
         """Mean over avatars with one mask and one generator pass (see ``functional``)."""
         return self.alpha * mse.avatar_mean(self.generate(student), avatars)  # type: ignore[attr-defined]
+
+    def avatar_counts(self, student: Tensor, counts: DropoutCounts, scale: Tensor | None = None) -> Tensor:
+        """Mean over K dropout avatars from their keep counts (see ``dropout.py``), one generator pass."""
+        if scale is not None:
+            student = student * channel_view(scale, student.dim())
+        generated = self.generate(student)
+        return self.alpha * squared_error_counts(generated, counts, None, scale) / generated.shape[0]

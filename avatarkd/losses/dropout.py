@@ -1,0 +1,288 @@
+"""Exact means over K dropout avatars, without materialising the K copies of the teacher.
+
+A dropout avatar of the teacher tensor ``t`` is ``a_k = t * m_k / q`` with keep-masks
+``m_k ~ Bernoulli(q)``, ``q = 1 - p``. AKD needs ``mean_k f(s, a_k)``; stacking the K avatars costs
+K teacher-sized tensors and K passes over each of them. Three exact shortcuts:
+
+**Squared error: only the keep count matters.** For one element let ``c = sum_k m_k`` be how many
+avatars keep it and ``abar = t c / (K q)`` the mean avatar. Then
+
+    mean_k (s - a_k)^2 = (s - abar)^2 + mean_k (a_k - abar)^2,
+    mean_k (a_k - abar)^2 = (t / q)^2 (c/K)(1 - c/K) = t^2 c (K - c) / (K q)^2,
+
+so the value and the gradient ``2 (s - abar)`` depend on the masks only through ``c``, which is
+Binomial(K, q) and can be drawn with one random number per element (``Avatars.keep_counts``). With
+``kept = t c`` (the sum of the K unscaled masked copies), summed per channel:
+``sum t^2 c (K - c) = K <t, kept> - <kept, kept>``: two per-channel dot products, no per-avatar pass
+(``DropoutCounts`` holds them, so that the variance estimate reuses them).
+
+**Any element-wise loss: two evaluations.** An element of a dropout avatar is ``t/q`` or 0, so for
+an element-wise loss (L1, smooth L1) ``mean_k l(s, a_k) = (c/K) l(s, t/q) + (1 - c/K) l(s, 0)``.
+
+**KL divergence: stream the avatars.** A softmax does not commute with the mean over avatars, so
+each avatar's softmax is needed; but only two things of it are kept,
+
+    mean_k KL(p_k || q_s) = mean_k sum p_k log p_k  -  sum pbar log q_s,
+
+the per-row mean negative entropy and the mean probability ``pbar``. The avatars are visited one at a
+time (one mask, one log-softmax, one exp), so memory does not grow with K, and the student is seen
+once: its gradient is ``(q_s - pbar)`` times the logit scale, written out in ``_CrossEntropyToMean``.
+The value is a difference of two sums of the size of ``log(positions)``, so in float32 its relative
+rounding grows as the divergence gets small (the gradient has no such difference); the tests bound
+it at 1e-5 against float64 at their sizes.
+
+All three are exact rewrites of the K-avatar mean (``tests/test_fast_paths.py`` checks value, gradient and
+distribution against the explicit K-avatar path).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import Tensor
+
+
+def channel_dot(x: Tensor, y: Tensor) -> Tensor:
+    """Per-channel ``sum x * y`` over every dim but dim 1 (channels): shape (C,).
+
+    A squared norm when ``y is x`` (one pass); ``torch.linalg.vecdot`` is several times slower
+    than a product and a sum on CPU.
+    """
+    rows = x.unsqueeze(-1) if x.dim() == 2 else x.flatten(2)  # (N, C, positions)
+    if y is x:
+        return torch.linalg.vector_norm(rows, dim=-1).square_().sum(0)
+    other = y.unsqueeze(-1) if y.dim() == 2 else y.flatten(2)
+    return (rows * other).sum(-1).sum(0)
+
+
+def channel_view(v: Tensor, ndim: int) -> Tensor:
+    """A (C,) tensor shaped to broadcast along dim 1 of an ``ndim``-dim tensor."""
+    return v.view(1, -1, *(1,) * (ndim - 2))
+
+
+class DropoutCounts:
+    """K dropout avatars of ``teacher`` summarised by their per-element keep counts.
+
+    ``counts`` (broadcastable to the teacher: per element, or per (sample, channel) for channel
+    dropout) says how many of the ``num`` avatars keep each element; ``keep`` is 1 - p. Everything
+    a squared error over the K avatars and the variance estimate need is here, each computed once:
+    ``kept = t * counts`` (the sum of the K unscaled masked copies) and per-channel dot products.
+    """
+
+    def __init__(self, teacher: Tensor, counts: Tensor, num: int, keep: float) -> None:
+        self.teacher = teacher.detach()
+        self.counts = counts
+        self.num = num
+        self.keep = keep
+        self._dots: dict[str, Tensor] = {}
+
+    @functools.cached_property
+    def kept(self) -> Tensor:
+        # a product of mixed dtypes takes a slow, unvectorised path: convert the counts first
+        return self.teacher * self.counts.to(self.teacher.dtype)
+
+    def free_kept(self) -> None:
+        """Drop ``kept`` (a teacher-sized tensor) once nothing will need it again."""
+        self.__dict__.pop("kept", None)
+
+    def dot(self, which: str) -> Tensor:
+        """Per-channel ``<t, kept>`` (``"tk"``), ``<kept, kept>`` (``"kk"``) or ``<t, t>`` (``"tt"``)."""
+        if which not in self._dots:
+            t, kept = self.teacher, self.kept
+            x, y = {"tk": (t, kept), "kk": (kept, kept), "tt": (t, t)}[which]
+            self._dots[which] = channel_dot(x, y)
+        return self._dots[which]
+
+
+class _SquaredDistance(torch.autograd.Function):
+    """``sum w_c (student - coef * kept)^2`` (``w`` per channel, or 1) with its gradient
+    ``2 w (student - coef * kept)`` written out.
+
+    Autograd would keep the difference and its square and take three passes backwards for what is
+    one. ``coef`` is a number or a per-channel tensor broadcast along dim 1; ``weight`` a (C,) tensor
+    or None.
+    """
+
+    @staticmethod
+    def forward(ctx, student: Tensor, kept: Tensor, coef: Tensor | float, weight: Tensor | None) -> Tensor:  # type: ignore[override]
+        if isinstance(coef, Tensor):
+            diff = torch.addcmul(student, kept, coef, value=-1.0)
+        else:
+            diff = torch.add(student, kept, alpha=-coef)
+        ctx.save_for_backward(diff, weight)
+        if weight is None:
+            flat = diff.view(-1)
+            return torch.dot(flat, flat)
+        return (channel_dot(diff, diff) * weight).sum()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, None, None, None]:  # type: ignore[override]
+        diff, weight = ctx.saved_tensors
+        if weight is None:
+            return diff * (2.0 * grad), None, None, None
+        return diff * channel_view(weight * (2.0 * grad), diff.dim()), None, None, None
+
+
+def squared_error_counts(student: Tensor, counts: DropoutCounts, student_scale: Tensor | None = None,
+                         avatar_scale: Tensor | None = None) -> Tensor:
+    """``mean_k sum (student * student_scale - a_k * avatar_scale)^2`` over the K dropout avatars.
+
+    The scales are optional per-channel (C,) factors (the uncertainty factor 1/sigma). Sum over all
+    elements, divided by nothing. With ``g`` the student scale the sum is ``sum_c g_c^2 (s - abar *
+    avatar_scale / g)^2 + spread``: one pass makes the difference, one the per-channel sums.
+    """
+    norm = 1.0 / (counts.num * counts.keep)
+    with torch.no_grad():
+        if avatar_scale is None:  # totals only: BLAS dot products
+            kept = counts.kept.reshape(-1)
+            spread = counts.num * torch.dot(counts.teacher.reshape(-1), kept) - torch.dot(kept, kept)
+        else:  # sum t^2 c (K - c) per channel, weighted
+            spread = ((counts.num * counts.dot("tk") - counts.dot("kk")) * avatar_scale.pow(2)).sum()
+        spread = spread * norm**2
+    ndim = student.dim()
+    if student_scale is None:
+        coef: Tensor | float = norm if avatar_scale is None else channel_view(avatar_scale * norm, ndim)
+        weight = None
+    else:
+        target = norm * (avatar_scale if avatar_scale is not None else torch.ones_like(student_scale))
+        coef, weight = channel_view(target / student_scale, ndim), student_scale.pow(2)
+    return _SquaredDistance.apply(student, counts.kept, coef, weight) + spread
+
+
+class ElementwiseLoss:
+    """An element-wise loss ``l(x, y) = f(x - y)`` given by ``f`` and its derivative ``df``, both
+    allowed to overwrite their argument (they are only ever given temporaries)."""
+
+    def __init__(self, f: Callable[[Tensor], Tensor], df: Callable[[Tensor], Tensor]) -> None:
+        self.f, self.df = f, df
+
+
+class _ElementwiseCountsMean(torch.autograd.Function):
+    """``sum over elements of mean_k l(x, a_k * scale)`` with ``x = student * scale``.
+
+    An element of a dropout avatar is ``t/q`` (kept by c of the K avatars) or 0, so the mean over the
+    avatars is ``(c/K) f(x - y) + (1 - c/K) f(x)`` with ``y = scale * t / q``; the gradient the same
+    with ``df``. Nothing is saved but references to the inputs: backward recomputes ``x``, ``y`` and
+    the weights, so that memory stays at a few temporaries whatever K is.
+    """
+
+    @staticmethod
+    def _mean(student: Tensor, counts: DropoutCounts, scale: Tensor | None, f: Callable[[Tensor], Tensor]) -> Tensor:
+        """``(c/K) f(x - y) + (1 - c/K) f(x)`` per element, with as few teacher-sized temporaries alive as possible."""
+        view = None if scale is None else channel_view(scale, student.dim())
+        x = student if view is None else student * view
+        y = counts.teacher * (1.0 / counts.keep) if view is None else counts.teacher * (view * (1.0 / counts.keep))
+        kept = f(y.sub_(x).neg_())  # x - y, in y's memory
+        dropped = f(x.clone() if x is student else x)
+        return dropped.lerp_(kept, counts.counts.to(student.dtype).mul_(1.0 / counts.num))
+
+    @staticmethod
+    def forward(ctx, student: Tensor, counts: DropoutCounts, scale: Tensor | None, loss: ElementwiseLoss) -> Tensor:  # type: ignore[override]
+        counts.free_kept()  # made for the variance estimate, not needed here
+        ctx.save_for_backward(student, scale)
+        ctx.counts, ctx.loss = counts, loss
+        return _ElementwiseCountsMean._mean(student, counts, scale, loss.f).sum()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
+        student, scale = ctx.saved_tensors
+        out = _ElementwiseCountsMean._mean(student, ctx.counts, scale, ctx.loss.df)
+        if scale is not None:
+            out.mul_(channel_view(scale, student.dim()))
+        return out.mul_(grad), None, None, None
+
+
+def elementwise_counts(loss: ElementwiseLoss, student: Tensor, counts: DropoutCounts,
+                       scale: Tensor | None = None) -> Tensor:
+    """``sum over elements of mean_k loss(student * scale, a_k * scale)`` over K dropout avatars.
+
+    Exact, value and gradient, for any element-wise loss (L1, smooth L1), at the cost of two
+    evaluations whatever K is (see ``_ElementwiseCountsMean``).
+    """
+    return _ElementwiseCountsMean.apply(student, counts, scale, loss)
+
+
+def _abs_(d: Tensor) -> Tensor:
+    return d.abs_()
+
+
+def _sign_(d: Tensor) -> Tensor:
+    return d.sign_()
+
+
+L1 = ElementwiseLoss(_abs_, _sign_)
+
+
+def smooth_l1_elementwise(beta: float) -> ElementwiseLoss:
+    """Huber with transition ``beta``: ``0.5 d^2 / beta`` below it, ``|d| - 0.5 beta`` above (torch's smooth L1)."""
+    if beta == 0:
+        return L1
+
+    def f(d: Tensor) -> Tensor:
+        a = d.abs_()
+        return torch.where(a < beta, a * a * (0.5 / beta), a - 0.5 * beta)
+
+    def df(d: Tensor) -> Tensor:
+        return d.div_(beta).clamp_(-1.0, 1.0)
+
+    return ElementwiseLoss(f, df)
+
+
+class _CrossEntropyToMean(torch.autograd.Function):
+    """Per row: ``-sum pbar * log_softmax(mult * student)`` over ``dim``; gradient ``mult (softmax - pbar)``.
+
+    ``pbar`` sums to 1 along ``dim``, which is what makes the gradient that simple.
+    """
+
+    @staticmethod
+    def forward(ctx, student: Tensor, mult: Tensor | float, pbar: Tensor, dim: int) -> Tensor:  # type: ignore[override]
+        logits = student if isinstance(mult, float) and mult == 1.0 else student * mult
+        log_q = torch.log_softmax(logits, dim)
+        ctx.save_for_backward(log_q, pbar)
+        ctx.mult, ctx.dim = mult, dim
+        return -(pbar * log_q).sum(dim)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
+        log_q, pbar = ctx.saved_tensors
+        out = torch.exp(log_q)
+        out.sub_(pbar).mul_(grad.unsqueeze(ctx.dim) * ctx.mult)
+        return out, None, None, None
+
+
+def kl_dropout_mean(student: Tensor, student_mult: Tensor | float, kept_logits: Tensor, masks: Iterable[Tensor],
+                    num: int, dim: int) -> Tensor:
+    """Per row, ``mean_k KL(softmax(z_k) || softmax(student_mult * student))`` along ``dim``.
+
+    ``student_mult`` is a number or a tensor that broadcasts to the student (temperature and sigma).
+
+    ``z_k = where(mask_k, kept_logits, 0)``: the avatar's logits are the teacher's (already divided
+    by q, the temperature and sigma) where the mask keeps an element and 0 where it drops it. The
+    K masks are consumed one at a time. Returns the rows (``dim`` reduced), differentiable in
+    ``student``.
+    """
+    with torch.no_grad():
+        pbar: Tensor | None = None
+        p_log_p: Tensor | None = None  # sum over avatars of p_k log p_k, element-wise: summed once at the end
+        seen = 0
+        for mask in masks:
+            z = torch.where(mask, kept_logits, 0.0)
+            log_p = torch.log_softmax(z, dim)
+            p = torch.exp(log_p, out=z)
+            if p_log_p is None:
+                p_log_p = log_p.mul_(p)
+                pbar = p
+            else:
+                p_log_p.addcmul_(p, log_p)
+                pbar.add_(p)  # type: ignore[union-attr]
+            seen += 1
+            del z, log_p, p
+        del kept_logits  # the caller passes it without keeping it: it is freed before the student side
+        if seen != num or pbar is None or p_log_p is None:
+            raise ValueError(f"kl_dropout_mean: expected {num} masks, got {seen}")
+        pbar.div_(num)
+        neg_entropy = p_log_p.sum(dim).div_(num)
+        del p_log_p
+    return _CrossEntropyToMean.apply(student, student_mult, pbar, dim) + neg_entropy
