@@ -50,7 +50,6 @@ sys.path.insert(0, str(ROOT))
 from avatarkd.atomic import atomic_write_json  # noqa: E402
 from avatarkd.config import TrainConfig, apply_overrides, validate  # noqa: E402
 from avatarkd.demo import packaged_config  # noqa: E402
-from avatarkd.engine import Trainer  # noqa: E402
 from avatarkd.models import build_classifier  # noqa: E402
 from avatarkd.runner import build_trainer  # noqa: E402
 from benchmarks._timing import sync  # noqa: E402
