@@ -83,3 +83,15 @@ def test_paired_differences_wins_and_adopted_mode():
 
 def test_grid_is_x3_around_the_centre():
     assert R.grid(3.0) == [1.0, 3.0, 9.0]
+
+
+def test_results_json_names_the_adopted_mode_akd():
+    recs = [R.Record("segmentation", "cwd", "akd-relative", 0, 1.0, "val", "miou", 0.3),
+            R.Record("segmentation", "cwd", "akd-variance", 0, 1.0, "val", "miou", 0.2)]
+    payload = R.results_json(recs, [0], {"segmentation": 0.6},
+                             {"segmentation": {"metrics": {"miou": 0.61}, "wall_seconds": 5.0}}, "akd-relative", {})
+    assert {r["arm"] for r in payload["runs"]} == {"akd", "akd-variance"}
+    assert payload["protocol"]["select_on"] == "val" and payload["protocol"]["report_on"] == "test"
+    assert payload["protocol"]["arms"]["akd"] == "akd-relative"
+    assert payload["teachers"]["segmentation"] == {"metric": "miou", "test": 0.6, "val": 0.61, "wall_seconds": 5.0}
+    assert set(payload["runs"][0]) >= {"task", "base", "arm", "seed", "loss_weight", "split", "metric", "value"}
