@@ -280,9 +280,9 @@ SPECS: dict[str, TaskSpec] = {
 
 
 def _config(name: str, overrides: Sequence[str]) -> Any:
-    from avatarkd.config import TrainConfig, apply_overrides, load_yaml, validate
+    from avatarkd.config import load_config
 
-    return validate(TrainConfig, apply_overrides(load_yaml(STUDY_CONFIGS / name), list(overrides)), name)
+    return load_config(STUDY_CONFIGS / name, list(overrides))  # the teacher's factory sits beside the YAML
 
 
 def _train(name: str, overrides: Sequence[str], out: Path) -> dict[str, Any]:
