@@ -225,11 +225,17 @@ def _weights(rs: Sequence[Record]) -> list[float]:
 
 
 def adopted_mode(records: Sequence[Record]) -> str:
-    """The AKD arm that wins more paired test comparisons against ``base`` over all tasks (ties: higher mean gain)."""
+    """The AKD arm the defaults adopt, decided like the weights, on val only: each arm at its selected
+    weight, paired per seed against ``base``; the arm with more wins over all tasks and base losses
+    (ties: the higher mean gain). Test records are ignored, so the report cannot steer the choice."""
+    val = [r for r in records if r.split == "val"]
+    chosen = select_weights(val)
+    at_chosen = [r for r in val if r.loss_weight == chosen[(r.task, r.base, r.arm)]]
     scores = {}
     for arm in ("akd-variance", "akd-relative"):
-        diffs = [d for task in {r.task for r in records} for base in {r.base for r in records if r.task == task and r.base != "-"}
-                 for d in paired(records, task, base, arm, "base")]
+        diffs = [d for task in {r.task for r in at_chosen}
+                 for base in {r.base for r in at_chosen if r.task == task and r.base != "-"}
+                 for d in paired(at_chosen, task, base, arm, "base", split="val")]
         scores[arm] = (sum(d > 0 for d in diffs), statistics.mean(diffs) if diffs else float("-inf"))
     return max(scores, key=lambda a: scores[a])
 

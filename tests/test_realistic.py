@@ -73,7 +73,12 @@ def test_paired_differences_wins_and_adopted_mode():
                 R.Record("seg", "-", "student", seed, None, "test", "miou", st)]
     assert R.paired(rec, "seg", "cwd", "akd-variance", "base") == pytest.approx([0.02, 0.04, 0.01])
     assert R.paired(rec, "seg", "cwd", "base", "student") == pytest.approx([0.10, 0.10, 0.10])
-    assert R.adopted_mode(rec) == "akd-variance"
+    # the adopted mode is decided on val: here val says relative, test says variance
+    val = [R.Record(r.task, r.base, r.arm, r.seed, r.loss_weight, "val", r.metric,
+                    r.value + (0.05 if r.arm == "akd-relative" else 0.0)) for r in rec]
+    assert R.adopted_mode(val + rec) == "akd-relative"
+    assert R.adopted_mode(rec + [R.Record(r.task, r.base, r.arm, r.seed, r.loss_weight, "val", r.metric, r.value)
+                                 for r in rec]) == "akd-variance"
     text = R.tables(rec, {"seg": 0.6}, "akd-variance")
     row = next(line for line in text.splitlines() if line.startswith("| cwd | akd-variance"))
     cells = [c.strip() for c in row.strip("|").split("|")]
