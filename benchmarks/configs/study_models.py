@@ -69,8 +69,10 @@ class FPNSegmenter(nn.Module):
 def mobilenet_v2_fpn(num_classes: int, input_size: int = 128, width: int = 64,
                      taps: tuple[int, ...] = (3, 6, 13, 17)) -> FPNSegmenter:
     """MobileNetV2 stages ``taps`` (block indices of ``features``; 17 is the 320-channel top at stride 32)
-    under a top-down decoder; the body's outputs are named ``"0"``, ``"1"``, ... finest first."""
+    under a top-down decoder. The body's outputs are named ``"0"``, ``"1"``, ... finest first, the top
+    one ``"out"`` as in torchvision's segmentation backbones, so one point ``key`` serves both sides."""
     features = torchvision.models.mobilenet_v2(weights=None).features
-    body = IntermediateLayerGetter(features[:max(taps) + 1], {str(t): str(i) for i, t in enumerate(taps)})
+    names = {str(t): str(i) for i, t in enumerate(taps)} | {str(taps[-1]): "out"}
+    body = IntermediateLayerGetter(features[:max(taps) + 1], names)
     head = TopDownHead([features[t].out_channels for t in taps], num_classes, width)
     return FPNSegmenter(ResizingBackbone(body, input_size), head)
