@@ -140,23 +140,30 @@ class Backend:
 
 
 def run_protocol(specs: Mapping[str, TaskSpec], seeds: Sequence[int], backend: Backend,
-                 arms: Sequence[Arm] = ARMS) -> list[Record]:
-    """Train every (arm, weight, seed) on val, select weights on val, then read test for the selected runs only."""
+                 arms: Sequence[Arm] = ARMS, train_only: bool = False, reverse: bool = False) -> list[Record]:
+    """Train every (arm, weight, seed) on val, select weights on val, then read test for the selected runs only.
+
+    ``train_only``/``reverse``: a helper worker that trains the runs from the other end and stops
+    there (no selection, no test), so two workers can share one task's grid.
+    """
     records: list[Record] = []
     dirs: dict[tuple[str, str, str, float | None, int], Path] = {}
+    jobs = [(task, spec, seed, base, arm, weight)
+            for task, spec in specs.items()
+            for seed in seeds  # seed-major: a study cut short still has every arm on its first seeds
+            for base in spec.bases
+            for arm in arms
+            if arm.distilled or base == next(iter(spec.bases))  # the student alone does not depend on the base loss
+            for weight in (spec.weights[base] if arm.distilled else [None])]
     # phase 1: every run, val only
-    for task, spec in specs.items():
-        for seed in seeds:  # seed-major: a study cut short still has every arm on its first seeds
-            for base in spec.bases:
-                for arm in arms:
-                    if not arm.distilled and base != next(iter(spec.bases)):
-                        continue  # the student alone does not depend on the base loss
-                    for weight in (spec.weights[base] if arm.distilled else [None]):
-                        value, wall, run_dir = backend.train(task, arm, base, weight, seed)
-                        backend.events.append(("val", str(run_dir)))
-                        label = base if arm.distilled else "-"
-                        records.append(Record(task, label, arm.name, seed, weight, "val", spec.metric, value, wall))
-                        dirs[(task, label, arm.name, weight, seed)] = run_dir
+    for task, spec, seed, base, arm, weight in (reversed(jobs) if reverse else jobs):
+        value, wall, run_dir = backend.train(task, arm, base, weight, seed)
+        backend.events.append(("val", str(run_dir)))
+        label = base if arm.distilled else "-"
+        records.append(Record(task, label, arm.name, seed, weight, "val", spec.metric, value, wall))
+        dirs[(task, label, arm.name, weight, seed)] = run_dir
+    if train_only:
+        return records
     # phase 2: selection reads val records only
     chosen = select_weights(records)
     # phase 3: the test split, for the selected runs only
@@ -298,15 +305,39 @@ def _train(name: str, overrides: Sequence[str], out: Path) -> dict[str, Any]:
     from avatarkd.runner import train
 
     done = out / "metrics.json"
-    if done.is_file():
-        return json.loads(done.read_text())
+    lock = out.with_name(out.name + ".lock")
+    while not done.is_file():
+        if _claim(lock):
+            try:
+                return train(_config(name, [*overrides, f"output_dir={out}"]), resume=True)
+            except NonFiniteLossError as err:
+                log.warning("%s diverged: %s", out.name, err)
+                result = {"metrics": {"miou": 0.0, "map": 0.0}, "wall_seconds": 0.0, "diverged": str(err)}
+                atomic_write_json(done, result)
+                return result
+            finally:
+                lock.unlink(missing_ok=True)
+        time.sleep(10)  # another worker is training this run: wait for its result
+    return json.loads(done.read_text())
+
+
+def _claim(lock: Path) -> bool:
+    """Take the run for this process (a lock file holding its pid); a dead holder's lock is taken over."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
     try:
-        return train(_config(name, [*overrides, f"output_dir={out}"]), resume=True)
-    except NonFiniteLossError as err:
-        log.warning("%s diverged: %s", out.name, err)
-        result = {"metrics": {"miou": 0.0, "map": 0.0}, "wall_seconds": 0.0, "diverged": str(err)}
-        atomic_write_json(done, result)
-        return result
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            os.kill(int(lock.read_text() or 0), 0)
+            return False
+        except (ProcessLookupError, ValueError, FileNotFoundError):
+            lock.unlink(missing_ok=True)
+            return _claim(lock)
+        except PermissionError:
+            return False
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    return True
 
 
 def teacher_dir(out: Path, task: str) -> Path:
@@ -448,6 +479,8 @@ def main() -> None:
     ap.add_argument("--torch-home", type=Path, default=Path(os.environ.get("TORCH_HOME", ROOT / "benchmarks" / "out" / "torch_home")))
     ap.add_argument("--fetch-weights", action="store_true", help="place the pretrained MobileNetV2 file in --torch-home, then stop")
     ap.add_argument("--docs", action="store_true", help="write docs/results.json 'realistic', docs/realistic_table.md and the plot")
+    ap.add_argument("--helper", action="store_true",
+                    help="a second worker on the same task: trains the grid from the other end, then stops")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("avatarkd").setLevel(logging.WARNING)
@@ -458,6 +491,9 @@ def main() -> None:
     t0 = time.perf_counter()
     teacher_runs = train_teachers(args.out, args.tasks)
     t1 = time.perf_counter()
+    if args.helper:
+        run_protocol({t: SPECS[t] for t in args.tasks}, args.seeds, real_backend(args.out), train_only=True, reverse=True)
+        return
     records = run_protocol({t: SPECS[t] for t in args.tasks}, args.seeds, real_backend(args.out))
     teachers = {t: teacher_test(args.out, t) for t in args.tasks}  # reported only, after selection
     t2 = time.perf_counter()

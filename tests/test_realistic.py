@@ -100,3 +100,24 @@ def test_results_json_names_the_adopted_mode_akd():
     assert payload["protocol"]["arms"]["akd"] == "akd-relative"
     assert payload["teachers"]["segmentation"] == {"metric": "miou", "test": 0.6, "val": 0.61, "wall_seconds": 5.0}
     assert set(payload["runs"][0]) >= {"task", "base", "arm", "seed", "loss_weight", "split", "metric", "value"}
+
+
+def test_a_helper_worker_trains_the_same_grid_from_the_other_end_and_never_reads_test():
+    forward, helper = _fake_backend(lambda *a: 0.5, lambda *a: 0.9), _fake_backend(lambda *a: 0.5, lambda *a: 0.9)
+    R.run_protocol({"segmentation": SPEC}, [0, 1], forward)
+    records = R.run_protocol({"segmentation": SPEC}, [0, 1], helper, train_only=True, reverse=True)
+    assert {k for k, _ in helper.events} == {"val"} and all(r.split == "val" for r in records)
+    forward_val = [run for kind, run in forward.events if kind == "val"]
+    assert [run for _, run in helper.events] == forward_val[::-1]
+
+
+def test_a_run_is_claimed_by_one_live_process(tmp_path):
+    import os
+    import subprocess
+
+    lock = tmp_path / "run.lock"
+    assert R._claim(lock) and lock.read_text() == str(os.getpid())
+    assert not R._claim(lock)  # held by a live process (this one)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock.write_text(dead.stdout.strip())  # a finished process's pid: its lock is stale
+    assert R._claim(lock) and lock.read_text() == str(os.getpid())
