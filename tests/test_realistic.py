@@ -44,7 +44,7 @@ def test_weights_are_chosen_on_val_and_test_is_read_after_every_val_run():
     records = R.run_protocol({"segmentation": SPEC}, [0, 1, 2], backend)
     kinds = [k for k, _ in backend.events]
     assert kinds.index("test") == kinds.count("val"), "a test read happened before every val run had finished"
-    assert kinds.count("val") == 3 * (1 + 4 * 3)  # student + 4 distilled arms x 3 weights, per seed
+    assert kinds.count("val") == 3 * (1 + 3 * 3 + 1)  # student + 3 tuned arms x 3 weights + the reference recipe, per seed
     test = [r for r in records if r.split == "test"]
     chosen = {(r.arm, r.loss_weight) for r in test}
     assert ("akd-variance", 9.0) in chosen and ("base", 1.0) in chosen and ("student", None) in chosen
