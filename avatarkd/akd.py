@@ -43,8 +43,9 @@ class AvatarLoss(nn.Module):
             any callable / ``nn.Module`` (modules are registered so their parameters train).
         num_avatars: K, avatars per call.
         perturbation, p: how avatars are drawn (see ``Avatars``).
-        uncertainty: ``"variance"`` (default), ``"relative"`` (the same channel weights at the base
-            loss's own scale), ``"batchnorm"`` (reference code) or ``"none"``.
+        uncertainty: ``"relative"`` (default: per-channel weights at the base loss's own scale;
+            adopted from the evidence study, docs/results.md), ``"variance"`` (the weights with
+            the change of scale), ``"batchnorm"`` (reference code) or ``"none"``.
         momentum: EMA momentum of the ``"variance"`` / ``"relative"`` estimate.
         generator: optional ``torch.Generator`` for reproducible avatars.
         base_kwargs: hyperparameters passed to ``base`` on every call (checked against its
@@ -61,7 +62,7 @@ class AvatarLoss(nn.Module):
         num_avatars: int = 1,
         perturbation: Perturbation = "dropout",
         p: float = 0.1,
-        uncertainty: UncertaintyMode = "variance",
+        uncertainty: UncertaintyMode = "relative",
         momentum: float = 0.1,
         generator: torch.Generator | None = None,
         base_kwargs: Mapping[str, Any] | None = None,

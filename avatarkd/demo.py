@@ -51,7 +51,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, record: Path | None 
     arms = [
         ("student alone (LR-ASPP-MBv3s)", "seg_student.yaml", []),
         ("base KD (CWD + KD)", "seg_akd.yaml", ["distill.akd.enabled=false"]),
-        ("AKD (CWD + KD, K=4, variance)", "seg_akd.yaml", []),
+        ("AKD (CWD + KD, K=4, relative)", "seg_akd.yaml", []),
     ]
     for label, cfg_name, extra in arms:
         name = label.split(" (")[0].replace(" ", "_")

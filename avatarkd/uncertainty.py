@@ -2,12 +2,13 @@
 
 Four modes:
 
-``"variance"`` (default, our reading of the paper; see docs): per channel,
+``"variance"`` (our reading of the paper; see docs): per channel,
     ``sigma_c^2 = mean over avatars, batch and positions of (a_k - t)^2``,
     tracked as a running (EMA) estimate initialised from the first batch. Student and avatars are
     both divided by the same sigma, so channels where Avatars disagree more with the teacher teach
     with less weight, and a common scale of student and teacher cancels.
-``"relative"``: the same per-channel sigma divided by its RMS over channels, so that the
+``"relative"`` (default, adopted from the evidence study in docs/results.md, where it beat
+    ``"variance"`` on val): the same per-channel sigma divided by its RMS over channels, so that the
     channels are weighed against each other exactly as in ``"variance"`` but the base loss keeps
     its own scale (and, for CWD/KD, its temperature on average). ``"variance"`` divides by an
     absolute sigma, which for dropout is ``sqrt(p/(1-p))`` times the teacher's RMS: that rescales
@@ -92,7 +93,7 @@ class Uncertainty(nn.Module):
     """
 
     def __init__(
-        self, mode: UncertaintyMode = "variance", momentum: float = 0.1, rel_floor: float = 1e-2
+        self, mode: UncertaintyMode = "relative", momentum: float = 0.1, rel_floor: float = 1e-2
     ) -> None:
         super().__init__()
         if mode not in UNCERTAINTY_MODES:

@@ -276,7 +276,7 @@ def test_public_uncertainty_accessors(rng):
     assert akd.uncertainty_state()["sigma"] is None  # nothing estimated before the first batch
     akd(torch.zeros_like(t), t)
     state = akd.uncertainty_state()
-    assert state["mode"] == "variance" and state["num_avatars"] == 2 and state["p"] == 0.2
+    assert state["mode"] == "relative" and state["num_avatars"] == 2 and state["p"] == 0.2
     assert torch.equal(state["sigma"], akd.uncertainty.running_var.sqrt())
     before = akd.avatars.generator.get_state()
     m = akd.uncertainty_map(t)

@@ -70,4 +70,4 @@ def test_loss_choice_trains_one_step(task, loss, akd, data_root, teachers, tmp_p
     assert any(not torch.equal(a, b) for a, b in zip(before, after))
     modules = list(trainer.distiller.loss_modules.values())
     assert all(m.num_avatars == (2 if akd else 1) for m in modules)
-    assert all(m.uncertainty.mode == ("variance" if akd else "none") for m in modules)
+    assert all(m.uncertainty.mode == ("relative" if akd else "none") for m in modules)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import realistic as R  # noqa: E402
+from benchmarks import realistic as R
 
 SPEC = R.TaskSpec(teacher_config="t.yaml", student_config="s.yaml", metric="miou",
                   point={"name": "feat", "student": "a", "teacher": "b"}, bases={"cwd": {"tau": 1.0}},
@@ -118,6 +118,6 @@ def test_a_run_is_claimed_by_one_live_process(tmp_path):
     lock = tmp_path / "run.lock"
     assert R._claim(lock) and lock.read_text() == str(os.getpid())
     assert not R._claim(lock)  # held by a live process (this one)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
     lock.write_text(dead.stdout.strip())  # a finished process's pid: its lock is stale
     assert R._claim(lock) and lock.read_text() == str(os.getpid())

@@ -54,7 +54,7 @@ def test_shipped_config_trains_two_steps(name, tmp_path):
 def test_demo_quick_runs_end_to_end(tmp_path, capsys):
     assert main(["demo", "--quick", "--output-dir", str(tmp_path / "demo"), "--json", str(tmp_path / "demo.json")]) == 0
     table = capsys.readouterr().out
-    assert "| AKD (CWD + KD, K=4, variance)" in table and "Total wall clock" in table
+    assert "| AKD (CWD + KD, K=4, relative)" in table and "Total wall clock" in table
     summary = json.loads((tmp_path / "demo.json").read_text())
     assert [a["arm"].split(" (")[0] for a in summary["arms"]] == ["teacher", "student alone", "base KD", "AKD"]
     assert summary == json.loads((tmp_path / "demo" / "demo.json").read_text())

@@ -30,7 +30,7 @@ class AKDConfig(Strict):
     num_avatars: int = Field(1, ge=1, le=64)
     perturbation: Perturbation = "dropout"
     p: float = Field(0.1, ge=0.0)
-    uncertainty: UncertaintyMode = "variance"
+    uncertainty: UncertaintyMode = "relative"  # adopted from the evidence study (docs/results.md)
     momentum: float = Field(0.1, gt=0.0, le=1.0)
 
     @model_validator(mode="after")
