@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 from avatarkd.config import TrainConfig, apply_overrides, validate  # noqa: E402
 from avatarkd.demo import packaged_config  # noqa: E402
 from avatarkd.engine.trainer import NonFiniteLossError  # noqa: E402
+from benchmarks._stats import mean_std  # noqa: E402
 from avatarkd.runner import train  # noqa: E402
 
 log = logging.getLogger("quality")
@@ -152,13 +153,6 @@ def study(tasks: list[str], seeds: list[int], steps: dict[str, int], out: Path, 
     return runs
 
 
-def _mean_std(values: list[float]) -> str:
-    if not values:
-        return "-"
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.mean(values):.2f} ± {100 * sd:.2f}"
-
-
 def _parse_steps(items: list[str]) -> dict[str, int]:
     out = {}
     for item in items:
@@ -190,7 +184,7 @@ def table(runs: list[dict[str, Any]]) -> str:
         teacher = [r["value"] for r in rs if r["arm"] == "teacher"]
         student = [r["value"] for r in rs if r["arm"] == "student"]
         lines += [f"\n### {task} ({metric} x 100; seeds: {sorted({r['seed'] for r in rs if r['arm'] == 'student'})})",
-                  f"teacher {_mean_std(teacher)}, student alone {_mean_std(student)}",
+                  f"teacher {mean_std(teacher)}, student alone {mean_std(student)}",
                   "", "| base loss | base | akd-reference | akd | akd-ref - base (paired) | akd - base (paired) | akd-ref > base "
                   "| akd > base |", "|---|---|---|---|---|---|---|---|"]
         for base in dict.fromkeys(r["base"] for r in rs if r["arm"] in ARMS):
@@ -198,8 +192,8 @@ def table(runs: list[dict[str, Any]]) -> str:
             seeds = sorted(set(by["base"]) & set(by["akd"]) & set(by["akd-reference"]))
             d_ref = [by["akd-reference"][s] - by["base"][s] for s in seeds]
             d_akd = [by["akd"][s] - by["base"][s] for s in seeds]
-            lines.append(f"| {base} | {_mean_std(list(by['base'].values()))} | {_mean_std(list(by['akd-reference'].values()))} "
-                         f"| {_mean_std(list(by['akd'].values()))} | {_mean_std(d_ref)} | {_mean_std(d_akd)} | {sum(d > 0 for d in d_ref)}/{len(seeds)} "
+            lines.append(f"| {base} | {mean_std(list(by['base'].values()))} | {mean_std(list(by['akd-reference'].values()))} "
+                         f"| {mean_std(list(by['akd'].values()))} | {mean_std(d_ref)} | {mean_std(d_akd)} | {sum(d > 0 for d in d_ref)}/{len(seeds)} "
                          f"| {sum(d > 0 for d in d_akd)}/{len(seeds)} |")
         abl = [r for r in rs if r["arm"].startswith("ablation:")]
         if abl:
@@ -209,7 +203,7 @@ def table(runs: list[dict[str, Any]]) -> str:
             for arm in dict.fromkeys(r["arm"] for r in abl):
                 by_seed = {r["seed"]: r["value"] for r in abl if r["arm"] == arm}
                 diff = [v - cwd_alone[s] for s, v in by_seed.items() if s in cwd_alone]
-                lines.append(f"| {arm.split(':', 1)[1]} | {_mean_std(list(by_seed.values()))} | {_mean_std(diff)} "
+                lines.append(f"| {arm.split(':', 1)[1]} | {mean_std(list(by_seed.values()))} | {mean_std(diff)} "
                              f"| {len(by_seed)} |")
     return "\n".join(lines)
 

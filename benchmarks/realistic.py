@@ -38,6 +38,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._stats import mean_std  # noqa: E402
+
 log = logging.getLogger("realistic")
 
 STUDY_CONFIGS = ROOT / "benchmarks" / "configs"
@@ -187,13 +189,6 @@ def run_protocol(specs: Mapping[str, TaskSpec], seeds: Sequence[int], backend: B
 
 
 # ----------------------------------------------------------------------------- tables
-def _ms(values: Sequence[float]) -> str:
-    if not values:
-        return "-"
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.mean(values):.2f} ± {100 * sd:.2f}"
-
-
 def paired(records: Sequence[Record], task: str, base: str, arm: str, against: str, split: str = "test") -> list[float]:
     """Per-seed differences ``arm - against`` (both at their selected weights) on ``split``."""
     def by_seed(name: str, label: str) -> dict[int, float]:
@@ -212,7 +207,7 @@ def tables(records: Sequence[Record], teachers: Mapping[str, float], adopted: st
         metric = rs[0].metric
         student = [r.value for r in rs if r.arm == "student" and r.split == "test"]
         out += [f"\n### {task}: test split ({metric} x 100, selected weights; seeds {sorted({r.seed for r in rs})})",
-                f"teacher {100 * teachers.get(task, float('nan')):.2f}, student alone {_ms(student)}", "",
+                f"teacher {100 * teachers.get(task, float('nan')):.2f}, student alone {mean_std(student)}", "",
                 "| base | arm | weight (chosen on val) | test | - base (paired) | wins vs base | - student (paired) |",
                 "|---|---|---|---|---|---|---|"]
         for base in dict.fromkeys(r.base for r in rs if r.base != "-"):
@@ -223,15 +218,15 @@ def tables(records: Sequence[Record], teachers: Mapping[str, float], adopted: st
                 d_base = paired(rs, task, base, arm, "base") if arm != "base" else []
                 d_student = paired(rs, task, base, arm, "student")
                 label = f"{arm} (adopted as `akd`)" if arm == adopted else arm
-                out.append(f"| {base} | {label} | {sel[0].loss_weight:g} | {_ms([r.value for r in sel])} | "
-                           f"{_ms(d_base) if d_base else '-'} | "
-                           f"{f'{sum(d > 0 for d in d_base)}/{len(d_base)}' if d_base else '-'} | {_ms(d_student)} |")
+                out.append(f"| {base} | {label} | {sel[0].loss_weight:g} | {mean_std([r.value for r in sel])} | "
+                           f"{mean_std(d_base) if d_base else '-'} | "
+                           f"{f'{sum(d > 0 for d in d_base)}/{len(d_base)}' if d_base else '-'} | {mean_std(d_student)} |")
         out += ["", f"val grid ({metric} x 100, mean ± std over seeds):", "",
                 "| base | arm | " + " | ".join(f"w={w:g}" for w in _weights(rs)) + " |",
                 "|---|---|" + "---|" * len(_weights(rs))]
         for base in dict.fromkeys(r.base for r in rs if r.base != "-"):
             for arm in [a.name for a in ARMS if a.distilled]:
-                cells = [_ms([r.value for r in rs if r.split == "val" and r.base == base and r.arm == arm
+                cells = [mean_std([r.value for r in rs if r.split == "val" and r.base == base and r.arm == arm
                               and r.loss_weight == w]) for w in _weights(rs)]
                 out.append(f"| {base} | {arm} | " + " | ".join(cells) + " |")
     return "\n".join(out)

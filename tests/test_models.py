@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-import yaml
+from tiny_data import write_config, write_tiny_dataset
 from torch import nn
 
 from avatarkd.cli import main
@@ -18,7 +18,6 @@ from avatarkd.config import TrainConfig, validate
 from avatarkd.models import build_detector, build_segmenter, resolve_factory
 from avatarkd.models.backbones import levels, probe_stages
 from avatarkd.tasks import make_task
-from tiny_data import write_tiny_dataset
 
 
 # ------------------------------------------------------------------ user models (the factories of these tests)
@@ -69,11 +68,6 @@ NOT_CALLABLE = 42
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
     return write_tiny_dataset(tmp_path_factory.mktemp("tiny"))
-
-
-def write_config(path: Path, cfg: dict) -> Path:
-    path.write_text(yaml.safe_dump(json.loads(json.dumps(cfg, default=str))))
-    return path
 
 
 def config(task: str, data_root: Path, out: Path, model: dict, steps: int = 2, **extra) -> dict:

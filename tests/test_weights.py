@@ -10,29 +10,37 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-import yaml
+from tiny_data import write_config, write_tiny_dataset
 from torch import nn
 
 from avatarkd.cli import main
 from avatarkd.config import ModelConfig, TrainConfig, validate
 from avatarkd.errors import CheckpointError, ConfigError
-from avatarkd.models import (IMAGENET, attach_normalization, build_classifier, build_detector, build_segmenter,
-                             input_normalization, load_weights, resolve_factory, resolve_normalization)
-from avatarkd.models.weights import load_into, read_state_dict, torchvision_cache_file, torchvision_weights
+from avatarkd.models import (
+    IMAGENET,
+    attach_normalization,
+    build_classifier,
+    build_detector,
+    build_segmenter,
+    input_normalization,
+    load_weights,
+    resolve_factory,
+    resolve_normalization,
+)
+from avatarkd.models.weights import (
+    load_into,
+    read_state_dict,
+    torchvision_cache_file,
+    torchvision_weights,
+)
 from avatarkd.runner import build_model
 from avatarkd.tasks import make_task
 from avatarkd.tasks.segmentation import backbone_only
-from tiny_data import write_tiny_dataset
 
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
     return write_tiny_dataset(tmp_path_factory.mktemp("tiny"))
-
-
-def write_config(path: Path, cfg: dict) -> Path:
-    path.write_text(yaml.safe_dump(json.loads(json.dumps(cfg, default=str))))
-    return path
 
 
 def config(task: str, data_root: Path, out: Path, model: dict, steps: int = 1) -> dict:

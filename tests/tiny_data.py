@@ -44,3 +44,11 @@ def write_tiny_dataset(root: Path, n_train: int = 12, n_val: int = 6, size: int 
                     img[2:14, 6:10] = (40, 200, 90)
                 Image.fromarray(img).save(folder / f"{j}.png")
     return root
+
+
+def write_config(path: Path, cfg: dict) -> Path:
+    """A config dict as YAML (paths and other objects as strings)."""
+    import yaml
+
+    path.write_text(yaml.safe_dump(json.loads(json.dumps(cfg, default=str))))
+    return path
