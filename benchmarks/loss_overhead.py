@@ -3,7 +3,7 @@
 Arms per loss (each timed call draws its avatars, as in training):
 
 - ``base``: the plain loss function/module;
-- ``K=1``, ``K=4``, ``K=8``: AvatarLoss, dropout 0.1, uncertainty ``variance`` (the defaults), through
+- ``K=1``, ``K=4``, ``K=8``: AvatarLoss, dropout 0.1, uncertainty ``variance`` (the default mode until the evidence study), through
   the exact dropout fast paths where the loss has one (mse, mgd: keep counts; cwd, kd: streamed masks);
 - ``K=4 explicit``: the same K=4 AvatarLoss forced onto the explicit path (``fast_paths = False``:
   K materialised avatars), i.e. the old code path, measured in the same run;
