@@ -4,14 +4,26 @@ from . import losses
 from .akd import AvatarLoss
 from .avatars import Avatars
 from .config import DistillerConfig
-from .distiller import DistillPoint, Distiller, build_points
+from .distiller import Distiller, DistillPoint, build_points
 from .errors import AvatarKDError, CheckpointError, ConfigError, DataError, DistillationError
 from .registry import LOSSES, register_loss
 from .uncertainty import Uncertainty
 
 __version__ = "0.1.0"
 __all__ = [
-    "losses", "AvatarLoss", "Avatars", "Distiller", "DistillPoint", "DistillerConfig", "build_points",
-    "LOSSES", "register_loss", "Uncertainty", "AvatarKDError", "CheckpointError", "ConfigError", "DataError",
+    "losses",
+    "AvatarLoss",
+    "Avatars",
+    "Distiller",
+    "DistillPoint",
+    "DistillerConfig",
+    "build_points",
+    "LOSSES",
+    "register_loss",
+    "Uncertainty",
+    "AvatarKDError",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
     "DistillationError",
 ]

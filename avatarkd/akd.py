@@ -97,8 +97,13 @@ class AvatarLoss(nn.Module):
         """
         u = self.uncertainty
         sigma = u.running_var.sqrt().detach().cpu() if u.running_var.numel() else None
-        return {"mode": u.mode, "sigma": sigma, "num_avatars": self.avatars.num,
-                "perturbation": self.avatars.perturbation, "p": self.avatars.p}
+        return {
+            "mode": u.mode,
+            "sigma": sigma,
+            "num_avatars": self.avatars.num,
+            "perturbation": self.avatars.perturbation,
+            "p": self.avatars.p,
+        }
 
     @torch.no_grad()
     def uncertainty_map(self, teacher: Tensor, generator: torch.Generator | None = None) -> Tensor | None:
@@ -110,8 +115,12 @@ class AvatarLoss(nn.Module):
         """
         if teacher.dim() != 4 or self.avatars.p == 0:
             return None
-        drawer = Avatars(self.avatars.num, self.avatars.perturbation, self.avatars.p,
-                         generator or torch.Generator(device=teacher.device).manual_seed(0))
+        drawer = Avatars(
+            self.avatars.num,
+            self.avatars.perturbation,
+            self.avatars.p,
+            generator or torch.Generator(device=teacher.device).manual_seed(0),
+        )
         return (drawer(teacher) - teacher.unsqueeze(0)).pow(2).mean(dim=(0, 2))
 
     def extra_repr(self) -> str:
@@ -130,9 +139,7 @@ class AvatarLoss(nn.Module):
                 return self._from_masks(student, teacher, kw)
             avatars = self.avatars(teacher)
         elif avatars.shape[1:] != teacher.shape:
-            raise ValueError(
-                f"AvatarLoss: avatars shape {tuple(avatars.shape)} is not (K, *{tuple(teacher.shape)})"
-            )
+            raise ValueError(f"AvatarLoss: avatars shape {tuple(avatars.shape)} is not (K, *{tuple(teacher.shape)})")
         avatars = avatars.detach()
         s, a = self.uncertainty(student, teacher, avatars)
         return self._mean_over_avatars(s, a, kw)
@@ -150,7 +157,7 @@ class AvatarLoss(nn.Module):
             return self.base(s_rep, a.reshape(k * a.shape[1], *a.shape[2:]), **kw)
         try:
             losses = torch.func.vmap(lambda av: self.base(s, av, **kw), randomness="same")(a)
-        except Exception as err:  # noqa: BLE001 - vmap has no batching rule for some ops
+        except Exception as err:
             log.debug("vmap over avatars failed (%s); looping over %d avatars", err, k)
             losses = torch.stack([self.base(s, a[i], **kw) for i in range(k)])
         return losses.mean()
@@ -193,7 +200,8 @@ class AvatarLoss(nn.Module):
             packed = av.packed_masks(teacher)
             counts = packed.counts
             scale = self._avatar_scale(
-                lambda: dropout_batch_var(DropoutCounts(teacher, counts, av.num, av.keep)), student.dtype)
+                lambda: dropout_batch_var(DropoutCounts(teacher, counts, av.num, av.keep)), student.dtype
+            )
             masks = packed
         else:  # drawn one at a time while the loss streams over them
             scale = self._avatar_scale(lambda: torch.empty(0), student.dtype)

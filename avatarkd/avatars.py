@@ -113,9 +113,7 @@ class Avatars:
         if not isinstance(num, int) or isinstance(num, bool) or num < 1:
             raise ValueError(f"Avatars: num must be an integer >= 1, got {num!r}")
         if perturbation not in PERTURBATIONS:
-            raise ValueError(
-                f"Avatars: unknown perturbation {perturbation!r}; choose one of {PERTURBATIONS}"
-            )
+            raise ValueError(f"Avatars: unknown perturbation {perturbation!r}; choose one of {PERTURBATIONS}")
         if perturbation.endswith("dropout") and not 0.0 <= p < 1.0:
             raise ValueError(f"Avatars: drop probability p must be in [0, 1), got {p}")
         if p < 0:
@@ -213,8 +211,9 @@ class Avatars:
                 torch.where(mask, scaled, zero, out=out[i])
             return out
         device = self._device(t)
-        noise = torch.randn(shape, device=device, dtype=t.dtype if t.is_floating_point() else torch.float32,
-                            generator=self.generator).to(t.device)
+        noise = torch.randn(
+            shape, device=device, dtype=t.dtype if t.is_floating_point() else torch.float32, generator=self.generator
+        ).to(t.device)
         if self.perturbation == "multiplicative":
             return t * (1.0 + self.p * noise)
         dims = tuple(d for d in range(t.dim()) if d != 1)

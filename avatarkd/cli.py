@@ -17,8 +17,11 @@ log = logging.getLogger("avatarkd")
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     for noisy in ("matplotlib", "PIL", "h5py"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -36,8 +39,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     resume: bool | Path = Path(args.resume) if args.resume not in (None, "auto") else args.resume == "auto"
     result = train(cfg, resume=resume)
     metric = result["primary_metric"]
-    print(f"{cfg.task}: {metric} = {result['metrics'][metric]:.4f} after {result['step']} steps "
-          f"({result['wall_seconds']:.0f} s); outputs in {cfg.output_dir}")
+    print(
+        f"{cfg.task}: {metric} = {result['metrics'][metric]:.4f} after {result['step']} steps "
+        f"({result['wall_seconds']:.0f} s); outputs in {cfg.output_dir}"
+    )
     return 0
 
 
@@ -66,8 +71,7 @@ def _cmd_check_data(args: argparse.Namespace) -> int:
     print(format_reports(reports))
     unreadable = sum(r.unreadable for r in reports)
     skipped = f"; {unreadable} unreadable images will be skipped (data.skip_unreadable)" if unreadable else ""
-    print(f"data ok: {cfg.data.format} format, {task.num_classes} classes "
-          f"(from {reports[0].class_source}){skipped}")
+    print(f"data ok: {cfg.data.format} format, {task.num_classes} classes (from {reports[0].class_source}){skipped}")
     return 0
 
 
@@ -90,8 +94,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
     load_checked(model, ckpt["model"], Path(args.checkpoint), "student")
     weights = cfg.model.weights
     recorded = recorded_normalization(weights) if weights and not weights.startswith("torchvision:") else "unknown"
-    export_student(model, Path(args.out), cfg, task.class_names, torchscript=args.torchscript,
-                   normalization=resolve_normalization(cfg.model, recorded))
+    export_student(
+        model,
+        Path(args.out),
+        cfg,
+        task.class_names,
+        torchscript=args.torchscript,
+        normalization=resolve_normalization(cfg.model, recorded),
+    )
     print(f"wrote {args.out} (student only)")
     return 0
 
@@ -113,21 +123,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. train.steps=100")
     p.add_argument("--output-dir", help="where checkpoints, logs, plots and metrics go")
     p.add_argument("--amp", choices=["off", "bf16", "fp16"], help="mixed precision (fp16 needs CUDA)")
-    p.add_argument("--resume", nargs="?", const="auto", default=None,
-                   help="continue from the newest checkpoint in output_dir, or from the given checkpoint file")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        default=None,
+        help="continue from the newest checkpoint in output_dir, or from the given checkpoint file",
+    )
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="evaluate weights on the config's validation set")
     p.add_argument("config")
-    p.add_argument("--weights", required=True,
-                   help="weights of the config's model: a checkpoint, an exported student.pt, any state_dict "
-                        "file, or torchvision:<EnumClass>.<NAME> (loaded as model.weights)")
+    p.add_argument(
+        "--weights",
+        required=True,
+        help="weights of the config's model: a checkpoint, an exported student.pt, any state_dict "
+        "file, or torchvision:<EnumClass>.<NAME> (loaded as model.weights)",
+    )
     p.add_argument("--split", choices=["val", "test"], help="the split to evaluate (default: eval.split)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
     p.set_defaults(func=_cmd_eval)
 
-    p = sub.add_parser("check-data", help="read a sample of the config's data and report what is wrong with it "
-                       "(also run at the start of train)")
+    p = sub.add_parser(
+        "check-data",
+        help="read a sample of the config's data and report what is wrong with it (also run at the start of train)",
+    )
     p.add_argument("config")
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
     p.add_argument("--samples", type=int, help="images per split to read (default: data.check_samples)")

@@ -35,7 +35,11 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, record: Path | None 
     Writes ``demo_table.md`` and ``demo.json`` (every arm's metrics, steps and wall clock) to
     ``out``; ``record`` writes the JSON there too (the README's table comes from ``docs/demo.json``).
     """
-    scale = ["train.steps=6", "train.log_every=2", "data.limit_train=64", "data.limit_val=32", "train.plots=false"] if quick else []
+    scale = (
+        ["train.steps=6", "train.log_every=2", "data.limit_train=64", "data.limit_val=32", "train.plots=false"]
+        if quick
+        else []
+    )
     common = [f"seed={seed}"] + scale
     teacher_dir = out / "teacher"
     t0 = time.perf_counter()
@@ -63,8 +67,15 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, record: Path | None 
     table = format_table(rows, total)
     print(table)
     atomic_write_text(out / "demo_table.md", table + "\n")
-    summary = {"avatarkd": __version__, "seed": seed, "quick": quick, "total_wall_seconds": round(total, 1),
-               "teacher_reused": reused, "table": table, "arms": rows}
+    summary = {
+        "avatarkd": __version__,
+        "seed": seed,
+        "quick": quick,
+        "total_wall_seconds": round(total, 1),
+        "teacher_reused": reused,
+        "table": table,
+        "arms": rows,
+    }
     for path in [out / "demo.json"] + ([record] if record else []):
         atomic_write_json(path, summary)
     return rows
@@ -74,6 +85,8 @@ def format_table(rows: list[dict[str, Any]], total_seconds: float) -> str:
     lines = ["| model | mIoU | pixel acc | steps | train time |", "|---|---|---|---|---|"]
     for r in rows:
         m = r["metrics"]
-        lines.append(f"| {r['arm']} | {m['miou']:.4f} | {m['pixel_acc']:.4f} | {r['step']} | {r['wall_seconds'] / 60:.1f} min |")
+        lines.append(
+            f"| {r['arm']} | {m['miou']:.4f} | {m['pixel_acc']:.4f} | {r['step']} | {r['wall_seconds'] / 60:.1f} min |"
+        )
     lines.append(f"\nTotal wall clock: {total_seconds / 60:.1f} min (this run; a reused teacher counts its own time).")
     return "\n".join(lines)

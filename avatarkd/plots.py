@@ -32,10 +32,32 @@ log = logging.getLogger(__name__)
 DPI = 110
 # a fixed palette so that "car" has the same colour in every picture of a run (Kelly/Trubetskoy
 # colours, chosen to stay distinguishable); index 0 is the background and is never painted
-_PALETTE = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
-                     [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212],
-                     [0, 128, 128], [220, 190, 255], [170, 110, 40], [255, 250, 200], [128, 0, 0],
-                     [170, 255, 195], [128, 128, 0], [255, 215, 180], [0, 0, 128], [128, 128, 128]], dtype=np.uint8)
+_PALETTE = np.array(
+    [
+        [0, 0, 0],
+        [230, 25, 75],
+        [60, 180, 75],
+        [255, 225, 25],
+        [0, 130, 200],
+        [245, 130, 48],
+        [145, 30, 180],
+        [70, 240, 240],
+        [240, 50, 230],
+        [210, 245, 60],
+        [250, 190, 212],
+        [0, 128, 128],
+        [220, 190, 255],
+        [170, 110, 40],
+        [255, 250, 200],
+        [128, 0, 0],
+        [170, 255, 195],
+        [128, 128, 0],
+        [255, 215, 180],
+        [0, 0, 128],
+        [128, 128, 128],
+    ],
+    dtype=np.uint8,
+)
 
 
 def class_color(i: int) -> np.ndarray:
@@ -53,8 +75,9 @@ def class_name(c: int, class_names: Sequence[str] | None) -> str:
 def save_figure(fig: Figure, out_png: Path | str) -> Path:
     """A matplotlib figure as PNG, written atomically."""
     FigureCanvasAgg(fig)
-    path = atomic_write(out_png, lambda f: fig.savefig(f, format="png", dpi=DPI, bbox_inches="tight",
-                                                       facecolor="white"))
+    path = atomic_write(
+        out_png, lambda f: fig.savefig(f, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
+    )
     log.debug("wrote %s", path)
     return path
 
@@ -221,8 +244,9 @@ def uncertainty_maps(teacher_feat: Tensor, avatars: Tensor) -> Tensor:
     if teacher_feat.dim() != 4:
         raise ValueError(f"teacher_feat must be (N, C, H, W), got shape {tuple(teacher_feat.shape)}")
     if avatars.dim() != 5 or avatars.shape[1:] != teacher_feat.shape:
-        raise ValueError(f"avatars must be (K, {', '.join(map(str, teacher_feat.shape))}), "
-                         f"got shape {tuple(avatars.shape)}")
+        raise ValueError(
+            f"avatars must be (K, {', '.join(map(str, teacher_feat.shape))}), got shape {tuple(avatars.shape)}"
+        )
     return (avatars - teacher_feat.unsqueeze(0)).pow(2).mean(dim=(0, 2))
 
 
@@ -250,8 +274,16 @@ def _plot_sigma_vector(ax: Axes, name: str, v: np.ndarray) -> None:
     if lo > 0 and hi / lo > 100:
         ax.set_yscale("log")
     spread = f"max/min {_fmt(hi / lo)}" if lo > 0 else f"min {_fmt(lo)}"
-    ax.text(0.97, 0.95, f"C={len(s)}\nmedian {_fmt(float(np.median(s)))}\n{spread}", transform=ax.transAxes,
-            ha="right", va="top", fontsize=8, bbox={"boxstyle": "round", "fc": "white", "ec": "0.8", "alpha": 0.85})
+    ax.text(
+        0.97,
+        0.95,
+        f"C={len(s)}\nmedian {_fmt(float(np.median(s)))}\n{spread}",
+        transform=ax.transAxes,
+        ha="right",
+        va="top",
+        fontsize=8,
+        bbox={"boxstyle": "round", "fc": "white", "ec": "0.8", "alpha": 0.85},
+    )
     ax.set_xlabel("channel, sorted by sigma", fontsize=9)
     ax.set_ylabel("sigma", fontsize=9)
     ax.tick_params(labelsize=8)
@@ -281,8 +313,9 @@ def plot_uncertainty(sigmas: dict[str, Tensor], out_png: Path | str, title: str 
         raise ValueError("plot_uncertainty needs at least one level")
     for name, value in sigmas.items():
         if not 1 <= value.dim() <= 3 or value.numel() == 0:
-            raise ValueError(f"uncertainty of level {name!r} must be (C,), (H, W) or (C, H, W), "
-                             f"got shape {tuple(value.shape)}")
+            raise ValueError(
+                f"uncertainty of level {name!r} must be (C,), (H, W) or (C, H, W), got shape {tuple(value.shape)}"
+            )
     n = len(sigmas)
     cols = min(n, 3)
     rows = math.ceil(n / cols)
@@ -301,6 +334,13 @@ def plot_uncertainty(sigmas: dict[str, Tensor], out_png: Path | str, title: str 
     return save_figure(fig, out_png)
 
 
-
-__all__ = ["class_color", "class_name", "plot_training_curves", "plot_uncertainty", "read_jsonl", "save_figure",
-           "save_image", "uncertainty_maps"]
+__all__ = [
+    "class_color",
+    "class_name",
+    "plot_training_curves",
+    "plot_uncertainty",
+    "read_jsonl",
+    "save_figure",
+    "save_image",
+    "uncertainty_maps",
+]

@@ -42,8 +42,9 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
-            raise ConfigError(f"unknown {self.kind} {name!r}{did_you_mean(name, self._items)}; "
-                              f"choose one of {', '.join(self._items)}") from None
+            raise ConfigError(
+                f"unknown {self.kind} {name!r}{did_you_mean(name, self._items)}; choose one of {', '.join(self._items)}"
+            ) from None
 
     def names(self) -> list[str]:
         return list(self._items)
@@ -139,8 +140,11 @@ class LossSpec:
         sig = _signature(self.fn)
         if sig is None:
             return {}
-        return {n: p.default for n, p in sig.parameters.items()
-                if n in self.hyperparameters() and p.default is not inspect.Parameter.empty}
+        return {
+            n: p.default
+            for n, p in sig.parameters.items()
+            if n in self.hyperparameters() and p.default is not inspect.Parameter.empty
+        }
 
     def normalise_kwargs(self, kwargs: Mapping[str, Any], what: str | None = None) -> dict[str, Any]:
         """``kwargs`` with deprecated names mapped (and warned about); unknown names are a ConfigError."""
@@ -150,14 +154,18 @@ class LossSpec:
         for key, value in kwargs.items():
             if key in self.renamed:
                 new = self.renamed[key]
-                warnings.warn(f"{what}: hyperparameter {key!r} is deprecated, use {new!r}",
-                              AvatarKDDeprecationWarning, stacklevel=3)
+                warnings.warn(
+                    f"{what}: hyperparameter {key!r} is deprecated, use {new!r}",
+                    AvatarKDDeprecationWarning,
+                    stacklevel=3,
+                )
                 if new in kwargs:
                     raise ConfigError(f"{what}: give {new!r} or its old name {key!r}, not both")
                 key = new
             if key in self.context:
-                raise ConfigError(f"{what}: {key!r} comes from each batch (the task hands it over), "
-                                  f"it is not a hyperparameter")
+                raise ConfigError(
+                    f"{what}: {key!r} comes from each batch (the task hands it over), it is not a hyperparameter"
+                )
             if key not in accepted:
                 hint = f"; accepted: {', '.join(accepted)}" if accepted else "; it takes none"
                 raise ConfigError(f"{what} got an unknown hyperparameter {key!r}{did_you_mean(key, accepted)}{hint}")
@@ -204,8 +212,7 @@ def register_loss(
         target = fn
         if renames and not isinstance(fn, type):
             target = functools.wraps(fn)(_renaming(fn, renames, label))
-        spec = LossSpec(label, target, channels=channels, generator=generator, context=tuple(context),
-                        renamed=renames)
+        spec = LossSpec(label, target, channels=channels, generator=generator, context=tuple(context), renamed=renames)
         target.context_keys = spec.context
         target.loss_spec = spec
         LOSSES.add(label, spec, replace=replace)
@@ -218,8 +225,11 @@ def _renaming(fn: Callable[..., Any], renames: Mapping[str, str], label: str) ->
     def call(*args: Any, **kwargs: Any) -> Any:
         for old, new in renames.items():
             if old in kwargs:
-                warnings.warn(f"loss {label!r}: hyperparameter {old!r} is deprecated, use {new!r}",
-                              AvatarKDDeprecationWarning, stacklevel=2)
+                warnings.warn(
+                    f"loss {label!r}: hyperparameter {old!r} is deprecated, use {new!r}",
+                    AvatarKDDeprecationWarning,
+                    stacklevel=2,
+                )
                 kwargs[new] = kwargs.pop(old)
         return fn(*args, **kwargs)
 

@@ -31,8 +31,10 @@ def check_loss_context(cfg: TrainConfig, task: Task) -> None:
     if cfg.distill is None:
         return
     for index, loss, key in missing_context(cfg.distill, task.context_keys):
-        raise ConfigError(f"distill.points.{index}.loss: {loss!r} needs the batch's {key!r}, which the "
-                          f"{task.name} task does not provide (it provides: {', '.join(task.context_keys) or 'nothing'})")
+        raise ConfigError(
+            f"distill.points.{index}.loss: {loss!r} needs the batch's {key!r}, which the "
+            f"{task.name} task does not provide (it provides: {', '.join(task.context_keys) or 'nothing'})"
+        )
 
 
 def _limit(ds: Dataset, n: int | None) -> Dataset:
@@ -43,8 +45,10 @@ def build_datasets(task: Task, cfg: TrainConfig) -> tuple[Dataset, Dataset]:
     train, val = task.datasets(cfg.data)
     train, val = _limit(train, cfg.data.limit_train), _limit(val, cfg.data.limit_val)
     if len(train) == 0 or len(val) == 0:  # type: ignore[arg-type]
-        raise DataError(f"empty dataset: {len(train)} training and {len(val)} "  # type: ignore[arg-type]
-                        f"{cfg.eval.split} samples")
+        raise DataError(
+            f"empty dataset: {len(train)} training and {len(val)} "  # type: ignore[arg-type]
+            f"{cfg.eval.split} samples"
+        )
     return train, val
 
 
@@ -83,11 +87,14 @@ def example_batch(task: Task, dataset: Dataset, device: torch.device) -> Any:
     return task.to_device(task.collate(samples), device)
 
 
-def check_datasets(cfg: TrainConfig, task: Task, train: Dataset, val: Dataset,
-                   samples: int | None) -> list[SplitReport]:
+def check_datasets(
+    cfg: TrainConfig, task: Task, train: Dataset, val: Dataset, samples: int | None
+) -> list[SplitReport]:
     """The pre-flight check of both splits (``samples`` images each, all when None)."""
-    reports = [check_dataset(ds, split, samples, cfg.data.skip_unreadable, cfg.data.ignore_index)
-               for split, ds in (("train", train), (cfg.eval.split, val))]
+    reports = [
+        check_dataset(ds, split, samples, cfg.data.skip_unreadable, cfg.data.ignore_index)
+        for split, ds in (("train", train), (cfg.eval.split, val))
+    ]
     task.check_reports(reports)
     return reports
 
@@ -99,8 +106,9 @@ def check_data(cfg: TrainConfig, samples: int | None) -> tuple[Task, list[SplitR
     return task, check_datasets(cfg, task, train, val, samples)
 
 
-def build_distiller(cfg: TrainConfig, task: Task, student: torch.nn.Module, example_set: Dataset,
-                    ctx: DistContext) -> tuple[Distiller, torch.Generator]:
+def build_distiller(
+    cfg: TrainConfig, task: Task, student: torch.nn.Module, example_set: Dataset, ctx: DistContext
+) -> tuple[Distiller, torch.Generator]:
     """The frozen teacher, the points and (optionally) the teacher cache, built on two example images."""
     assert cfg.distill is not None and cfg.teacher is not None and cfg.teacher.weights is not None  # validated
     device = ctx.device
@@ -124,8 +132,9 @@ def build_distiller(cfg: TrainConfig, task: Task, student: torch.nn.Module, exam
     return distiller, generator
 
 
-def build_trainer(cfg: TrainConfig, resume: bool | Path = False, ctx: DistContext | None = None,
-                  check_output: bool = True) -> Trainer:
+def build_trainer(
+    cfg: TrainConfig, resume: bool | Path = False, ctx: DistContext | None = None, check_output: bool = True
+) -> Trainer:
     """Everything a run needs, built in a fixed order (so the seed gives the same initial weights).
 
     ``resume``: ``True`` continues from the newest checkpoint in ``output_dir`` (if any), a path
@@ -140,8 +149,9 @@ def build_trainer(cfg: TrainConfig, resume: bool | Path = False, ctx: DistContex
     train_set, val_set = build_datasets(task, cfg)
     if cfg.data.check_samples and check_output:
         reports = check_datasets(cfg, task, train_set, val_set, cfg.data.check_samples)
-        log.info("data check (%d images per split, data.check_samples):\n%s", cfg.data.check_samples,
-                 format_reports(reports))
+        log.info(
+            "data check (%d images per split, data.check_samples):\n%s", cfg.data.check_samples, format_reports(reports)
+        )
     model = build_model(task, cfg.model, "student", ctx.device)
     task.check_output(model, example_batch(task, val_set, ctx.device))  # a wrong output fails before training
     if not any(p.requires_grad for p in model.parameters()):
@@ -149,8 +159,9 @@ def build_trainer(cfg: TrainConfig, resume: bool | Path = False, ctx: DistContex
     distiller = generator = None
     if cfg.distill is not None:
         distiller, generator = build_distiller(cfg, task, model, val_set, ctx)
-    return Trainer(cfg, task, model, train_set, val_set, ctx=ctx, distiller=distiller, generator=generator,
-                   resume_from=resume_from)
+    return Trainer(
+        cfg, task, model, train_set, val_set, ctx=ctx, distiller=distiller, generator=generator, resume_from=resume_from
+    )
 
 
 def train(cfg: TrainConfig, resume: bool | Path = False) -> dict[str, Any]:
@@ -171,5 +182,15 @@ def evaluate(cfg: TrainConfig) -> dict[str, float]:
         cleanup(trainer.ctx)
 
 
-__all__ = ["build_datasets", "build_distiller", "build_model", "build_trainer", "check_data", "check_datasets",
-           "check_loss_context", "evaluate", "example_batch", "train"]
+__all__ = [
+    "build_datasets",
+    "build_distiller",
+    "build_model",
+    "build_trainer",
+    "check_data",
+    "check_datasets",
+    "check_loss_context",
+    "evaluate",
+    "example_batch",
+    "train",
+]

@@ -92,9 +92,7 @@ class Uncertainty(nn.Module):
             relative, the floor keeps the mode scale-invariant.
     """
 
-    def __init__(
-        self, mode: UncertaintyMode = "relative", momentum: float = 0.1, rel_floor: float = 1e-2
-    ) -> None:
+    def __init__(self, mode: UncertaintyMode = "relative", momentum: float = 0.1, rel_floor: float = 1e-2) -> None:
         super().__init__()
         if mode not in UNCERTAINTY_MODES:
             raise ValueError(f"unknown uncertainty mode {mode!r}; choose one of {UNCERTAINTY_MODES}")

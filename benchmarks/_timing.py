@@ -68,8 +68,9 @@ def timed(fn: Callable[[], Any], device: str | torch.device) -> float:
     return time.perf_counter() - t0
 
 
-def interleaved(arms: dict[str, Callable[[], Any]], repeats: int, device: str | torch.device,
-                warmup: int = 1) -> dict[str, list[float]]:
+def interleaved(
+    arms: dict[str, Callable[[], Any]], repeats: int, device: str | torch.device, warmup: int = 1
+) -> dict[str, list[float]]:
     """Times every arm ``repeats`` times, round-robin, so that machine noise hits all arms alike."""
     for fn in arms.values():
         for _ in range(warmup):
@@ -102,10 +103,12 @@ def peak_tensor_bytes(fn: Callable[[], Any], device: str | torch.device) -> int 
     from torch.profiler import ProfilerActivity, profile
 
     try:
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        with profile(
+            activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True
+        ) as prof:
             fn()
         timeline = prof._memory_profile().timeline
-    except Exception:  # noqa: BLE001 - a private API: report nothing rather than fail the benchmark
+    except Exception:
         return None
     live = peak = 0
     for _, action, _, size in timeline:

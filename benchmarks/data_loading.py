@@ -45,10 +45,16 @@ DATA = ROOT / "avatarkd" / "demo_data" / "fashion_canvas" / "classify" / "train"
 
 
 def avatarkd_loader(workers: int, workdir: Path) -> Any:
-    over = [f"output_dir={workdir}", f"data.batch_size={BATCH}", f"data.num_workers={workers}", "data.hflip=0.5",
-            "train.device=cpu"]
-    trainer = build_trainer(validate(TrainConfig, apply_overrides(packaged_config("cls_teacher.yaml"), over)),
-                            check_output=False)
+    over = [
+        f"output_dir={workdir}",
+        f"data.batch_size={BATCH}",
+        f"data.num_workers={workers}",
+        "data.hflip=0.5",
+        "train.device=cpu",
+    ]
+    trainer = build_trainer(
+        validate(TrainConfig, apply_overrides(packaged_config("cls_teacher.yaml"), over)), check_output=False
+    )
     epoch = 0
 
     def make() -> DataLoader:
@@ -66,8 +72,9 @@ def torchvision_loader(workers: int) -> Any:
     from torchvision import transforms
     from torchvision.datasets import ImageFolder
 
-    dataset = ImageFolder(str(DATA), transform=transforms.Compose([transforms.RandomHorizontalFlip(0.5),
-                                                                   transforms.ToTensor()]))
+    dataset = ImageFolder(
+        str(DATA), transform=transforms.Compose([transforms.RandomHorizontalFlip(0.5), transforms.ToTensor()])
+    )
     return lambda: DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=workers, drop_last=True)
 
 
@@ -100,16 +107,28 @@ def main() -> None:
             for name, make in arms.items():
                 times[name].append(per_batch(make, args.batches))
     med = {name: statistics.median(v) for name, v in times.items()}
-    print(f"\nloading {args.batches} batches of {BATCH} 32x32 crops, {args.workers} workers, "
-          f"{torch.get_num_threads()} threads, median of {args.repeats} (alternating)")
+    print(
+        f"\nloading {args.batches} batches of {BATCH} 32x32 crops, {args.workers} workers, "
+        f"{torch.get_num_threads()} threads, median of {args.repeats} (alternating)"
+    )
     print(f"{'loader':<12} {'ms/batch':>9} {'x torchvision':>14}")
     for name, value in med.items():
         print(f"{name:<12} {1000 * value:>9.2f} {value / med['torchvision']:>14.3f}")
-    atomic_write_json(args.out, {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "workers": args.workers, "batches": args.batches, "repeats": args.repeats,
-        "command": " ".join(sys.argv), "median_s_per_batch": med, "all_s_per_batch": times,
-        "ratio_avatarkd_to_torchvision": med["avatarkd"] / med["torchvision"]})
+    atomic_write_json(
+        args.out,
+        {
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "workers": args.workers,
+            "batches": args.batches,
+            "repeats": args.repeats,
+            "command": " ".join(sys.argv),
+            "median_s_per_batch": med,
+            "all_s_per_batch": times,
+            "ratio_avatarkd_to_torchvision": med["avatarkd"] / med["torchvision"],
+        },
+    )
     print(f"wrote {args.out}")
 
 

@@ -66,13 +66,25 @@ def cosine(total: int):
 # ------------------------------------------------------------------ avatarkd
 def avatarkd_run(steps: int, teacher_weights: Path, device: str, workers: int, workdir: Path) -> float:
     """Seconds of avatarkd's training loop for ``steps`` steps of base KD."""
-    over = ["distill.akd.enabled=false", f"teacher.weights={teacher_weights}", f"output_dir={workdir}",
-            f"train.steps={steps}", f"train.log_every={LOG_EVERY}", f"train.checkpoint_every={10**9}",
-            "train.plots=false", "train.eval_every=null", "optim.max_grad_norm=null", f"optim.lr={LR}",
-            f"optim.weight_decay={WEIGHT_DECAY}", f"data.batch_size={BATCH}", f"data.num_workers={workers}",
-            f"train.device={device}"]
-    trainer = build_trainer(validate(TrainConfig, apply_overrides(packaged_config("cls_akd.yaml"), over)),
-                            check_output=False)
+    over = [
+        "distill.akd.enabled=false",
+        f"teacher.weights={teacher_weights}",
+        f"output_dir={workdir}",
+        f"train.steps={steps}",
+        f"train.log_every={LOG_EVERY}",
+        f"train.checkpoint_every={10**9}",
+        "train.plots=false",
+        "train.eval_every=null",
+        "optim.max_grad_norm=null",
+        f"optim.lr={LR}",
+        f"optim.weight_decay={WEIGHT_DECAY}",
+        f"data.batch_size={BATCH}",
+        f"data.num_workers={workers}",
+        f"train.device={device}",
+    ]
+    trainer = build_trainer(
+        validate(TrainConfig, apply_overrides(packaged_config("cls_akd.yaml"), over)), check_output=False
+    )
     assert trainer.cfg.distill is not None and trainer.cfg.distill.points[0].loss_kwargs.get("tau") == TAU
     elapsed: dict[str, float] = {}
     loop = trainer._loop
@@ -98,27 +110,53 @@ def torchdistill_run(steps: int, teacher: nn.Module, student: nn.Module, device:
     from torchvision import transforms
     from torchvision.datasets import ImageFolder
 
-    dataset = ImageFolder(str(DATA), transform=transforms.Compose([transforms.RandomHorizontalFlip(0.5),
-                                                                   transforms.ToTensor()]))
+    dataset = ImageFolder(
+        str(DATA), transform=transforms.Compose([transforms.RandomHorizontalFlip(0.5), transforms.ToTensor()])
+    )
     train_config = {
         "num_epochs": math.ceil(steps / (len(dataset) // BATCH)),
         "train_data_loader": {
-            "dataset_id": "train", "requires_supp": False, "sampler": {"class_or_func": RandomSampler, "kwargs": {}},
-            "kwargs": {"batch_size": BATCH, "num_workers": workers, "drop_last": True,
-                       "pin_memory": device.startswith("cuda")},
+            "dataset_id": "train",
+            "requires_supp": False,
+            "sampler": {"class_or_func": RandomSampler, "kwargs": {}},
+            "kwargs": {
+                "batch_size": BATCH,
+                "num_workers": workers,
+                "drop_last": True,
+                "pin_memory": device.startswith("cuda"),
+            },
         },
         "teacher": {"requires_grad": False, "forward_proc": "forward_batch_only"},
         "student": {"requires_grad": True, "forward_proc": "forward_batch_only"},
         "optimizer": {"key": "AdamW", "kwargs": {"lr": LR, "weight_decay": WEIGHT_DECAY}},
         "scheduler": {"key": "LambdaLR", "kwargs": {"lr_lambda": cosine(steps)}, "scheduling_step": 1},
-        "criterion": {"key": "WeightedSumLoss", "kwargs": {"sub_terms": {"kd": {
-            "criterion": {"key": "KDLoss", "kwargs": {
-                "student_module_path": ".", "student_module_io": "output", "teacher_module_path": ".",
-                "teacher_module_io": "output", "temperature": TAU, "alpha": 1.0, "beta": 1.0, "reduction": "batchmean"}},
-            "weight": 1.0}}}},
+        "criterion": {
+            "key": "WeightedSumLoss",
+            "kwargs": {
+                "sub_terms": {
+                    "kd": {
+                        "criterion": {
+                            "key": "KDLoss",
+                            "kwargs": {
+                                "student_module_path": ".",
+                                "student_module_io": "output",
+                                "teacher_module_path": ".",
+                                "teacher_module_io": "output",
+                                "temperature": TAU,
+                                "alpha": 1.0,
+                                "beta": 1.0,
+                                "reduction": "batchmean",
+                            },
+                        },
+                        "weight": 1.0,
+                    }
+                }
+            },
+        },
     }
-    box = get_distillation_box(teacher.eval(), student, {"train": dataset}, train_config, torch.device(device),
-                               None, False, 1)
+    box = get_distillation_box(
+        teacher.eval(), student, {"train": dataset}, train_config, torch.device(device), None, False, 1
+    )
     step, epoch = 0, 0
     sync(device)
     t0 = time.perf_counter()
@@ -183,17 +221,28 @@ def main() -> None:
                 per_step[name].append(fn(args.steps) / args.steps)
     med = {name: statistics.median(v) for name, v in per_step.items()}
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
-    print(f"\nbase-KD training step (ResNet-18 -> MobileNetV3-small, batch {BATCH}, {args.steps} steps), {device_name}, "
-          f"{torch.get_num_threads()} threads, {args.workers} workers, median of {args.repeats} (alternating)")
+    print(
+        f"\nbase-KD training step (ResNet-18 -> MobileNetV3-small, batch {BATCH}, {args.steps} steps), {device_name}, "
+        f"{torch.get_num_threads()} threads, {args.workers} workers, median of {args.repeats} (alternating)"
+    )
     print(f"{'engine':<14} {'ms/step':>9} {'x torchdistill':>15}")
     for name, value in med.items():
         ratio = value / med["torchdistill"] if "torchdistill" in med else float("nan")
         print(f"{name:<14} {1000 * value:>9.1f} {ratio:>15.3f}")
-    report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
-              "device": args.device, "device_name": device_name, "threads": torch.get_num_threads(),
-              "workers": args.workers, "steps": args.steps, "repeats": args.repeats, "command": " ".join(sys.argv),
-              "median_s_per_step": med, "all_s_per_step": per_step,
-              "ratio_avatarkd_to_torchdistill": med["avatarkd"] / med["torchdistill"] if "torchdistill" in med else None}
+    report = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "device": args.device,
+        "device_name": device_name,
+        "threads": torch.get_num_threads(),
+        "workers": args.workers,
+        "steps": args.steps,
+        "repeats": args.repeats,
+        "command": " ".join(sys.argv),
+        "median_s_per_step": med,
+        "all_s_per_step": per_step,
+        "ratio_avatarkd_to_torchdistill": med["avatarkd"] / med["torchdistill"] if "torchdistill" in med else None,
+    }
     if have_td:
         import torchdistill
 

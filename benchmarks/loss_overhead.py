@@ -76,6 +76,7 @@ def step(fn: Any, s: torch.Tensor, t: torch.Tensor):
     def run() -> None:
         s.grad = None
         fn(s, t).backward()
+
     return run
 
 
@@ -98,11 +99,21 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
-    report: dict[str, Any] = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
-                              "threads": torch.get_num_threads(), "device": args.device, "device_name": device_name,
-                              "repeats": args.repeats, "command": " ".join(sys.argv), "results": {}, "targets": {}}
+    report: dict[str, Any] = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": args.device,
+        "device_name": device_name,
+        "repeats": args.repeats,
+        "command": " ".join(sys.argv),
+        "results": {},
+        "targets": {},
+    }
     shapes = {"x".join(map(str, args.shape)): args.shape} if args.shape else {k: SHAPES[k] for k in args.sizes}
-    print(f"forward+backward per call, {device_name}, {report['threads']} threads, median of {args.repeats} (interleaved)")
+    print(
+        f"forward+backward per call, {device_name}, {report['threads']} threads, median of {args.repeats} (interleaved)"
+    )
     print(f"{'tensor':<16} {'loss':<5} {'arm':<13} {'median ms':>10} {'x base':>7} {'peak MiB':>9} {'+maps':>6}")
     for size, shape in shapes.items():
         s = torch.randn(shape, device=args.device, requires_grad=True)
@@ -114,22 +125,38 @@ def main() -> None:
             med = medians(times)
             peaks = {} if args.no_memory else {arm: peak_tensor_bytes(run, args.device) for arm, run in runs.items()}
             ratio = {arm: med[arm] / med["bn ref" if arm == "K=1 bn" else "base"] for arm in med}
-            extra = {arm: (p - peaks["base"]) / feature_map if p is not None and peaks.get("base") is not None else None
-                     for arm, p in peaks.items()}
+            extra = {
+                arm: (p - peaks["base"]) / feature_map if p is not None and peaks.get("base") is not None else None
+                for arm, p in peaks.items()
+            }
             report["results"].setdefault(size, {})[name] = {
-                "shape": list(shape), "median_s": med, "ratio": ratio, "peak_bytes": peaks,
-                "extra_peak_feature_maps": extra, "all_s": times}
+                "shape": list(shape),
+                "median_s": med,
+                "ratio": ratio,
+                "peak_bytes": peaks,
+                "extra_peak_feature_maps": extra,
+                "all_s": times,
+            }
             for arm in runs:
                 peak = peaks.get(arm)
                 mib = f"{peak / 2**20:9.0f}" if peak is not None else f"{'-':>9}"
                 maps = f"{extra[arm]:6.2f}" if extra.get(arm) is not None else f"{'-':>6}"
-                print(f"{size:<16} {name:<5} {arm:<13} {1000 * med[arm]:>10.1f} {ratio[arm]:>7.2f} {mib} {maps}", flush=True)
+                print(
+                    f"{size:<16} {name:<5} {arm:<13} {1000 * med[arm]:>10.1f} {ratio[arm]:>7.2f} {mib} {maps}",
+                    flush=True,
+                )
                 if (name, arm) in TARGETS:
-                    report["targets"][f"{size} {name} {arm}"] = {"ratio": round(ratio[arm], 3), "target": TARGETS[name, arm],
-                                                                 "met": ratio[arm] <= TARGETS[name, arm]}
+                    report["targets"][f"{size} {name} {arm}"] = {
+                        "ratio": round(ratio[arm], 3),
+                        "target": TARGETS[name, arm],
+                        "met": ratio[arm] <= TARGETS[name, arm],
+                    }
                 if arm == "K=4" and extra.get(arm) is not None:
                     report["targets"][f"{size} {name} K=4 extra peak (feature maps)"] = {
-                        "value": round(extra[arm], 2), "target": 1.0, "met": extra[arm] <= 1.0}
+                        "value": round(extra[arm], 2),
+                        "target": 1.0,
+                        "met": extra[arm] <= 1.0,
+                    }
         del s, t
     print("\ntargets (ratios from this run):")
     for label, res in report["targets"].items():

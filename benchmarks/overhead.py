@@ -50,16 +50,26 @@ from benchmarks._timing import RssPeak, sync, timed  # noqa: E402
 # KD on full-resolution logits); "segmentation-features" is the quality study's (CWD on the backbone only).
 CONFIGS: dict[str, tuple[str, list[str]]] = {
     "segmentation": ("seg_akd.yaml", []),
-    "segmentation-features": ("seg_akd.yaml", ["distill.points=[{name: feat, student: backbone.body, teacher: backbone, "
-                                               "key: out, loss: cwd, weight: 3.0}]"]),
+    "segmentation-features": (
+        "seg_akd.yaml",
+        ["distill.points=[{name: feat, student: backbone.body, teacher: backbone, key: out, loss: cwd, weight: 3.0}]"],
+    ),
     "detection": ("det_akd.yaml", []),
 }
-ARMS = {"base": ["distill.akd.enabled=false"]} | {
-    str(k): [f"distill.akd.num_avatars={k}", "distill.akd.p=0.1", "distill.akd.uncertainty=variance"] for k in (1, 4, 8)
-} | {"4x": ["distill.akd.num_avatars=4", "distill.akd.p=0.1", "distill.akd.uncertainty=variance"],  # explicit path
-     "base+cache": ["distill.akd.enabled=false"]}  # + a teacher-feature cache that holds the batch
+ARMS = (
+    {"base": ["distill.akd.enabled=false"]}
+    | {
+        str(k): [f"distill.akd.num_avatars={k}", "distill.akd.p=0.1", "distill.akd.uncertainty=variance"]
+        for k in (1, 4, 8)
+    }
+    | {
+        "4x": ["distill.akd.num_avatars=4", "distill.akd.p=0.1", "distill.akd.uncertainty=variance"],  # explicit path
+        "base+cache": ["distill.akd.enabled=false"],
+    }
+)  # + a teacher-feature cache that holds the batch
 LABELS = {"base": "base", "base+cache": "base, teacher cached", "4x": "AKD K=4 explicit"} | {
-    str(k): f"AKD K={k}" for k in (1, 4, 8)}
+    str(k): f"AKD K={k}" for k in (1, 4, 8)
+}
 
 
 def build(task: str, arm: str, workdir: Path, device: str) -> tuple[Trainer, Any]:
@@ -73,8 +83,13 @@ def build(task: str, arm: str, workdir: Path, device: str) -> tuple[Trainer, Any
         t.datasets(cfg.data)
         tcfg = cfg.model.model_copy(update=raw["teacher"] | {"weights": None})
         torch.save(t.build_model(tcfg).state_dict(), teacher_weights)
-    over = ARMS[arm] + [f"teacher.weights={teacher_weights}", f"output_dir={workdir / task / arm}",
-                        f"train.device={device}", "data.limit_train=64", "data.limit_val=8"]
+    over = ARMS[arm] + [
+        f"teacher.weights={teacher_weights}",
+        f"output_dir={workdir / task / arm}",
+        f"train.device={device}",
+        "data.limit_train=64",
+        "data.limit_val=8",
+    ]
     if arm == "base+cache":
         over.append(f"distill.teacher_cache={workdir / 'cache'}")  # filled by the warm-up steps
     trainer = build_trainer(validate(TrainConfig, apply_overrides(raw, over)), check_output=False)
@@ -107,10 +122,14 @@ def time_task(task: str, repeats: int, warmup: int, device: str, workdir: Path, 
             peaks[arm] = max(peaks.get(arm, 0.0), peak)
     med = {arm: statistics.median(v) for arm, v in times.items()}
     batch_size = arms["base"][0].batch_size
-    return {"batch_size": batch_size, "median_s": med, "all_s": times,
-            "ratio_to_base": {arm: med[arm] / med["base"] for arm in arms},
-            "peak_mib": peaks,
-            "peak_method": "cuda max_memory_allocated" if device.startswith("cuda") else "RSS growth during the step"}
+    return {
+        "batch_size": batch_size,
+        "median_s": med,
+        "all_s": times,
+        "ratio_to_base": {arm: med[arm] / med["base"] for arm in arms},
+        "peak_mib": peaks,
+        "peak_method": "cuda max_memory_allocated" if device.startswith("cuda") else "RSS growth during the step",
+    }
 
 
 def main() -> None:
@@ -124,22 +143,38 @@ def main() -> None:
     ap.add_argument("--docs", action="store_true", help="merge the ratios into docs/results.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    report: dict[str, Any] = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                              "torch": torch.__version__, "threads": torch.get_num_threads(), "device": args.device,
-                              "machine": platform.processor() or platform.machine(), "repeats": args.repeats,
-                              "command": " ".join(sys.argv), "tasks": {}}
+    report: dict[str, Any] = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": args.device,
+        "machine": platform.processor() or platform.machine(),
+        "repeats": args.repeats,
+        "command": " ".join(sys.argv),
+        "tasks": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for task in args.tasks:
-            report["tasks"][task] = time_task(task, args.repeats, args.warmup, args.device, Path(tmp),
-                                              sorted(set(args.arms) | {"base"}, key=list(ARMS).index))
-    print(f"\nstudent training step, {args.device}, {report['threads']} threads, median of {args.repeats} "
-          f"(interleaved), config batch size")
+            report["tasks"][task] = time_task(
+                task,
+                args.repeats,
+                args.warmup,
+                args.device,
+                Path(tmp),
+                sorted(set(args.arms) | {"base"}, key=list(ARMS).index),
+            )
+    print(
+        f"\nstudent training step, {args.device}, {report['threads']} threads, median of {args.repeats} "
+        f"(interleaved), config batch size"
+    )
     print(f"{'task':<22} {'arm':<21} {'median ms':>9} {'x base':>7} {'peak MiB':>9}")
     for task, res in report["tasks"].items():
         mem = res["peak_mib"]
         for arm in res["median_s"]:
-            print(f"{task:<22} {LABELS[arm]:<21} {1000 * res['median_s'][arm]:>9.1f} {res['ratio_to_base'][arm]:>7.3f} "
-                  f"{mem[arm]:>9.0f}")
+            print(
+                f"{task:<22} {LABELS[arm]:<21} {1000 * res['median_s'][arm]:>9.1f} {res['ratio_to_base'][arm]:>7.3f} "
+                f"{mem[arm]:>9.0f}"
+            )
     atomic_write_json(args.out, report)
     if args.docs:
         path = ROOT / "docs" / "results.json"

@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT))
 from avatarkd.config import TrainConfig, apply_overrides, validate  # noqa: E402
 from avatarkd.demo import packaged_config  # noqa: E402
 from avatarkd.engine.trainer import NonFiniteLossError  # noqa: E402
-from benchmarks._stats import mean_std  # noqa: E402
 from avatarkd.runner import train  # noqa: E402
+from benchmarks._stats import mean_std  # noqa: E402
 
 log = logging.getLogger("quality")
 
@@ -60,10 +60,18 @@ TASKS: dict[str, dict[str, Any]] = {
 }
 ARMS = {
     "base": ["distill.akd.enabled=false"],
-    "akd-reference": ["distill.akd.num_avatars=1", "distill.akd.p=0.1", "distill.akd.perturbation=dropout",
-                      "distill.akd.uncertainty=batchnorm"],
-    "akd": ["distill.akd.num_avatars=4", "distill.akd.p=0.1", "distill.akd.perturbation=dropout",
-            "distill.akd.uncertainty=variance"],
+    "akd-reference": [
+        "distill.akd.num_avatars=1",
+        "distill.akd.p=0.1",
+        "distill.akd.perturbation=dropout",
+        "distill.akd.uncertainty=batchnorm",
+    ],
+    "akd": [
+        "distill.akd.num_avatars=4",
+        "distill.akd.p=0.1",
+        "distill.akd.perturbation=dropout",
+        "distill.akd.uncertainty=variance",
+    ],
 }
 ABLATIONS = {
     "num_avatars": [1, 2, 4, 8],
@@ -95,10 +103,12 @@ def distill_overrides(spec: dict[str, Any], base: str) -> list[str]:
     """Point 0 (the feature point) uses ``base``; the segmentation logits point is dropped so the
     comparison isolates the base loss."""
     kwargs = json.dumps(spec["bases"][base])
-    return [f"distill.points=[{{name: feat, student: {'backbone.body' if spec['metric'] == 'miou' else 'backbone.fpn'}, "
-            f"teacher: {'backbone' if spec['metric'] == 'miou' else 'backbone.fpn'}, "
-            f"{'key: out, ' if spec['metric'] == 'miou' else ''}loss: {base}, loss_kwargs: {kwargs}, "
-            f"weight: {spec['weights'][base]}}}]"]
+    return [
+        f"distill.points=[{{name: feat, student: {'backbone.body' if spec['metric'] == 'miou' else 'backbone.fpn'}, "
+        f"teacher: {'backbone' if spec['metric'] == 'miou' else 'backbone.fpn'}, "
+        f"{'key: out, ' if spec['metric'] == 'miou' else ''}loss: {base}, loss_kwargs: {kwargs}, "
+        f"weight: {spec['weights'][base]}}}]"
+    ]
 
 
 def _ablation_dir(task_out: Path, base: str, key: str, value: Any, seed: int) -> Path:
@@ -108,10 +118,18 @@ def _ablation_dir(task_out: Path, base: str, key: str, value: Any, seed: int) ->
     return task_out / f"ablation_{key}_{value}_s{seed}"
 
 
-def study(tasks: list[str], seeds: list[int], steps: dict[str, int], out: Path, ablations: list[str],
-          teachers: dict[str, Path] | None = None, bases: list[str] | None = None,
-          ablation_seeds: list[int] | None = None, ablation_keys: dict[str, list[str]] | None = None,
-          extra: list[str] | None = None) -> list[dict[str, Any]]:
+def study(
+    tasks: list[str],
+    seeds: list[int],
+    steps: dict[str, int],
+    out: Path,
+    ablations: list[str],
+    teachers: dict[str, Path] | None = None,
+    bases: list[str] | None = None,
+    ablation_seeds: list[int] | None = None,
+    ablation_keys: dict[str, list[str]] | None = None,
+    extra: list[str] | None = None,
+) -> list[dict[str, Any]]:
     """Every run of the study, trained or reused; ``extra`` overrides go to every student run."""
     runs: list[dict[str, Any]] = []
     for task in tasks:
@@ -123,20 +141,50 @@ def study(tasks: list[str], seeds: list[int], steps: dict[str, int], out: Path, 
         t0 = time.perf_counter()
         teacher = _run(tname, textra + ["seed=0"], teacher_dir)  # reused when finished
         log.info("%s teacher %s=%.4f (%.0f s)", task, metric, teacher["metrics"][metric], time.perf_counter() - t0)
-        runs.append({"task": task, "base": "-", "arm": "teacher", "seed": 0, "metric": metric,
-                     "value": teacher["metrics"][metric], "wall_seconds": teacher["wall_seconds"]})
-        weights = [f"teacher.weights={teacher_dir / 'student.pt'}", f"distill.teacher_cache={out / 'cache' / f'{task}_features'}"]
+        runs.append(
+            {
+                "task": task,
+                "base": "-",
+                "arm": "teacher",
+                "seed": 0,
+                "metric": metric,
+                "value": teacher["metrics"][metric],
+                "wall_seconds": teacher["wall_seconds"],
+            }
+        )
+        weights = [
+            f"teacher.weights={teacher_dir / 'student.pt'}",
+            f"distill.teacher_cache={out / 'cache' / f'{task}_features'}",
+        ]
         for seed in seeds:
             sname, sextra = spec["student"]
             r = _run(sname, sextra + sched + [f"seed={seed}"], out / task / f"student_s{seed}")
-            runs.append({"task": task, "base": "-", "arm": "student", "seed": seed, "metric": metric,
-                         "value": r["metrics"][metric], "wall_seconds": r["wall_seconds"]})
+            runs.append(
+                {
+                    "task": task,
+                    "base": "-",
+                    "arm": "student",
+                    "seed": seed,
+                    "metric": metric,
+                    "value": r["metrics"][metric],
+                    "wall_seconds": r["wall_seconds"],
+                }
+            )
             for base in [b for b in spec["bases"] if not bases or b in bases]:
                 for arm, arm_over in ARMS.items():
                     over = sched + weights + [f"seed={seed}"] + distill_overrides(spec, base) + arm_over
                     r = _run(spec["distill"], over, out / task / f"{base}_{arm}_s{seed}")
-                    runs.append({"task": task, "base": base, "arm": arm, "seed": seed, "metric": metric,
-                                 "value": r["metrics"][metric], "wall_seconds": r["wall_seconds"]})
+                    runs.append(
+                        {
+                            "task": task,
+                            "base": base,
+                            "arm": arm,
+                            "seed": seed,
+                            "metric": metric,
+                            "value": r["metrics"][metric],
+                            "wall_seconds": r["wall_seconds"],
+                        }
+                    )
                     log.info("%s %s %s seed %d: %s=%.4f", task, base, arm, seed, metric, r["metrics"][metric])
         if task in ablations:
             base = "cwd"  # seed-major: a study cut short still has every setting on its first seeds
@@ -145,11 +193,26 @@ def study(tasks: list[str], seeds: list[int], steps: dict[str, int], out: Path, 
                     if key not in (ablation_keys or {}).get(task, ABLATIONS):
                         continue
                     for value in values:
-                        over = (sched + weights + [f"seed={seed}"] + distill_overrides(spec, base) + ARMS["akd"]
-                                + [f"distill.akd.{key}={value}"])
+                        over = (
+                            sched
+                            + weights
+                            + [f"seed={seed}"]
+                            + distill_overrides(spec, base)
+                            + ARMS["akd"]
+                            + [f"distill.akd.{key}={value}"]
+                        )
                         r = _run(spec["distill"], over, _ablation_dir(out / task, base, key, value, seed))
-                        runs.append({"task": task, "base": base, "arm": f"ablation:{key}={value}", "seed": seed,
-                                     "metric": metric, "value": r["metrics"][metric], "wall_seconds": r["wall_seconds"]})
+                        runs.append(
+                            {
+                                "task": task,
+                                "base": base,
+                                "arm": f"ablation:{key}={value}",
+                                "seed": seed,
+                                "metric": metric,
+                                "value": r["metrics"][metric],
+                                "wall_seconds": r["wall_seconds"],
+                            }
+                        )
     return runs
 
 
@@ -169,8 +232,10 @@ def _parse_ablation_keys(items: list[str]) -> dict[str, list[str]]:
         task, _, keys = item.partition("=")
         names = keys.split(",")
         if task not in TASKS or not all(k in ABLATIONS for k in names):
-            raise SystemExit(f"--ablation-keys: expected TASK=KEY[,KEY] with TASK in {list(TASKS)} and KEY in "
-                             f"{list(ABLATIONS)}, got {item!r}")
+            raise SystemExit(
+                f"--ablation-keys: expected TASK=KEY[,KEY] with TASK in {list(TASKS)} and KEY in "
+                f"{list(ABLATIONS)}, got {item!r}"
+            )
         out[task] = names
     return out
 
@@ -183,28 +248,40 @@ def table(runs: list[dict[str, Any]]) -> str:
         metric = rs[0]["metric"]
         teacher = [r["value"] for r in rs if r["arm"] == "teacher"]
         student = [r["value"] for r in rs if r["arm"] == "student"]
-        lines += [f"\n### {task} ({metric} x 100; seeds: {sorted({r['seed'] for r in rs if r['arm'] == 'student'})})",
-                  f"teacher {mean_std(teacher)}, student alone {mean_std(student)}",
-                  "", "| base loss | base | akd-reference | akd | akd-ref - base (paired) | akd - base (paired) | akd-ref > base "
-                  "| akd > base |", "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"\n### {task} ({metric} x 100; seeds: {sorted({r['seed'] for r in rs if r['arm'] == 'student'})})",
+            f"teacher {mean_std(teacher)}, student alone {mean_std(student)}",
+            "",
+            "| base loss | base | akd-reference | akd | akd-ref - base (paired) | akd - base (paired) | akd-ref > base "
+            "| akd > base |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for base in dict.fromkeys(r["base"] for r in rs if r["arm"] in ARMS):
             by = {arm: {r["seed"]: r["value"] for r in rs if r["base"] == base and r["arm"] == arm} for arm in ARMS}
             seeds = sorted(set(by["base"]) & set(by["akd"]) & set(by["akd-reference"]))
             d_ref = [by["akd-reference"][s] - by["base"][s] for s in seeds]
             d_akd = [by["akd"][s] - by["base"][s] for s in seeds]
-            lines.append(f"| {base} | {mean_std(list(by['base'].values()))} | {mean_std(list(by['akd-reference'].values()))} "
-                         f"| {mean_std(list(by['akd'].values()))} | {mean_std(d_ref)} | {mean_std(d_akd)} | {sum(d > 0 for d in d_ref)}/{len(seeds)} "
-                         f"| {sum(d > 0 for d in d_akd)}/{len(seeds)} |")
+            lines.append(
+                f"| {base} | {mean_std(list(by['base'].values()))} | {mean_std(list(by['akd-reference'].values()))} "
+                f"| {mean_std(list(by['akd'].values()))} | {mean_std(d_ref)} | {mean_std(d_akd)} | {sum(d > 0 for d in d_ref)}/{len(seeds)} "
+                f"| {sum(d > 0 for d in d_akd)}/{len(seeds)} |"
+            )
         abl = [r for r in rs if r["arm"].startswith("ablation:")]
         if abl:
             cwd_alone = {r["seed"]: r["value"] for r in rs if r["base"] == "cwd" and r["arm"] == "base"}
-            lines += ["", "| ablation (cwd + AKD, one setting changed from K=4, dropout, p=0.1, variance) | value "
-                      "| - cwd alone (paired) | seeds |", "|---|---|---|---|"]
+            lines += [
+                "",
+                "| ablation (cwd + AKD, one setting changed from K=4, dropout, p=0.1, variance) | value "
+                "| - cwd alone (paired) | seeds |",
+                "|---|---|---|---|",
+            ]
             for arm in dict.fromkeys(r["arm"] for r in abl):
                 by_seed = {r["seed"]: r["value"] for r in abl if r["arm"] == arm}
                 diff = [v - cwd_alone[s] for s, v in by_seed.items() if s in cwd_alone]
-                lines.append(f"| {arm.split(':', 1)[1]} | {mean_std(list(by_seed.values()))} | {mean_std(diff)} "
-                             f"| {len(by_seed)} |")
+                lines.append(
+                    f"| {arm.split(':', 1)[1]} | {mean_std(list(by_seed.values()))} | {mean_std(diff)} "
+                    f"| {len(by_seed)} |"
+                )
     return "\n".join(lines)
 
 
@@ -218,7 +295,9 @@ def plot(runs: list[dict[str, Any]], out_png: Path) -> None:
     for i, task in enumerate(tasks):
         ax = fig.add_subplot(1, len(tasks), i + 1)
         rs = [r for r in runs if r["task"] == task and not r["arm"].startswith("ablation")]
-        groups = [("student", "-")] + [(arm, b) for b in dict.fromkeys(r["base"] for r in rs if r["arm"] in ARMS) for arm in ARMS]
+        groups = [("student", "-")] + [
+            (arm, b) for b in dict.fromkeys(r["base"] for r in rs if r["arm"] in ARMS) for arm in ARMS
+        ]
         for j, (arm, base) in enumerate(groups):
             vals = [100 * r["value"] for r in rs if r["arm"] == arm and r["base"] == base]
             color = {"student": "gray", "base": "C0", "akd-reference": "C1", "akd": "C2"}[arm]
@@ -242,7 +321,9 @@ def plot_paired(runs: list[dict[str, Any]], out_png: Path) -> bool:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    tasks = [t for t in dict.fromkeys(r["task"] for r in runs) if any(r["task"] == t and r["arm"] == "akd" for r in runs)]
+    tasks = [
+        t for t in dict.fromkeys(r["task"] for r in runs) if any(r["task"] == t and r["arm"] == "akd" for r in runs)
+    ]
     if not tasks:
         return False
     fig = Figure(figsize=(5 * len(tasks), 3.6))
@@ -252,13 +333,21 @@ def plot_paired(runs: list[dict[str, Any]], out_png: Path) -> bool:
         rs = [r for r in runs if r["task"] == task]
         bases = list(dict.fromkeys(r["base"] for r in rs if r["arm"] == "akd"))
         for j, base in enumerate(bases):
-            by = {arm: {r["seed"]: r["value"] for r in rs if r["base"] == base and r["arm"] == arm}
-                  for arm in ("base", "akd-reference", "akd")}
+            by = {
+                arm: {r["seed"]: r["value"] for r in rs if r["base"] == base and r["arm"] == arm}
+                for arm in ("base", "akd-reference", "akd")
+            }
             for dx, arm, color in ((-0.18, "akd-reference", "C1"), (0.18, "akd", "C2")):
                 diff = [100 * (v - by["base"][s]) for s, v in by[arm].items() if s in by["base"]]
                 if diff:
-                    ax.bar(j + dx, statistics.mean(diff), width=0.32, color=color, alpha=0.35,
-                           label=arm if j == 0 else None)
+                    ax.bar(
+                        j + dx,
+                        statistics.mean(diff),
+                        width=0.32,
+                        color=color,
+                        alpha=0.35,
+                        label=arm if j == 0 else None,
+                    )
                     ax.scatter([j + dx] * len(diff), diff, color=color, s=14, zorder=3)
         ax.axhline(0, color="k", lw=0.8)
         ax.set_xticks(range(len(bases)), bases)
@@ -316,17 +405,34 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--steps", nargs="+", default=[], metavar="TASK=N",
-                    help="student schedule per task, e.g. detection=200 (default: the config's)")
-    ap.add_argument("--ablations", nargs="*", default=["segmentation"], choices=list(TASKS),
-                    help="tasks to run the ablations on (default: segmentation)")
+    ap.add_argument(
+        "--steps",
+        nargs="+",
+        default=[],
+        metavar="TASK=N",
+        help="student schedule per task, e.g. detection=200 (default: the config's)",
+    )
+    ap.add_argument(
+        "--ablations",
+        nargs="*",
+        default=["segmentation"],
+        choices=list(TASKS),
+        help="tasks to run the ablations on (default: segmentation)",
+    )
     ap.add_argument("--no-ablations", dest="ablations", action="store_const", const=[])
     ap.add_argument("--ablation-seeds", nargs="+", type=int, help="seeds of the ablation runs (default: --seeds)")
-    ap.add_argument("--ablation-keys", nargs="+", default=[], metavar="TASK=KEY[,KEY]",
-                    help="only these ablated settings on that task, e.g. detection=uncertainty (default: all)")
+    ap.add_argument(
+        "--ablation-keys",
+        nargs="+",
+        default=[],
+        metavar="TASK=KEY[,KEY]",
+        help="only these ablated settings on that task, e.g. detection=uncertainty (default: all)",
+    )
     ap.add_argument("--bases", nargs="+", help="only these base losses (default: all of the task's)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "quality")
-    ap.add_argument("--seg-teacher", type=Path, help="reuse a finished segmentation teacher run (e.g. runs/demo/teacher)")
+    ap.add_argument(
+        "--seg-teacher", type=Path, help="reuse a finished segmentation teacher run (e.g. runs/demo/teacher)"
+    )
     ap.add_argument("--det-teacher", type=Path, help="reuse a finished detection teacher run")
     ap.add_argument("--docs", action="store_true", help="merge into docs/results.json and draw docs/quality.png")
     args = ap.parse_args()
@@ -334,38 +440,65 @@ def main() -> None:
     logging.getLogger("avatarkd").setLevel(logging.WARNING)
     start = time.perf_counter()
     teachers = {"segmentation": args.seg_teacher, "detection": args.det_teacher}
-    runs = study(args.tasks, args.seeds, _parse_steps(args.steps), args.out, args.ablations,
-                 {k: v for k, v in teachers.items() if v is not None}, args.bases, args.ablation_seeds,
-                 _parse_ablation_keys(args.ablation_keys))
+    runs = study(
+        args.tasks,
+        args.seeds,
+        _parse_steps(args.steps),
+        args.out,
+        args.ablations,
+        {k: v for k, v in teachers.items() if v is not None},
+        args.bases,
+        args.ablation_seeds,
+        _parse_ablation_keys(args.ablation_keys),
+    )
     wall = time.perf_counter() - start
     text = table(runs)
     print(text)
     compute = sum(r["wall_seconds"] for r in runs)
-    print(f"\nwall clock of this invocation: {wall / 60:.1f} min; training time of all {len(runs)} runs "
-          f"(reused ones included): {compute / 60:.1f} min")
+    print(
+        f"\nwall clock of this invocation: {wall / 60:.1f} min; training time of all {len(runs)} runs "
+        f"(reused ones included): {compute / 60:.1f} min"
+    )
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "quality.json").write_text(json.dumps({"runs": runs, "table": text, "wall_seconds": wall,
-                                                       "training_seconds_all_runs": compute,
-                                                       "command": " ".join(sys.argv)}, indent=2))
+    (args.out / "quality.json").write_text(
+        json.dumps(
+            {
+                "runs": runs,
+                "table": text,
+                "wall_seconds": wall,
+                "training_seconds_all_runs": compute,
+                "command": " ".join(sys.argv),
+            },
+            indent=2,
+        )
+    )
     if args.docs:
         docs = ROOT / "docs"
         docs.mkdir(exist_ok=True)
         results_path = docs / "results.json"
         results = json.loads(results_path.read_text()) if results_path.is_file() else {}
         keep = [r for r in results.get("runs", []) if r["task"] not in args.tasks]
-        main_runs = [{k: r[k] for k in ("task", "base", "arm", "seed", "metric", "value")}
-                     for r in runs if r["arm"] in ("student", "base", "akd-reference", "akd")]
+        main_runs = [
+            {k: r[k] for k in ("task", "base", "arm", "seed", "metric", "value")}
+            for r in runs
+            if r["arm"] in ("student", "base", "akd-reference", "akd")
+        ]
         results["runs"] = keep + main_runs
         results.setdefault("extra", {})
-        results["extra"].update({f"{t}_teacher": [r for r in runs if r["task"] == t and r["arm"] == "teacher"] for t in args.tasks})
-        results["extra"]["ablations"] = [r for r in runs if r["arm"].startswith("ablation")] or results["extra"].get("ablations", [])
+        results["extra"].update(
+            {f"{t}_teacher": [r for r in runs if r["task"] == t and r["arm"] == "teacher"] for t in args.tasks}
+        )
+        results["extra"]["ablations"] = [r for r in runs if r["arm"].startswith("ablation")] or results["extra"].get(
+            "ablations", []
+        )
         results_path.write_text(json.dumps(results, indent=2))
         plot(runs, docs / "quality.png")
         plot_paired(runs, docs / "quality_paired.png")
         plot_ablations(runs, docs / "ablations.png")
         (docs / "quality_table.md").write_text(
             text + f"\n\nCommand: `{' '.join(sys.argv)}`; training time of all runs {compute / 60:.1f} min "
-            f"(this invocation {wall / 60:.1f} min).\n")
+            f"(this invocation {wall / 60:.1f} min).\n"
+        )
 
 
 if __name__ == "__main__":

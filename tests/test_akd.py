@@ -51,7 +51,11 @@ def test_avatars_never_carry_gradient():
 
 @pytest.mark.parametrize(
     "kw,match",
-    [({"num": 0}, "num must be an integer"), ({"p": 1.0}, r"\[0, 1\)"), ({"perturbation": "blur"}, "unknown perturbation")],
+    [
+        ({"num": 0}, "num must be an integer"),
+        ({"p": 1.0}, r"\[0, 1\)"),
+        ({"perturbation": "blur"}, "unknown perturbation"),
+    ],
 )
 def test_avatars_reject_bad_settings(kw, match):
     with pytest.raises(ValueError, match=match):

@@ -99,7 +99,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (found := visit(nxt)):
                 return found
         stack.pop()
@@ -118,7 +118,11 @@ def test_no_import_cycle_between_top_level_parts():
 
 
 def test_the_cycle_check_can_fail():
-    assert _cycle({"engine": {"tasks"}, "tasks": {"config", "engine"}, "config": set()}) == ["engine", "tasks", "engine"]
+    assert _cycle({"engine": {"tasks"}, "tasks": {"config", "engine"}, "config": set()}) == [
+        "engine",
+        "tasks",
+        "engine",
+    ]
     assert _cycle({"a": {"b"}, "b": set()}) is None
 
 

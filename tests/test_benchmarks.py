@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import quality  # noqa: E402
+from benchmarks import quality
 
 
 def _run(arm: str, base: str, seed: int, value: float) -> dict:
@@ -67,17 +67,21 @@ def test_ablation_plot_has_a_row_per_task(tmp_path):
     det = [dict(r, task="detection", metric="map") for r in runs[:2]]
     assert quality.plot_ablations(runs + det, tmp_path / "a.png")
     from PIL import Image
+
     with Image.open(tmp_path / "a.png") as im:
         assert im.size[1] > 1.5 * im.size[0] / 2  # two rows of panels, two columns
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script,args", [
-    ("loss_overhead.py", ["--shape", "2x4x8x8", "--repeats", "1", "--losses", "mse", "cwd"]),
-    ("data_loading.py", ["--batches", "2", "--repeats", "1"]),
-    ("engine.py", ["--steps", "3", "--repeats", "1", "--warmup-steps", "1"]),
-    ("overhead.py", ["--tasks", "detection", "--repeats", "1", "--warmup", "0", "--arms", "base", "4", "4x"]),
-])
+@pytest.mark.parametrize(
+    "script,args",
+    [
+        ("loss_overhead.py", ["--shape", "2x4x8x8", "--repeats", "1", "--losses", "mse", "cwd"]),
+        ("data_loading.py", ["--batches", "2", "--repeats", "1"]),
+        ("engine.py", ["--steps", "3", "--repeats", "1", "--warmup-steps", "1"]),
+        ("overhead.py", ["--tasks", "detection", "--repeats", "1", "--warmup", "0", "--arms", "base", "4", "4x"]),
+    ],
+)
 def test_benchmark_scripts_run_end_to_end_on_tiny_settings(script, args, tmp_path):
     """The benchmark scripts still run and write their JSON (their timings are not checked here)."""
     import json
@@ -87,7 +91,12 @@ def test_benchmark_scripts_run_end_to_end_on_tiny_settings(script, args, tmp_pat
     root = Path(__file__).resolve().parent.parent
     out = tmp_path / "out.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
-    proc = subprocess.run([sys.executable, str(root / "benchmarks" / script), *args, "--out", str(out)],
-                          env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / script), *args, "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(out.read_text())

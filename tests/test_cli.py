@@ -10,21 +10,38 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from tiny_data import write_tiny_dataset
 
 from avatarkd.cli import main
-from tiny_data import write_tiny_dataset
 
 MODELS = {
     "segmentation": ({"arch": "fcn", "backbone": "resnet18"}, {"arch": "lraspp", "backbone": "mobilenet_v3_small"}),
     "detection": (
-        {"arch": "retinanet", "backbone": "resnet18", "fpn_channels": 32, "image_size": 64, "anchor_sizes": [8, 16, 32, 64, 128]},
-        {"arch": "fcos", "backbone": "mobilenet_v3_small", "fpn_channels": 32, "image_size": 64, "anchor_sizes": [8, 16, 32, 64, 128]},
+        {
+            "arch": "retinanet",
+            "backbone": "resnet18",
+            "fpn_channels": 32,
+            "image_size": 64,
+            "anchor_sizes": [8, 16, 32, 64, 128],
+        },
+        {
+            "arch": "fcos",
+            "backbone": "mobilenet_v3_small",
+            "fpn_channels": 32,
+            "image_size": 64,
+            "anchor_sizes": [8, 16, 32, 64, 128],
+        },
     ),
-    "classification": ({"arch": "classifier", "backbone": "resnet18"}, {"arch": "classifier", "backbone": "mobilenet_v3_small"}),
+    "classification": (
+        {"arch": "classifier", "backbone": "resnet18"},
+        {"arch": "classifier", "backbone": "mobilenet_v3_small"},
+    ),
 }
 POINTS = {
-    "segmentation": [{"name": "feat", "student": "backbone.body", "teacher": "backbone", "key": "out", "loss": "cwd"},
-                     {"name": "logits", "student": "", "teacher": "", "key": "out", "loss": "kd"}],
+    "segmentation": [
+        {"name": "feat", "student": "backbone.body", "teacher": "backbone", "key": "out", "loss": "cwd"},
+        {"name": "logits", "student": "", "teacher": "", "key": "out", "loss": "kd"},
+    ],
     "detection": [{"name": "fpn", "student": "backbone.fpn", "teacher": "backbone.fpn", "loss": "mgd"}],
     "classification": [{"name": "logits", "student": "classifier", "teacher": "fc", "loss": "kd"}],
 }
@@ -42,7 +59,9 @@ def write_config(path: Path, **cfg) -> Path:
 
 def base_config(task: str, data_root: Path, out: Path, model: dict, steps: int = 2) -> dict:
     return {
-        "task": task, "seed": 0, "output_dir": str(out),
+        "task": task,
+        "seed": 0,
+        "output_dir": str(out),
         "data": {"root": str(data_root), "batch_size": 4, "num_classes": 3 if task == "segmentation" else None},
         "model": dict(model),  # a copy: tests edit it (model.weights) and MODELS is shared
         "optim": {"lr": 1e-3},
@@ -104,7 +123,9 @@ def test_bad_inputs_give_one_line_and_exit_2(data_root, tmp_path, capsys):
     good = base_config("classification", data_root, tmp_path / "out", model)
 
     cfg = dict(good, trian={"steps": 1})
-    assert "trian: unknown key; did you mean 'train'?" in _run_bad(["train", str(write_config(tmp_path / "a.yaml", **cfg))], capsys)
+    assert "trian: unknown key; did you mean 'train'?" in _run_bad(
+        ["train", str(write_config(tmp_path / "a.yaml", **cfg))], capsys
+    )
     cfg = dict(good, train={"steps": "many"})
     assert "train.steps" in _run_bad(["train", str(write_config(tmp_path / "b.yaml", **cfg))], capsys)
     (tmp_path / "c.yaml").write_text("task: [classification\n")
@@ -112,7 +133,9 @@ def test_bad_inputs_give_one_line_and_exit_2(data_root, tmp_path, capsys):
     assert "config file not found" in _run_bad(["train", str(tmp_path / "nope.yaml")], capsys)
     cfg = dict(good, data={"root": str(tmp_path / "missing")})
     _run_bad(["train", str(write_config(tmp_path / "d.yaml", **cfg))], capsys)
-    cfg = dict(good, teacher={**model, "weights": str(tmp_path / "none.pt")}, distill={"points": POINTS["classification"]})
+    cfg = dict(
+        good, teacher={**model, "weights": str(tmp_path / "none.pt")}, distill={"points": POINTS["classification"]}
+    )
     assert "checkpoint not found" in _run_bad(["train", str(write_config(tmp_path / "e.yaml", **cfg))], capsys)
     # nothing of an output directory was created by the failed runs
     assert not (tmp_path / "out").exists()

@@ -13,8 +13,14 @@ import pytest
 import torch
 from PIL import Image
 
-from avatarkd.data import (Augmented, CocoDetection, ImageFolderDataset, SegmentationFolder, collate_detection,
-                           demo_data_root)
+from avatarkd.data import (
+    Augmented,
+    CocoDetection,
+    ImageFolderDataset,
+    SegmentationFolder,
+    collate_detection,
+    demo_data_root,
+)
 from avatarkd.data.transforms import ClassificationAugment, DetectionAugment, SegmentationAugment
 from avatarkd.errors import DataError
 
@@ -38,9 +44,11 @@ def write_mask(path: Path, mask: np.ndarray) -> None:
 def coco_json(**overrides: object) -> dict:
     """Three images (one unannotated), sparse category ids 3/7/11, plus a degenerate and a crowd box."""
     data = {
-        "images": [{"id": 10, "file_name": "a.png", "width": 40, "height": 30},
-                   {"id": 20, "file_name": "sub/b.png", "width": 20, "height": 20},
-                   {"id": 30, "file_name": "c.png", "width": 16, "height": 16}],
+        "images": [
+            {"id": 10, "file_name": "a.png", "width": 40, "height": 30},
+            {"id": 20, "file_name": "sub/b.png", "width": 20, "height": 20},
+            {"id": 30, "file_name": "c.png", "width": 16, "height": 16},
+        ],
         "annotations": [
             {"id": 1, "image_id": 10, "category_id": 7, "bbox": [2, 3, 10, 5], "area": 40, "iscrowd": 0},
             {"id": 2, "image_id": 10, "category_id": 11, "bbox": [20.5, 1.5, 8, 12], "iscrowd": 0},
@@ -119,15 +127,18 @@ def test_collate_detection(coco_dir: Path) -> None:
     assert [t["image_id"].item() for t in targets] == [10, 30]
 
 
-@pytest.mark.parametrize("case, needle", [
-    ("missing_dir", "images_nowhere"),
-    ("missing_ann", "nothing.json"),
-    ("bad_json", "ann.json: invalid JSON"),
-    ("unknown_category", "category_id 99"),
-    ("no_images", "no images"),
-    ("missing_file", "c.png"),
-    ("unknown_image", "image_id 77"),
-])
+@pytest.mark.parametrize(
+    "case, needle",
+    [
+        ("missing_dir", "images_nowhere"),
+        ("missing_ann", "nothing.json"),
+        ("bad_json", "ann.json: invalid JSON"),
+        ("unknown_category", "category_id 99"),
+        ("no_images", "no images"),
+        ("missing_file", "c.png"),
+        ("unknown_image", "image_id 77"),
+    ],
+)
 def test_coco_errors_name_the_file(coco_dir: Path, case: str, needle: str) -> None:
     images, ann = coco_dir / "images", coco_dir / "ann.json"
     if case == "missing_dir":
@@ -210,16 +221,19 @@ def test_segmentation_palette_mask_reads_indices(tmp_path: Path) -> None:
     assert mask.unique().tolist() == [3]
 
 
-@pytest.mark.parametrize("case, needle", [
-    ("missing_image_dir", "nowhere"),
-    ("missing_mask_dir", "mask directory not found"),
-    ("no_mask", "y.png: no mask for this image"),
-    ("empty", "no images found"),
-    ("size", "masks/x.png: mask is 7x6 but its image x.jpg is 8x6"),
-    ("range", "masks/x.png: mask value 2 is neither a class id in 0..1"),
-    ("rgb", "masks/x.png: a label mask must be single-channel"),
-    ("corrupt", "images/x.jpg: cannot read image"),
-])
+@pytest.mark.parametrize(
+    "case, needle",
+    [
+        ("missing_image_dir", "nowhere"),
+        ("missing_mask_dir", "mask directory not found"),
+        ("no_mask", "y.png: no mask for this image"),
+        ("empty", "no images found"),
+        ("size", "masks/x.png: mask is 7x6 but its image x.jpg is 8x6"),
+        ("range", "masks/x.png: mask value 2 is neither a class id in 0..1"),
+        ("rgb", "masks/x.png: a label mask must be single-channel"),
+        ("corrupt", "images/x.jpg: cannot read image"),
+    ],
+)
 def test_segmentation_errors_name_the_file(seg_dir: Path, case: str, needle: str) -> None:
     images, masks, kwargs = seg_dir / "images", seg_dir / "masks", {}
     if case == "missing_image_dir":
@@ -324,8 +338,9 @@ def test_demo_val_and_test_garments_are_disjoint_halves() -> None:
     assert not used["val"] & used["test"]
 
 
-@pytest.mark.parametrize("split, source_split, source_size",
-                         [("train", "train", 60000), ("val", "t10k", 10000), ("test", "t10k", 10000)])
+@pytest.mark.parametrize(
+    "split, source_split, source_size", [("train", "train", 60000), ("val", "t10k", 10000), ("test", "t10k", 10000)]
+)
 def test_demo_masks_agree_with_boxes(split: str, source_split: str, source_size: int) -> None:
     folder = demo_data_root() / split
     data = json.loads((folder / "annotations.json").read_text())
@@ -340,11 +355,11 @@ def test_demo_masks_agree_with_boxes(split: str, source_split: str, source_size:
         covered = np.zeros_like(mask, bool)
         for ann in by_image[info["id"]]:
             x, y, w, h = ann["bbox"]
-            region = mask[y:y + h, x:x + w] == ann["category_id"]
+            region = mask[y : y + h, x : x + w] == ann["category_id"]
             # tight box around visible pixels: every edge row/column touches the garment
             assert region[0].any() and region[-1].any() and region[:, 0].any() and region[:, -1].any()
             assert ann["area"] >= 20 and region.sum() >= ann["area"]
-            covered[y:y + h, x:x + w] |= region
+            covered[y : y + h, x : x + w] |= region
         assert np.array_equal(covered, mask > 0), info["file_name"]  # no unlabelled garment pixels
 
 
@@ -359,12 +374,32 @@ def load_generator():
 @pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="needs Debian package dataset-fashion-mnist")
 def test_generator_is_deterministic(tmp_path: Path) -> None:
     gen = load_generator()
-    args = ["--n-train", "5", "--n-val", "3", "--n-test", "4", "--cls-train", "1", "--cls-val", "1",
-            "--cls-test", "2", "--seed", "3"]
+    args = [
+        "--n-train",
+        "5",
+        "--n-val",
+        "3",
+        "--n-test",
+        "4",
+        "--cls-train",
+        "1",
+        "--cls-val",
+        "1",
+        "--cls-test",
+        "2",
+        "--seed",
+        "3",
+    ]
     gen.main(args + ["--out", str(tmp_path / "a")])
     gen.main(args + ["--out", str(tmp_path / "b")])
-    for name in ("train/annotations.json", "val/annotations.json", "test/annotations.json",
-                 "train/masks/00004.png", "test/masks/00003.png", "README.md"):
+    for name in (
+        "train/annotations.json",
+        "val/annotations.json",
+        "test/annotations.json",
+        "train/masks/00004.png",
+        "test/masks/00003.png",
+        "README.md",
+    ):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     ds = CocoDetection(tmp_path / "a" / "train" / "images", tmp_path / "a" / "train" / "annotations.json")
     assert len(ds) == 5

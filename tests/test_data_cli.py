@@ -9,21 +9,33 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
-from avatarkd.cli import main
 from format_trees import write_ade20k, write_cityscapes, write_coco, write_imagefolder, write_voc
+from PIL import Image
 from test_cli import write_config
 
+from avatarkd.cli import main
+
 SEG_MODEL = {"arch": "lraspp", "backbone": "mobilenet_v3_small"}
-DET_MODEL = {"arch": "retinanet", "backbone": "resnet18", "fpn_channels": 32, "image_size": 64,
-             "anchor_sizes": [8, 16, 32, 64, 128]}
+DET_MODEL = {
+    "arch": "retinanet",
+    "backbone": "resnet18",
+    "fpn_channels": 32,
+    "image_size": 64,
+    "anchor_sizes": [8, 16, 32, 64, 128],
+}
 
 
 def config(tmp_path: Path, data: dict, task: str = "segmentation", model: dict | None = None, **extra) -> dict:
-    return {"task": task, "seed": 0, "output_dir": str(tmp_path / "run"),
-            "data": {"batch_size": 2, **data}, "model": dict(model or SEG_MODEL), "optim": {"lr": 1e-3},
-            "train": {"steps": 2, "log_every": 1, "checkpoint_every": 2, "plots": True}, **extra}
+    return {
+        "task": task,
+        "seed": 0,
+        "output_dir": str(tmp_path / "run"),
+        "data": {"batch_size": 2, **data},
+        "model": dict(model or SEG_MODEL),
+        "optim": {"lr": 1e-3},
+        "train": {"steps": 2, "log_every": 1, "checkpoint_every": 2, "plots": True},
+        **extra,
+    }
 
 
 def run(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -47,8 +59,13 @@ def voc_root(tmp_path_factory) -> Path:
 
 def test_variable_size_training_and_whole_and_slide_evaluation(voc_root, tmp_path, capsys):
     """VOC images of four sizes: random rescale + crop in training; evaluation at each original size."""
-    data = {"format": "voc", "root": str(voc_root), "crop_size": [24, 24], "scale_range": [0.75, 1.25],
-            "photometric": True}
+    data = {
+        "format": "voc",
+        "root": str(voc_root),
+        "crop_size": [24, 24],
+        "scale_range": [0.75, 1.25],
+        "photometric": True,
+    }
     cfg = write_config(tmp_path / "voc.yaml", **config(tmp_path, data))
     code, out, err = run(["train", str(cfg)], capsys)
     assert code == 0, err
@@ -78,15 +95,27 @@ def test_variable_sizes_without_a_crop_say_what_to_set(voc_root, tmp_path, capsy
 
 def test_cityscapes_and_ade20k_train_and_coco_trains_multi_scale(tmp_path, capsys):
     cs = write_cityscapes(tmp_path / "cs")
-    cfg = write_config(tmp_path / "cs.yaml", **config(tmp_path, {
-        "format": "cityscapes", "root": str(cs), "crop_size": [16, 32], "scale_range": [0.5, 2.0],
-        "base_size": [32, 64]}, eval={"mode": "slide", "crop_size": [16, 32]}))
+    cfg = write_config(
+        tmp_path / "cs.yaml",
+        **config(
+            tmp_path,
+            {
+                "format": "cityscapes",
+                "root": str(cs),
+                "crop_size": [16, 32],
+                "scale_range": [0.5, 2.0],
+                "base_size": [32, 64],
+            },
+            eval={"mode": "slide", "crop_size": [16, 32]},
+        ),
+    )
     code, _, err = run(["train", str(cfg)], capsys)
     assert code == 0, err
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())["metrics"]
     assert "iou/road" in metrics and "iou/bicycle" in metrics
-    code, out, err = run(["eval", str(cfg), "--weights", str(tmp_path / "run" / "student.pt"), "--split", "test"],
-                         capsys)
+    code, out, err = run(
+        ["eval", str(cfg), "--weights", str(tmp_path / "run" / "student.pt"), "--split", "test"], capsys
+    )
     assert code == 0, err
     assert "iou/road" in json.loads(out)  # the held-out split, evaluated alone
 
@@ -98,8 +127,12 @@ def test_cityscapes_and_ade20k_train_and_coco_trains_multi_scale(tmp_path, capsy
     assert "iou/flag" in json.loads((tmp_path / "ade_run" / "metrics.json").read_text())["metrics"]
 
     coco = write_coco(tmp_path / "coco")
-    cfg = config(tmp_path, {"format": "coco", "root": str(coco), "min_size": [48, 64], "max_size": 96},
-                 task="detection", model=DET_MODEL)
+    cfg = config(
+        tmp_path,
+        {"format": "coco", "root": str(coco), "min_size": [48, 64], "max_size": 96},
+        task="detection",
+        model=DET_MODEL,
+    )
     cfg["output_dir"] = str(tmp_path / "det_run")
     code, _, err = run(["train", str(write_config(tmp_path / "det.yaml", **cfg))], capsys)
     assert code == 0, err
@@ -110,8 +143,9 @@ def test_imagefolder_of_mixed_sizes_trains_on_crops(tmp_path, capsys):
     root = write_imagefolder(tmp_path / "digits")
     model = {"arch": "classifier", "backbone": "mobilenet_v3_small"}
     data = {"format": "imagefolder", "root": str(root)}
-    err = run_bad(["train", str(write_config(tmp_path / "a.yaml", **config(tmp_path, data, "classification", model)))],
-                  capsys)
+    err = run_bad(
+        ["train", str(write_config(tmp_path / "a.yaml", **config(tmp_path, data, "classification", model)))], capsys
+    )
     assert "different sizes" in err and "data.crop_size" in err
     cfg = write_config(tmp_path / "b.yaml", **config(tmp_path, {**data, "crop_size": 16}, "classification", model))
     code, _, err = run(["train", str(cfg)], capsys)
@@ -119,12 +153,15 @@ def test_imagefolder_of_mixed_sizes_trains_on_crops(tmp_path, capsys):
     result = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert 0.0 <= result["metrics"]["top1"] <= 1.0
     assert torch.load(tmp_path / "run" / "checkpoints" / "step_0000002.pt", weights_only=False)["class_names"] == [
-        "seven", "three"]
+        "seven",
+        "three",
+    ]
 
 
 def test_check_data_prints_a_table(voc_root, tmp_path, capsys):
-    cfg = write_config(tmp_path / "c.yaml", **config(tmp_path, {"format": "voc", "root": str(voc_root),
-                                                                "crop_size": 24}))
+    cfg = write_config(
+        tmp_path / "c.yaml", **config(tmp_path, {"format": "voc", "root": str(voc_root), "crop_size": 24})
+    )
     code, out, err = run(["check-data", str(cfg), "--all"], capsys)
     assert code == 0, err
     lines = out.strip().splitlines()
@@ -164,22 +201,25 @@ def _voc_copy(src: Path, dst: Path) -> Path:
     return dst / "VOCdevkit" / "VOC2012"
 
 
-@pytest.mark.parametrize("case, needles", [
-    ("wrong_format", ["leftImg8bit/train is missing", "looks like the voc format"]),
-    ("missing_root", ["data.root ", "nowhere does not exist; the voc format expects there JPEGImages"]),
-    ("absent_in_list", ["train.txt line 3: '2007_999999' is listed but", "2007_999999.jpg does not exist"]),
-    ("mask_out_of_range", ["2007_000000.png: mask value 30 is not a label of voc train", "0..20, 255"]),
-    ("ade_out_of_range", ["mask value 151 is not a label of ade20k train"]),
-    ("unreadable", ["2007_000001.jpg: cannot read image"]),
-    ("empty_split", ["val.txt: split 'val' is empty"]),
-    ("empty_cityscapes", ["split 'train' is empty"]),
-    ("task_format", ["data.format: 'coco' holds detection data, not segmentation"]),
-    ("explicit_path", ["data.train_images: the voc format", "does not read explicit paths"]),
-    ("format_name", ["data.format", "did you mean 'cityscapes'?"]),
-    ("ade_test", ["eval.split: the ade20k format has no annotated 'test' split"]),
-    ("num_classes", ["data.num_classes: 19 given, but the voc format has 21 classes"]),
-    ("no_root", ["data.root: the voc format needs data.root"]),
-])
+@pytest.mark.parametrize(
+    "case, needles",
+    [
+        ("wrong_format", ["leftImg8bit/train is missing", "looks like the voc format"]),
+        ("missing_root", ["data.root ", "nowhere does not exist; the voc format expects there JPEGImages"]),
+        ("absent_in_list", ["train.txt line 3: '2007_999999' is listed but", "2007_999999.jpg does not exist"]),
+        ("mask_out_of_range", ["2007_000000.png: mask value 30 is not a label of voc train", "0..20, 255"]),
+        ("ade_out_of_range", ["mask value 151 is not a label of ade20k train"]),
+        ("unreadable", ["2007_000001.jpg: cannot read image"]),
+        ("empty_split", ["val.txt: split 'val' is empty"]),
+        ("empty_cityscapes", ["split 'train' is empty"]),
+        ("task_format", ["data.format: 'coco' holds detection data, not segmentation"]),
+        ("explicit_path", ["data.train_images: the voc format", "does not read explicit paths"]),
+        ("format_name", ["data.format", "did you mean 'cityscapes'?"]),
+        ("ade_test", ["eval.split: the ade20k format has no annotated 'test' split"]),
+        ("num_classes", ["data.num_classes: 19 given, but the voc format has 21 classes"]),
+        ("no_root", ["data.root: the voc format needs data.root"]),
+    ],
+)
 def test_bad_data_is_one_line_exit_2_and_writes_nothing(case, needles, voc_root, tmp_path, capsys):
     data: dict = {"format": "voc", "root": str(voc_root)}
     extra: dict = {}

@@ -19,7 +19,9 @@ def _points(k: int = 2) -> list[DistillPoint]:
     g = torch.Generator().manual_seed(0)
     return [
         DistillPoint("feat", "features", "layer4", loss=AvatarLoss(L.mse, num_avatars=k, generator=g), weight=1.0),
-        DistillPoint("logits", "classifier", "fc", loss=AvatarLoss(L.kd, num_avatars=k, generator=g, base_kwargs={"tau": 2.0})),
+        DistillPoint(
+            "logits", "classifier", "fc", loss=AvatarLoss(L.kd, num_avatars=k, generator=g, base_kwargs={"tau": 2.0})
+        ),
     ]
 
 
@@ -109,7 +111,9 @@ def test_misspelt_module_names_the_point_and_suggests():
 def test_unalignable_shapes_are_reported():
     student, teacher = _pair()
     with pytest.raises(DistillationError, match=r"point 'f': cannot align student feature"):
-        Distiller(student, teacher, [DistillPoint("f", "classifier", "layer4", loss=L.mse)]).build(torch.randn(2, 3, 32, 32))
+        Distiller(student, teacher, [DistillPoint("f", "classifier", "layer4", loss=L.mse)]).build(
+            torch.randn(2, 3, 32, 32)
+        )
 
 
 def test_teacher_in_train_mode_is_refused():

@@ -53,9 +53,14 @@ def test_dropout_form_is_chosen_per_base_loss_and_setting():
     assert AvatarLoss(L.smooth_l1, 4).dropout_form() == "avatar_counts"
     assert AvatarLoss(L.cwd, 4).dropout_form() == "avatar_masks"
     assert AvatarLoss(L.kd, 4, perturbation="channel_dropout").dropout_form() == "avatar_masks"
-    for akd in (AvatarLoss(L.pkd, 4), AvatarLoss(MasKD(3), 4), AvatarLoss(L.dkd, 4),  # no exact dropout form
-                AvatarLoss(L.mse, 4, uncertainty="batchnorm"),  # per-avatar statistics
-                AvatarLoss(L.mse, 4, perturbation="gaussian"), AvatarLoss(L.mse, 4, p=0.0)):
+    for akd in (
+        AvatarLoss(L.pkd, 4),
+        AvatarLoss(MasKD(3), 4),
+        AvatarLoss(L.dkd, 4),  # no exact dropout form
+        AvatarLoss(L.mse, 4, uncertainty="batchnorm"),  # per-avatar statistics
+        AvatarLoss(L.mse, 4, perturbation="gaussian"),
+        AvatarLoss(L.mse, 4, p=0.0),
+    ):
         assert akd.dropout_form() is None
     forced = AvatarLoss(L.mse, 4)
     forced.fast_paths = False
@@ -110,7 +115,9 @@ def _counts_of(avatars: torch.Tensor, perturbation: str) -> torch.Tensor:
 def test_counts_form_equals_explicit_avatars_for_the_same_counts(which, uncertainty, perturbation, rng):
     s = torch.randn(2, 4, 5, 6, generator=rng, dtype=torch.float64, requires_grad=True)
     t = (torch.randn(2, 4, 5, 6, generator=rng, dtype=torch.float64) + 0.5).relu() + 0.1  # no exact zeros
-    base = MGD(4, alpha=1.0, generator=torch.Generator().manual_seed(7)).double() if which == "mgd" else getattr(L, which)
+    base = (
+        MGD(4, alpha=1.0, generator=torch.Generator().manual_seed(7)).double() if which == "mgd" else getattr(L, which)
+    )
     kw = {"beta": 0.5} if which == "smooth_l1" else {}
     akd = AvatarLoss(base, num_avatars=5, p=0.3, perturbation=perturbation, uncertainty=uncertainty, base_kwargs=kw)
     explicit = copy.deepcopy(akd)
@@ -128,7 +135,9 @@ def test_counts_form_equals_explicit_avatars_for_the_same_counts(which, uncertai
 
 
 def test_variance_estimate_from_counts_equals_the_explicit_estimate(rng):
-    t = torch.randn(3, 6, 4, 5, generator=rng, dtype=torch.float64) * torch.arange(1, 7, dtype=torch.float64).view(1, 6, 1, 1)
+    t = torch.randn(3, 6, 4, 5, generator=rng, dtype=torch.float64) * torch.arange(1, 7, dtype=torch.float64).view(
+        1, 6, 1, 1
+    )
     for k, p in ((1, 0.1), (4, 0.1), (7, 0.45)):
         avatars = Avatars(k, p=p, generator=rng)(t)
         counts = DropoutCounts(t, _counts_of(avatars, "dropout"), k, 1 - p)
@@ -226,8 +235,9 @@ def test_count_path_loss_values_have_the_distribution_of_explicit_avatars(uncert
     k, draws = 3, 3000
 
     def values(fast_paths: bool, kk: int, seed: int) -> torch.Tensor:
-        akd = AvatarLoss(L.mse, kk, p=0.25, uncertainty=uncertainty, momentum=1.0,
-                         generator=torch.Generator().manual_seed(seed))
+        akd = AvatarLoss(
+            L.mse, kk, p=0.25, uncertainty=uncertainty, momentum=1.0, generator=torch.Generator().manual_seed(seed)
+        )
         akd.fast_paths = fast_paths
         with torch.no_grad():
             return torch.stack([akd(s, t) for _ in range(draws)])
@@ -265,10 +275,12 @@ def _peak_tensor_bytes(fn) -> int | None:
     from torch.profiler import ProfilerActivity, profile
 
     try:
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        with profile(
+            activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True
+        ) as prof:
             fn()
         timeline = prof._memory_profile().timeline
-    except Exception:  # noqa: BLE001 - a private profiler API: skip rather than fail when it moves
+    except Exception:
         return None
     live = peak = 0
     for _, action, _, size in timeline:

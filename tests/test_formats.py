@@ -9,6 +9,7 @@ from typing import get_args
 import numpy as np
 import pytest
 import torch
+from format_trees import COCO_CATEGORIES, write_ade20k, write_cityscapes, write_coco, write_imagefolder, write_voc
 from PIL import Image
 
 from avatarkd.config import DATA_FORMATS, DataConfig, DataFormat, TrainConfig, validate
@@ -18,8 +19,6 @@ from avatarkd.data.labels import ADE20K_CLASSES, CITYSCAPES_CLASSES, VOC_CLASSES
 from avatarkd.errors import ConfigError
 from avatarkd.metrics import CocoEvaluator
 from avatarkd.tasks import make_task
-from format_trees import (COCO_CATEGORIES, write_ade20k, write_cityscapes, write_coco, write_imagefolder,
-                          write_voc)
 
 
 def mask_of(ds, index: int = 0) -> torch.Tensor:
@@ -42,8 +41,27 @@ def test_cityscapes_label_ids_map_to_the_19_train_ids(tmp_path):
     assert mask.shape == (32, 64) and mask.dtype == torch.int64
     mapping = {int(s): int(t) for s, t in zip(torch.from_numpy(stored.astype(np.int64)).flatten(), mask.flatten())}
     assert [mapping[i] for i in (7, 24, 26, 33)] == [0, 11, 13, 18]
-    train_ids = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
-                 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+    train_ids = {
+        7: 0,
+        8: 1,
+        11: 2,
+        12: 3,
+        13: 4,
+        17: 5,
+        19: 6,
+        20: 7,
+        21: 8,
+        22: 9,
+        23: 10,
+        24: 11,
+        25: 12,
+        26: 13,
+        27: 14,
+        28: 15,
+        31: 16,
+        32: 17,
+        33: 18,
+    }
     assert mapping == {i: train_ids.get(i, 255) for i in range(34)}  # every other id is ignored
 
 
@@ -69,17 +87,19 @@ def test_ade20k_zero_is_ignored_and_classes_shift_down(tmp_path):
 
 
 # ----------------------------------------------------------------------------- class names and counts
-@pytest.mark.parametrize("fmt, writer, task, count, first, last", [
-    ("cityscapes", write_cityscapes, "segmentation", 19, "road", "bicycle"),
-    ("voc", write_voc, "segmentation", 21, "background", "tvmonitor"),
-    ("ade20k", write_ade20k, "segmentation", 150, "wall", "flag"),
-    ("coco", write_coco, "detection", 3, "person", "dog"),
-    ("imagefolder", write_imagefolder, "classification", 2, "seven", "three"),
-])
+@pytest.mark.parametrize(
+    "fmt, writer, task, count, first, last",
+    [
+        ("cityscapes", write_cityscapes, "segmentation", 19, "road", "bicycle"),
+        ("voc", write_voc, "segmentation", 21, "background", "tvmonitor"),
+        ("ade20k", write_ade20k, "segmentation", 150, "wall", "flag"),
+        ("coco", write_coco, "detection", 3, "person", "dog"),
+        ("imagefolder", write_imagefolder, "classification", 2, "seven", "three"),
+    ],
+)
 def test_class_names_come_from_the_format(tmp_path, fmt, writer, task, count, first, last):
     root = writer(tmp_path / fmt)
-    cfg = validate(TrainConfig, {"task": task, "data": {"format": fmt, "root": str(root)},
-                                 "model": {"arch": "x"}})
+    cfg = validate(TrainConfig, {"task": task, "data": {"format": fmt, "root": str(root)}, "model": {"arch": "x"}})
     t = make_task(cfg)
     train, val = t.datasets(cfg.data)
     assert t.num_classes == count and len(t.class_names) == count
@@ -107,8 +127,10 @@ def test_own_folder_without_names_gets_generic_names_from_a_scan(tmp_path):
     train, _ = t.datasets(cfg.data)
     assert t.num_classes == 5 and t.class_names == [f"class_{i}" for i in range(5)]
     assert "scan of the 2 masks" in innermost(train).class_source
-    cfg = validate(TrainConfig, {"task": "segmentation", "model": {"arch": "x"},
-                                 "data": {**data, "class_names": ["bg", "a", "b", "c", "d"]}})
+    cfg = validate(
+        TrainConfig,
+        {"task": "segmentation", "model": {"arch": "x"}, "data": {**data, "class_names": ["bg", "a", "b", "c", "d"]}},
+    )
     t = make_task(cfg)
     t.datasets(cfg.data)
     assert t.class_names == ["bg", "a", "b", "c", "d"]
@@ -127,8 +149,9 @@ def test_class_names_override_and_contradictions(tmp_path):
     with pytest.raises(ConfigError, match="data.num_classes: 20 given, but the voc format has 21 classes"):
         open_dataset("segmentation", "voc", root, "train", config=DataConfig(num_classes=20))
     with pytest.raises(ConfigError, match="data.class_names: 2 names given"):
-        open_dataset("detection", "coco", write_coco(tmp_path / "coco"), "train",
-                     config=DataConfig(class_names=["a", "b"]))
+        open_dataset(
+            "detection", "coco", write_coco(tmp_path / "coco"), "train", config=DataConfig(class_names=["a", "b"])
+        )
 
 
 # ----------------------------------------------------------------------------- image modes
@@ -181,15 +204,36 @@ def test_cocoeval_ignores_detections_on_crowd_regions(tmp_path):
     crowd = {"id": 2, "image_id": 1, "category_id": 5, "bbox": [30, 30, 25, 25], "area": 625, "iscrowd": 1}
 
     def ap50(anns: list[dict]) -> float:
-        (tmp_path / "gt.json").write_text(json.dumps({
-            "images": [{"id": 1, "file_name": "a.png", "width": 60, "height": 60}], "annotations": anns,
-            "categories": [{"id": 5, "name": "x"}]}))
-        ds = innermost(open_dataset("detection", "folders", None, "val", config=DataConfig(
-            val_images=tmp_path, val_annotations=tmp_path / "gt.json")))
+        (tmp_path / "gt.json").write_text(
+            json.dumps(
+                {
+                    "images": [{"id": 1, "file_name": "a.png", "width": 60, "height": 60}],
+                    "annotations": anns,
+                    "categories": [{"id": 5, "name": "x"}],
+                }
+            )
+        )
+        ds = innermost(
+            open_dataset(
+                "detection",
+                "folders",
+                None,
+                "val",
+                config=DataConfig(val_images=tmp_path, val_annotations=tmp_path / "gt.json"),
+            )
+        )
         assert ds[0][1]["boxes"].tolist() == [[2, 2, 22, 22]]  # the crowd box is no training target
         evaluator = CocoEvaluator(ds.coco, ds.label_to_cat_id)
-        evaluator.update([1], [{"boxes": torch.tensor([[31.0, 31, 55, 55], [2, 2, 22, 22]]),
-                                "scores": torch.tensor([0.99, 0.9]), "labels": torch.tensor([1, 1])}])
+        evaluator.update(
+            [1],
+            [
+                {
+                    "boxes": torch.tensor([[31.0, 31, 55, 55], [2, 2, 22, 22]]),
+                    "scores": torch.tensor([0.99, 0.9]),
+                    "labels": torch.tensor([1, 1]),
+                }
+            ],
+        )
         return evaluator.compute()["map_50"]
 
     assert ap50([person, crowd]) == pytest.approx(1.0)  # the detection on the crowd region is ignored
@@ -201,8 +245,9 @@ def test_detector_resize_is_configured_from_the_data_config(tmp_path):
     model = {"arch": "retinanet", "backbone": "resnet18", "fpn_channels": 32, "image_size": 64}
 
     def built(**data):
-        cfg = validate(TrainConfig, {"task": "detection", "model": model,
-                                     "data": {"format": "coco", "root": str(root), **data}})
+        cfg = validate(
+            TrainConfig, {"task": "detection", "model": model, "data": {"format": "coco", "root": str(root), **data}}
+        )
         task = make_task(cfg)
         task.datasets(cfg.data)
         return task.build_model(cfg.model)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_cli import MODELS, POINTS, base_config
+from tiny_data import write_tiny_dataset
 
 from avatarkd import AvatarLoss, Avatars
 from avatarkd import losses as L
 from avatarkd.config import TrainConfig
 from avatarkd.runner import build_trainer
-from test_cli import MODELS, POINTS, base_config
-from tiny_data import write_tiny_dataset
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

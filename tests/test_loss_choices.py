@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_cli import MODELS, base_config
+from tiny_data import write_tiny_dataset
 
 from avatarkd.config import TrainConfig
 from avatarkd.runner import build_trainer
 from avatarkd.tasks import make_task
-from test_cli import MODELS, base_config
-from tiny_data import write_tiny_dataset
 
 FEATURE_POINT = {
     "segmentation": {"name": "feat", "student": "backbone.body", "teacher": "backbone", "key": "out"},

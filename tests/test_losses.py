@@ -3,9 +3,9 @@
 import math
 
 import pytest
+import reference as R
 import torch
 
-import reference as R
 from avatarkd import losses as L
 from avatarkd.errors import AvatarKDDeprecationWarning
 from avatarkd.losses import MGD, MasKD
@@ -60,7 +60,12 @@ def test_maskd_matches_reference(rng):
     with torch.no_grad():
         m.tokens.normal_(generator=rng)
         m.weight_logits.normal_(generator=rng)
-    want = R.maskd(s.double().numpy(), t.double().numpy(), m.tokens.detach().double().numpy(), m.weight_logits.detach().double().numpy())
+    want = R.maskd(
+        s.double().numpy(),
+        t.double().numpy(),
+        m.tokens.detach().double().numpy(),
+        m.weight_logits.detach().double().numpy(),
+    )
     assert rel_err(m(s, t).item(), want) < 1e-5
 
 

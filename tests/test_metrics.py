@@ -108,8 +108,16 @@ def make_gt(root: Path, seed: int = 0) -> Path:
             side = float(rng.choice([20, 60, 130])) * rng.uniform(0.8, 1.2)
             w, h = side, side * rng.uniform(0.6, 1.4)
             x, y = rng.uniform(0, 300 - w), rng.uniform(0, 300 - h)
-            anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": int(rng.choice(CATEGORY_IDS)),
-                         "bbox": [round(v, 2) for v in (x, y, w, h)], "area": round(w * h, 2), "iscrowd": 0})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": image_id,
+                    "category_id": int(rng.choice(CATEGORY_IDS)),
+                    "bbox": [round(v, 2) for v in (x, y, w, h)],
+                    "area": round(w * h, 2),
+                    "iscrowd": 0,
+                }
+            )
     cats = [{"id": c, "name": f"class{c}"} for c in CATEGORY_IDS]
     path = root / "gt.json"
     path.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
@@ -137,9 +145,11 @@ def make_detections(gt: dict, seed: int = 1) -> dict[int, dict[str, torch.Tensor
             boxes.append([x, y, x + s, y + s])
             scores.append(rng.uniform(0.0, 0.6))
             labels.append(int(rng.integers(1, 4)))
-        outputs[image["id"]] = {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-                                "scores": torch.tensor(scores, dtype=torch.float32),
-                                "labels": torch.tensor(labels, dtype=torch.int64)}
+        outputs[image["id"]] = {
+            "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+            "scores": torch.tensor(scores, dtype=torch.float32),
+            "labels": torch.tensor(labels, dtype=torch.int64),
+        }
     return outputs
 
 
@@ -149,8 +159,14 @@ def reference_stats(gt_path: Path, outputs: dict[int, dict[str, torch.Tensor]], 
     for image_id, out in outputs.items():
         for box, score, label in zip(out["boxes"].tolist(), out["scores"].tolist(), out["labels"].tolist()):
             x1, y1, x2, y2 = box
-            results.append({"image_id": image_id, "category_id": CATEGORY_IDS[label - 1],
-                            "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score})
+            results.append(
+                {
+                    "image_id": image_id,
+                    "category_id": CATEGORY_IDS[label - 1],
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "score": score,
+                }
+            )
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO(str(gt_path))
         evaluator = COCOeval(coco_gt, coco_gt.loadRes(results), iouType="bbox")
@@ -240,13 +256,17 @@ def _distributed_worker(rank: int, world: int, init_file: str, gt_dir: str, out_
         mine = [1, 3, 5] if rank == 0 else [2, 3]  # image 3 on both ranks, as a padded sampler would do
         evaluator.update(mine, [outputs[i] for i in mine])
         seg = SegmentationMetric(3)
-        seg.update(SEG_PRED[:, rank:rank + 1], SEG_TARGET[:, rank:rank + 1])
+        seg.update(SEG_PRED[:, rank : rank + 1], SEG_TARGET[:, rank : rank + 1])
         seg.sync()
         top1 = Top1Accuracy()
         top1.update(torch.tensor([rank, 1]), torch.tensor([0, 1]))
         top1.sync()
-        result = {"det": evaluator.compute(), "seg": seg.compute(), "top1": top1.compute(),
-                  "local": seg.confusion.tolist()}
+        result = {
+            "det": evaluator.compute(),
+            "seg": seg.compute(),
+            "top1": top1.compute(),
+            "local": seg.confusion.tolist(),
+        }
         (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(result))
     finally:
         dist.destroy_process_group()

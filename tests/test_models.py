@@ -71,10 +71,15 @@ def data_root(tmp_path_factory) -> Path:
 
 
 def config(task: str, data_root: Path, out: Path, model: dict, steps: int = 2, **extra) -> dict:
-    cfg = {"task": task, "seed": 0, "output_dir": str(out),
-           "data": {"root": str(data_root), "batch_size": 4, "num_classes": 3 if task == "segmentation" else None},
-           "model": dict(model), "optim": {"lr": 1e-3},
-           "train": {"steps": steps, "log_every": 1, "checkpoint_every": steps, "plots": False}}
+    cfg = {
+        "task": task,
+        "seed": 0,
+        "output_dir": str(out),
+        "data": {"root": str(data_root), "batch_size": 4, "num_classes": 3 if task == "segmentation" else None},
+        "model": dict(model),
+        "optim": {"lr": 1e-3},
+        "train": {"steps": steps, "log_every": 1, "checkpoint_every": steps, "plots": False},
+    }
     cfg.update(extra)
     return cfg
 
@@ -98,7 +103,17 @@ def rebuild(exported: Path) -> nn.Module:
 # ------------------------------------------------------------------ factories through the CLI
 def test_user_classifier_trains_alone_and_as_akd_student_and_exports_its_own_state_dict(data_root, tmp_path):
     user = {"factory": "test_models:TinyClassifier", "kwargs": {"width": 6}}
-    assert main(["train", str(write_config(tmp_path / "alone.yaml", config("classification", data_root, tmp_path / "alone", user)))]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(
+                    write_config(tmp_path / "alone.yaml", config("classification", data_root, tmp_path / "alone", user))
+                ),
+            ]
+        )
+        == 0
+    )
     meta = json.loads((tmp_path / "alone" / "student.json").read_text())
     assert meta["rebuild"] == {"factory": "test_models:TinyClassifier", "kwargs": {"width": 6, "num_classes": 2}}
     assert meta["normalize"] is None
@@ -108,9 +123,17 @@ def test_user_classifier_trains_alone_and_as_akd_student_and_exports_its_own_sta
     # a built-in teacher (torchvision's resnet18, its weights in torchvision's own format)
     teacher_file = tmp_path / "resnet18.pth"
     torch.save(torchvision.models.resnet18(num_classes=2).state_dict(), teacher_file)
-    cfg = config("classification", data_root, tmp_path / "akd", user,
-                 teacher={"arch": "classifier", "backbone": "resnet18", "weights": str(teacher_file)},
-                 distill={"akd": {"num_avatars": 2}, "points": [{"name": "logits", "student": "head", "teacher": "fc", "loss": "kd"}]})
+    cfg = config(
+        "classification",
+        data_root,
+        tmp_path / "akd",
+        user,
+        teacher={"arch": "classifier", "backbone": "resnet18", "weights": str(teacher_file)},
+        distill={
+            "akd": {"num_avatars": 2},
+            "points": [{"name": "logits", "student": "head", "teacher": "fc", "loss": "kd"}],
+        },
+    )
     assert main(["train", str(write_config(tmp_path / "akd.yaml", cfg))]) == 0
     rows = [json.loads(line) for line in (tmp_path / "akd" / "metrics.jsonl").read_text().splitlines()]
     assert any(r.get("distill_total", 0) > 0 for r in rows)
@@ -126,11 +149,20 @@ def test_user_segmenter_with_low_resolution_tensor_output_is_an_akd_student(data
     task.datasets(cfg.data)
     torch.save(task.build_model(cfg.model).state_dict(), tmp_path / "teacher.pt")
     user = {"factory": "test_models:TinySegNet", "kwargs": {"width": 8}}
-    cfg = config("segmentation", data_root, tmp_path / "akd", user,
-                 teacher={**teacher, "weights": str(tmp_path / "teacher.pt")},
-                 distill={"akd": {"num_avatars": 2}, "points": [
-                     {"name": "feat", "student": "body", "teacher": "backbone.layer4", "loss": "cwd"},
-                     {"name": "logits", "student": "head", "teacher": "classifier", "loss": "kd"}]})
+    cfg = config(
+        "segmentation",
+        data_root,
+        tmp_path / "akd",
+        user,
+        teacher={**teacher, "weights": str(tmp_path / "teacher.pt")},
+        distill={
+            "akd": {"num_avatars": 2},
+            "points": [
+                {"name": "feat", "student": "body", "teacher": "backbone.layer4", "loss": "cwd"},
+                {"name": "logits", "student": "head", "teacher": "classifier", "loss": "kd"},
+            ],
+        },
+    )
     path = write_config(tmp_path / "akd.yaml", cfg)
     assert main(["train", str(path)]) == 0
     metrics = json.loads((tmp_path / "akd" / "metrics.json").read_text())["metrics"]
@@ -147,13 +179,21 @@ def test_factory_module_beside_the_yaml_file_and_every_bad_factory(data_root, tm
     (folder / "my_net_for_avatarkd_tests.py").write_text(
         "from torch import nn\n"
         "def build(num_classes, width=4):\n"
-        "    return nn.Sequential(nn.Conv2d(3, width, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes))\n")
-    good = config("classification", data_root, tmp_path / "run", {"factory": "my_net_for_avatarkd_tests:build"}, steps=1)
+        "    return nn.Sequential(nn.Conv2d(3, width, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes))\n"
+    )
+    good = config(
+        "classification", data_root, tmp_path / "run", {"factory": "my_net_for_avatarkd_tests:build"}, steps=1
+    )
     assert main(["train", str(write_config(folder / "train.yaml", good))]) == 0
 
     def bad(model: dict, name: str) -> str:
-        return run_bad(["train", str(write_config(folder / f"{name}.yaml",
-                                                  config("classification", data_root, tmp_path / name, model)))], capsys)
+        return run_bad(
+            [
+                "train",
+                str(write_config(folder / f"{name}.yaml", config("classification", data_root, tmp_path / name, model))),
+            ],
+            capsys,
+        )
 
     assert "no module named 'no_such_module_xyz'" in bad({"factory": "no_such_module_xyz:Net"}, "a")
     assert "has no attribute 'biuld'; did you mean 'build'?" in bad({"factory": "my_net_for_avatarkd_tests:biuld"}, "b")
@@ -177,21 +217,41 @@ def test_factory_module_beside_the_yaml_file_and_every_bad_factory(data_root, tm
 
 
 # ------------------------------------------------------------------ backbones by name
-@pytest.mark.parametrize("task,model", [
-    ("segmentation", {"arch": "deeplabv3", "backbone": "timm:resnet10t"}),
-    ("detection", {"arch": "retinanet", "backbone": "timm:mobilenetv3_small_050", "fpn_channels": 16, "image_size": 64,
-                   "anchor_sizes": [8, 16, 32, 64, 128]}),
-])
+@pytest.mark.parametrize(
+    "task,model",
+    [
+        ("segmentation", {"arch": "deeplabv3", "backbone": "timm:resnet10t"}),
+        (
+            "detection",
+            {
+                "arch": "retinanet",
+                "backbone": "timm:mobilenetv3_small_050",
+                "fpn_channels": 16,
+                "image_size": 64,
+                "anchor_sizes": [8, 16, 32, 64, 128],
+            },
+        ),
+    ],
+)
 def test_timm_backbone_trains_through_the_cli(task, model, data_root, tmp_path):
     pytest.importorskip("timm")
-    points = ({"name": "feat", "student": "backbone", "teacher": "backbone", "key": "out", "loss": "mse"}
-              if task == "segmentation" else {"name": "fpn", "student": "backbone.fpn", "teacher": "backbone.fpn", "loss": "mse"})
+    points = (
+        {"name": "feat", "student": "backbone", "teacher": "backbone", "key": "out", "loss": "mse"}
+        if task == "segmentation"
+        else {"name": "fpn", "student": "backbone.fpn", "teacher": "backbone.fpn", "loss": "mse"}
+    )
     cfg = validate(TrainConfig, config(task, data_root, tmp_path / "t", model))
     t = make_task(cfg)
     t.datasets(cfg.data)
     torch.save(t.build_model(cfg.model).state_dict(), tmp_path / "teacher.pt")
-    cfg = config(task, data_root, tmp_path / "run", model, teacher={**model, "weights": str(tmp_path / "teacher.pt")},
-                 distill={"akd": {"num_avatars": 2}, "points": [points]})
+    cfg = config(
+        task,
+        data_root,
+        tmp_path / "run",
+        model,
+        teacher={**model, "weights": str(tmp_path / "teacher.pt")},
+        distill={"akd": {"num_avatars": 2}, "points": [points]},
+    )
     assert main(["train", str(write_config(tmp_path / "c.yaml", cfg))]) == 0
     meta = json.loads((tmp_path / "run" / "student.json").read_text())
     assert meta["rebuild"]["kwargs"]["backbone"] == model["backbone"]
@@ -219,7 +279,9 @@ def test_mobilenet_v2_segmenters(head):
     assert out["out"].shape == (2, 3, 64, 64)
     # the extractor keeps torchvision's names: an ImageNet checkpoint's 'features.*' keys line up
     extractor = model.backbone.body if head == "lraspp" else model.backbone
-    assert set(extractor.state_dict()) <= {k.removeprefix("features.") for k in torchvision.models.mobilenet_v2().state_dict()}
+    assert set(extractor.state_dict()) <= {
+        k.removeprefix("features.") for k in torchvision.models.mobilenet_v2().state_dict()
+    }
     stride = {"lraspp": 16}.get(head, 8)
     feats = extractor(torch.rand(1, 3, 64, 64))
     assert feats["out"].shape[-1] == 64 // stride and feats["out"].shape[1] == 1280
@@ -227,7 +289,9 @@ def test_mobilenet_v2_segmenters(head):
 
 @pytest.mark.parametrize("arch", ["retinanet", "fcos"])
 def test_mobilenet_v2_detectors_read_strides_8_16_32(arch):
-    model = build_detector(arch, "mobilenet_v2", 2, fpn_channels=32, image_size=64, anchor_sizes=(8, 16, 32, 64, 128)).eval()
+    model = build_detector(
+        arch, "mobilenet_v2", 2, fpn_channels=32, image_size=64, anchor_sizes=(8, 16, 32, 64, 128)
+    ).eval()
     feats = model.backbone.body(torch.rand(1, 3, 64, 64))
     assert [f.shape[-1] for f in feats.values()] == [8, 4, 2]
     assert [f.shape[1] for f in feats.values()] == [32, 96, 1280]
@@ -271,8 +335,11 @@ def test_example_configs_validate_and_the_example_factory_builds():
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
-@pytest.mark.parametrize("build", [lambda: build_segmenter("lraspp", "mobilenet_v2", 3),
-                                   lambda: build_segmenter("fcn", "resnet18", 3)], ids=["lraspp-mobilenet_v2", "fcn-resnet18"])
+@pytest.mark.parametrize(
+    "build",
+    [lambda: build_segmenter("lraspp", "mobilenet_v2", 3), lambda: build_segmenter("fcn", "resnet18", 3)],
+    ids=["lraspp-mobilenet_v2", "fcn-resnet18"],
+)
 def test_built_in_models_stay_torchscript_exportable(build):
     """``avatarkd export --torchscript`` scripts the student: the generic extractors must script too."""
     model = build().eval()

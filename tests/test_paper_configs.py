@@ -12,29 +12,49 @@ from pathlib import Path
 
 import pytest
 import torch
+from format_trees import write_cityscapes, write_coco
 
 from avatarkd.config import TrainConfig, apply_overrides, load_yaml, validate
 from avatarkd.runner import train
 from avatarkd.tasks import make_task
-from format_trees import write_cityscapes, write_coco
 
 PAPER = resources.files("avatarkd") / "configs" / "paper"
 CONFIGS = sorted(p.name for p in PAPER.iterdir() if p.name.endswith(".yaml"))
-SMALL = ["train.steps=2", "train.log_every=1", "train.eval_every=null", "train.checkpoint_every=2",
-         "train.plots=false", "data.batch_size=2", "data.val_batch_size=2", "data.num_workers=0",
-         "model.backbone_weights=null"]  # the ImageNet files are not here (offline); the shapes are what matters
-SIZES = {"cityscapes": ["data.crop_size=[32, 64]", "data.base_size=[32, 64]"],
-         "coco": ["data.min_size=64", "data.max_size=96"]}
+SMALL = [
+    "train.steps=2",
+    "train.log_every=1",
+    "train.eval_every=null",
+    "train.checkpoint_every=2",
+    "train.plots=false",
+    "data.batch_size=2",
+    "data.val_batch_size=2",
+    "data.num_workers=0",
+    "model.backbone_weights=null",
+]  # the ImageNet files are not here (offline); the shapes are what matters
+SIZES = {
+    "cityscapes": ["data.crop_size=[32, 64]", "data.base_size=[32, 64]"],
+    "coco": ["data.min_size=64", "data.max_size=96"],
+}
 # 6-12 s each on one core (more on a loaded machine); the default suite keeps one config per model pair
-SLOW = {"coco_retinanet_r50_mgd_akd.yaml", "coco_retinanet_r50_pkd_akd.yaml", "coco_retinanet_r101_teacher.yaml",
-        "coco_fcos_r101_teacher.yaml"}
+SLOW = {
+    "coco_retinanet_r50_mgd_akd.yaml",
+    "coco_retinanet_r50_pkd_akd.yaml",
+    "coco_retinanet_r101_teacher.yaml",
+    "coco_fcos_r101_teacher.yaml",
+}
 
 
 def test_the_paper_settings_are_all_there():
     assert set(CONFIGS) == {
-        "cityscapes_deeplabv3_r101_teacher.yaml", "cityscapes_deeplabv3_r18_cwd_akd.yaml",
-        "coco_retinanet_r101_teacher.yaml", "coco_retinanet_r50_cwd_akd.yaml", "coco_retinanet_r50_mgd_akd.yaml",
-        "coco_retinanet_r50_pkd_akd.yaml", "coco_fcos_r101_teacher.yaml", "coco_fcos_r50_cwd_akd.yaml"}
+        "cityscapes_deeplabv3_r101_teacher.yaml",
+        "cityscapes_deeplabv3_r18_cwd_akd.yaml",
+        "coco_retinanet_r101_teacher.yaml",
+        "coco_retinanet_r50_cwd_akd.yaml",
+        "coco_retinanet_r50_mgd_akd.yaml",
+        "coco_retinanet_r50_pkd_akd.yaml",
+        "coco_fcos_r101_teacher.yaml",
+        "coco_fcos_r50_cwd_akd.yaml",
+    }
     for name in CONFIGS:
         cfg = validate(TrainConfig, load_yaml(Path(str(PAPER / name))), name)
         if cfg.task == "segmentation":
@@ -52,8 +72,10 @@ def test_the_paper_settings_are_all_there():
 @pytest.fixture(scope="module")
 def trees(tmp_path_factory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("paper_trees")
-    return {"cityscapes": write_cityscapes(base / "cityscapes", n_train=2, n_val=1),
-            "coco": write_coco(base / "coco", n_train=2, n_val=1)}
+    return {
+        "cityscapes": write_cityscapes(base / "cityscapes", n_train=2, n_val=1),
+        "coco": write_coco(base / "coco", n_train=2, n_val=1),
+    }
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in CONFIGS])

@@ -11,9 +11,9 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
+from avatarkd.errors import DataError
 from avatarkd.plots import plot_training_curves, plot_uncertainty, uncertainty_maps
 from avatarkd.tasks.drawing import plot_detections, plot_segmentation
-from avatarkd.errors import DataError
 
 
 def assert_png(path: Path, min_side: int = 16) -> Image.Image:
@@ -35,9 +35,20 @@ def no_temp_files(folder: Path) -> bool:
 def write_log(path: Path) -> Path:
     rows = []
     for step in range(1, 41):
-        rows.append({"step": step, "epoch": step // 20, "loss": 5.0 * math.exp(-step / 4) + 0.01,
-                     "loss_task": 4.0 * math.exp(-step / 4), "distill_total": 0.2, "distill.fpn.0": 0.05,
-                     "distill.fpn.pool": 0.02, "lr": 0.01 * step / 40, "flag": True, "note": "x"})
+        rows.append(
+            {
+                "step": step,
+                "epoch": step // 20,
+                "loss": 5.0 * math.exp(-step / 4) + 0.01,
+                "loss_task": 4.0 * math.exp(-step / 4),
+                "distill_total": 0.2,
+                "distill.fpn.0": 0.05,
+                "distill.fpn.pool": 0.02,
+                "lr": 0.01 * step / 40,
+                "flag": True,
+                "note": "x",
+            }
+        )
         if step % 10 == 0:
             rows.append({"step": step, "eval/miou": step / 100, "eval/iou/cat": None})
     text = "\n".join(json.dumps(r) for r in rows) + '\n{"step": 41, "loss": 0.'  # a line cut by a kill
@@ -81,8 +92,10 @@ def test_training_curves_missing_file_or_nothing_to_plot(tmp_path: Path) -> None
 def test_series_skip_non_numbers_and_coco_sentinel() -> None:
     from avatarkd.plots import _collect_series
 
-    rows = [{"step": 1, "loss": 1.0, "flag": True, "note": "x", "lr": None},
-            {"step": 2, "eval/map": 0.2, "eval/map_small": -1.0, "eval/iou/cat": 0.5}]
+    rows = [
+        {"step": 1, "loss": 1.0, "flag": True, "note": "x", "lr": None},
+        {"step": 2, "eval/map": 0.2, "eval/map_small": -1.0, "eval/iou/cat": 0.5},
+    ]
     assert set(_collect_series(rows, None)) == {"loss", "eval/map"}
     assert _collect_series(rows, ["eval/iou/cat"]) == {"eval/iou/cat": ([2], [0.5])}
 
@@ -115,8 +128,12 @@ def test_uncertainty_maps_shape_mismatch() -> None:
 
 def test_plot_uncertainty_vectors_and_maps(tmp_path: Path) -> None:
     g = torch.Generator().manual_seed(0)
-    sigmas = {"fpn.0": torch.rand(16, generator=g), "fpn.pool": torch.rand(300, generator=g).pow(4) + 1e-6,
-              "layer4": torch.rand(8, 8, generator=g), "map": torch.rand(4, 6, 6, generator=g)}
+    sigmas = {
+        "fpn.0": torch.rand(16, generator=g),
+        "fpn.pool": torch.rand(300, generator=g).pow(4) + 1e-6,
+        "layer4": torch.rand(8, 8, generator=g),
+        "map": torch.rand(4, 6, 6, generator=g),
+    }
     out = plot_uncertainty(sigmas, tmp_path / "u.png", title="sigma")
     assert_png(out, min_side=200)
     assert no_temp_files(tmp_path)
@@ -140,14 +157,24 @@ def test_plot_segmentation(tmp_path: Path) -> None:
 
 def test_plot_detections(tmp_path: Path) -> None:
     images = [torch.rand(3, 64, 64), torch.rand(3, 64, 48), torch.rand(1, 64, 64)]
-    preds = [{"boxes": torch.tensor([[4.0, 4, 30, 30], [10, 20, 60, 62]]), "labels": torch.tensor([1, 2]),
-              "scores": torch.tensor([0.9, 0.1])},
-             {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long), "scores": torch.zeros(0)},
-             {"boxes": torch.tensor([[5.0, 5, 2, 2], [-5, -5, 100, 100]]), "labels": torch.tensor([7, 3]),
-              "scores": torch.tensor([0.8, 0.5])}]  # a degenerate box (skipped), one clipped to the image
-    targets = [{"boxes": torch.tensor([[5.0, 5, 31, 29]]), "labels": torch.tensor([1])},
-               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)},
-               {"boxes": torch.tensor([[0.0, 0, 63, 63]]), "labels": torch.tensor([3])}]
+    preds = [
+        {
+            "boxes": torch.tensor([[4.0, 4, 30, 30], [10, 20, 60, 62]]),
+            "labels": torch.tensor([1, 2]),
+            "scores": torch.tensor([0.9, 0.1]),
+        },
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long), "scores": torch.zeros(0)},
+        {
+            "boxes": torch.tensor([[5.0, 5, 2, 2], [-5, -5, 100, 100]]),
+            "labels": torch.tensor([7, 3]),
+            "scores": torch.tensor([0.8, 0.5]),
+        },
+    ]  # a degenerate box (skipped), one clipped to the image
+    targets = [
+        {"boxes": torch.tensor([[5.0, 5, 31, 29]]), "labels": torch.tensor([1])},
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)},
+        {"boxes": torch.tensor([[0.0, 0, 63, 63]]), "labels": torch.tensor([3])},
+    ]
     out = plot_detections(images, preds, targets, tmp_path / "det.png", class_names=["bg", "cat", "dog"])
     im = assert_png(out)
     assert im.height >= 256  # 64 px inputs are upscaled so labels are readable

@@ -10,9 +10,14 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import realistic as R
 
-SPEC = R.TaskSpec(teacher_config="t.yaml", student_config="s.yaml", metric="miou",
-                  point={"name": "feat", "student": "a", "teacher": "b"}, bases={"cwd": {"tau": 1.0}},
-                  weights={"cwd": R.grid(3.0)})
+SPEC = R.TaskSpec(
+    teacher_config="t.yaml",
+    student_config="s.yaml",
+    metric="miou",
+    point={"name": "feat", "student": "a", "teacher": "b"},
+    bases={"cwd": {"tau": 1.0}},
+    weights={"cwd": R.grid(3.0)},
+)
 
 
 def _fake_backend(val_of, test_of) -> R.Backend:
@@ -44,7 +49,9 @@ def test_weights_are_chosen_on_val_and_test_is_read_after_every_val_run():
     records = R.run_protocol({"segmentation": SPEC}, [0, 1, 2], backend)
     kinds = [k for k, _ in backend.events]
     assert kinds.index("test") == kinds.count("val"), "a test read happened before every val run had finished"
-    assert kinds.count("val") == 3 * (1 + 3 * 3 + 1)  # student + 3 tuned arms x 3 weights + the reference recipe, per seed
+    assert kinds.count("val") == 3 * (
+        1 + 3 * 3 + 1
+    )  # student + 3 tuned arms x 3 weights + the reference recipe, per seed
     test = [r for r in records if r.split == "test"]
     chosen = {(r.arm, r.loss_weight) for r in test}
     assert ("akd-variance", 9.0) in chosen and ("base", 1.0) in chosen and ("student", None) in chosen
@@ -67,18 +74,35 @@ def test_selection_refuses_test_records_and_unfinished_grids():
 def test_paired_differences_wins_and_adopted_mode():
     rec = []
     for seed, (b, v, r, st) in enumerate([(0.30, 0.32, 0.29, 0.2), (0.31, 0.35, 0.33, 0.21), (0.29, 0.30, 0.27, 0.19)]):
-        rec += [R.Record("seg", "cwd", "base", seed, 3.0, "test", "miou", b),
-                R.Record("seg", "cwd", "akd-variance", seed, 9.0, "test", "miou", v),
-                R.Record("seg", "cwd", "akd-relative", seed, 1.0, "test", "miou", r),
-                R.Record("seg", "-", "student", seed, None, "test", "miou", st)]
+        rec += [
+            R.Record("seg", "cwd", "base", seed, 3.0, "test", "miou", b),
+            R.Record("seg", "cwd", "akd-variance", seed, 9.0, "test", "miou", v),
+            R.Record("seg", "cwd", "akd-relative", seed, 1.0, "test", "miou", r),
+            R.Record("seg", "-", "student", seed, None, "test", "miou", st),
+        ]
     assert R.paired(rec, "seg", "cwd", "akd-variance", "base") == pytest.approx([0.02, 0.04, 0.01])
     assert R.paired(rec, "seg", "cwd", "base", "student") == pytest.approx([0.10, 0.10, 0.10])
     # the adopted mode is decided on val: here val says relative, test says variance
-    val = [R.Record(r.task, r.base, r.arm, r.seed, r.loss_weight, "val", r.metric,
-                    r.value + (0.05 if r.arm == "akd-relative" else 0.0)) for r in rec]
+    val = [
+        R.Record(
+            r.task,
+            r.base,
+            r.arm,
+            r.seed,
+            r.loss_weight,
+            "val",
+            r.metric,
+            r.value + (0.05 if r.arm == "akd-relative" else 0.0),
+        )
+        for r in rec
+    ]
     assert R.adopted_mode(val + rec) == "akd-relative"
-    assert R.adopted_mode(rec + [R.Record(r.task, r.base, r.arm, r.seed, r.loss_weight, "val", r.metric, r.value)
-                                 for r in rec]) == "akd-variance"
+    assert (
+        R.adopted_mode(
+            rec + [R.Record(r.task, r.base, r.arm, r.seed, r.loss_weight, "val", r.metric, r.value) for r in rec]
+        )
+        == "akd-variance"
+    )
     text = R.tables(rec, {"seg": 0.6}, "akd-variance")
     row = next(line for line in text.splitlines() if line.startswith("| cwd | akd-variance"))
     cells = [c.strip() for c in row.strip("|").split("|")]
@@ -91,10 +115,18 @@ def test_grid_is_x3_around_the_centre():
 
 
 def test_results_json_names_the_adopted_mode_akd():
-    recs = [R.Record("segmentation", "cwd", "akd-relative", 0, 1.0, "val", "miou", 0.3),
-            R.Record("segmentation", "cwd", "akd-variance", 0, 1.0, "val", "miou", 0.2)]
-    payload = R.results_json(recs, [0], {"segmentation": 0.6},
-                             {"segmentation": {"metrics": {"miou": 0.61}, "wall_seconds": 5.0}}, "akd-relative", {})
+    recs = [
+        R.Record("segmentation", "cwd", "akd-relative", 0, 1.0, "val", "miou", 0.3),
+        R.Record("segmentation", "cwd", "akd-variance", 0, 1.0, "val", "miou", 0.2),
+    ]
+    payload = R.results_json(
+        recs,
+        [0],
+        {"segmentation": 0.6},
+        {"segmentation": {"metrics": {"miou": 0.61}, "wall_seconds": 5.0}},
+        "akd-relative",
+        {},
+    )
     assert {r["arm"] for r in payload["runs"]} == {"akd", "akd-variance"}
     assert payload["protocol"]["select_on"] == "val" and payload["protocol"]["report_on"] == "test"
     assert payload["protocol"]["arms"]["akd"] == "akd-relative"
@@ -118,6 +150,8 @@ def test_a_run_is_claimed_by_one_live_process(tmp_path):
     lock = tmp_path / "run.lock"
     assert R._claim(lock) and lock.read_text() == str(os.getpid())
     assert not R._claim(lock)  # held by a live process (this one)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     lock.write_text(dead.stdout.strip())  # a finished process's pid: its lock is stale
     assert R._claim(lock) and lock.read_text() == str(os.getpid())

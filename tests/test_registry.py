@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from test_cli import MODELS, base_config, write_config
+from tiny_data import write_tiny_dataset
 
 from avatarkd import LOSSES, ConfigError, DistillerConfig, build_points, register_loss
 from avatarkd.cli import main
 from avatarkd.config import validate
 from avatarkd.errors import AvatarKDDeprecationWarning
 from avatarkd.registry import Registry
-from test_cli import MODELS, base_config, write_config
-from tiny_data import write_tiny_dataset
 
 CALLS: list[dict] = []
 
@@ -79,8 +79,15 @@ def test_registry_refuses_a_second_loss_of_the_same_name():
 
 
 def test_a_loss_registered_in_user_code_is_usable_from_a_yaml_point(data_root, teachers, tmp_path, capsys):
-    points = [{"name": "feat", "student": "features", "teacher": "layer4", "loss": "scaled_l2_for_tests",
-               "loss_kwargs": {"scale": 3.0}}]
+    points = [
+        {
+            "name": "feat",
+            "student": "features",
+            "teacher": "layer4",
+            "loss": "scaled_l2_for_tests",
+            "loss_kwargs": {"scale": 3.0},
+        }
+    ]
     cfg = _distill_config("classification", data_root, tmp_path / "run", teachers["classification"], points)
     CALLS.clear()
     assert main(["train", str(write_config(tmp_path / "c.yaml", **cfg))]) == 0
@@ -94,8 +101,15 @@ def test_a_loss_registered_in_user_code_is_usable_from_a_yaml_point(data_root, t
 
 
 def test_dkd_from_yaml_trains_a_classifier_through_the_cli(data_root, teachers, tmp_path):
-    points = [{"name": "logits", "student": "classifier", "teacher": "fc", "loss": "dkd",
-               "loss_kwargs": {"alpha": 1.0, "beta": 2.0, "tau": 2.0}}]
+    points = [
+        {
+            "name": "logits",
+            "student": "classifier",
+            "teacher": "fc",
+            "loss": "dkd",
+            "loss_kwargs": {"alpha": 1.0, "beta": 2.0, "tau": 2.0},
+        }
+    ]
     for akd in (True, False):
         out = tmp_path / f"dkd_{akd}"
         cfg = _distill_config("classification", data_root, out, teachers["classification"], points, enabled=akd)
@@ -132,7 +146,10 @@ def test_old_temperature_name_in_yaml_is_mapped_with_a_warning():
         (point,) = build_points(cfg)
     assert point.loss.base_kwargs == {"tau": 3.0}
     both = yaml.safe_load("points: [{name: l, student: a, loss: kd, loss_kwargs: {T: 3.0, tau: 2.0}}]")
-    with pytest.raises(ConfigError, match="give 'tau' or its old name 'T', not both"), pytest.warns(AvatarKDDeprecationWarning):
+    with (
+        pytest.raises(ConfigError, match="give 'tau' or its old name 'T', not both"),
+        pytest.warns(AvatarKDDeprecationWarning),
+    ):
         validate(DistillerConfig, both)
 
 
@@ -142,7 +159,9 @@ def test_distiller_names_the_missing_context():
     from avatarkd import DistillationError, Distiller
 
     data = yaml.safe_load("points: [{name: logits, student: classifier, teacher: fc, loss: dkd}]")
-    d = Distiller(mobilenet_v3_small(num_classes=3), resnet18(num_classes=3), build_points(validate(DistillerConfig, data)))
+    d = Distiller(
+        mobilenet_v3_small(num_classes=3), resnet18(num_classes=3), build_points(validate(DistillerConfig, data))
+    )
     x = torch.randn(2, 3, 32, 32)
     d.build(x)
     with pytest.raises(DistillationError, match=r"point 'logits': its loss needs \['target'\]"):

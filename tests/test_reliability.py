@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from avatarkd.engine.checkpoint import list_checkpoints
-from avatarkd.config import TrainConfig
-from avatarkd.engine.trainer import NonFiniteLossError
-from avatarkd.runner import build_trainer
 from test_cli import MODELS, POINTS, base_config
 from tiny_data import write_tiny_dataset
+
+from avatarkd.config import TrainConfig
+from avatarkd.engine.checkpoint import list_checkpoints
+from avatarkd.engine.trainer import NonFiniteLossError
+from avatarkd.runner import build_trainer
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +34,11 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_state(data_root, t
         return losses
 
     trainer.task.losses = poisoned
-    with pytest.raises(NonFiniteLossError, match=r"loss is NaN/Inf at step 3; last good state saved to .*step_0000002\.pt"):
+    with pytest.raises(
+        NonFiniteLossError, match=r"loss is NaN/Inf at step 3; last good state saved to .*step_0000002\.pt"
+    ):
         trainer.fit()
-    (step, path), = list_checkpoints(tmp_path / "run")
+    ((step, path),) = list_checkpoints(tmp_path / "run")
     assert step == 2
     saved = torch.load(path, weights_only=False)["model"]
     assert all(torch.isfinite(v).all() for v in saved.values() if v.is_floating_point())
@@ -77,8 +79,9 @@ class OneClassClassifier(torch.nn.Module):
 
 
 def test_a_model_that_predicts_one_class_is_flagged(data_root, tmp_path, caplog):
-    cfg = base_config("classification", data_root, tmp_path / "run", {"factory": "test_reliability:OneClassClassifier"},
-                      steps=1)
+    cfg = base_config(
+        "classification", data_root, tmp_path / "run", {"factory": "test_reliability:OneClassClassifier"}, steps=1
+    )
     cfg["optim"]["lr"] = 1e-9
     cfg["train"]["plots"] = False
     with caplog.at_level(logging.WARNING, logger="avatarkd.engine.trainer"):
@@ -110,9 +113,11 @@ def test_nan_between_checks_stops_at_the_next_check_with_the_first_bad_step(data
         return losses
 
     trainer.task.losses = poisoned
-    with pytest.raises(NonFiniteLossError, match=r"loss is NaN/Inf at step 3; last good state saved to .*step_0000000\.pt"):
+    with pytest.raises(
+        NonFiniteLossError, match=r"loss is NaN/Inf at step 3; last good state saved to .*step_0000000\.pt"
+    ):
         trainer.fit()
-    (step, path), = list_checkpoints(tmp_path / "run")
+    ((step, path),) = list_checkpoints(tmp_path / "run")
     assert step == 0 and trainer.step == 0
     saved = torch.load(path, weights_only=False)["model"]
     assert all(torch.equal(saved[k], v) for k, v in start.items())
@@ -148,8 +153,12 @@ def test_a_training_step_never_waits_for_the_device_in_avatarkd_code(task, data_
 
     teacher, student = MODELS[task]
     weights = tmp_path / "teacher.pt"
-    torch.save(build_trainer(TrainConfig.model_validate(base_config(task, data_root, tmp_path / "t", teacher))).model.state_dict(),
-               weights)
+    torch.save(
+        build_trainer(
+            TrainConfig.model_validate(base_config(task, data_root, tmp_path / "t", teacher))
+        ).model.state_dict(),
+        weights,
+    )
     cfg = base_config(task, data_root, tmp_path / "run", student, steps=3)
     cfg["teacher"] = {**teacher, "weights": str(weights)}
     cfg["distill"] = {"akd": {"num_avatars": 2}, "points": POINTS[task]}

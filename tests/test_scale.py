@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
-import json
 import time
 from pathlib import Path
 
 import pytest
 import torch
-
-from avatarkd.engine.checkpoint import list_checkpoints
 from test_cli import base_config, write_config
 from tiny_data import write_tiny_dataset
 
+from avatarkd.engine.checkpoint import list_checkpoints
+
 REPO = str(Path(__file__).resolve().parent.parent)
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
-       "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))}
+ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "PYTHONUNBUFFERED": "1",
+    "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])),
+}
 
 
 @pytest.fixture(scope="module")
@@ -39,15 +43,27 @@ def _akd_config(data_root: Path, tmp: Path, out: str, steps: int, teacher: Path,
     cfg = base_config("classification", data_root, tmp / out, model, steps=steps)
     cfg["train"].update(checkpoint_every=5, keep_last=3, plots=False)
     cfg["teacher"] = {"arch": "classifier", "backbone": "resnet18", "weights": str(teacher)}
-    cfg["distill"] = {"akd": {"num_avatars": 3, **akd},
-                      "points": [{"name": "logits", "student": "classifier", "teacher": "fc", "loss": "kd"}]}
+    cfg["distill"] = {
+        "akd": {"num_avatars": 3, **akd},
+        "points": [{"name": "logits", "student": "classifier", "teacher": "fc", "loss": "kd"}],
+    }
     return write_config(tmp / f"{out}.yaml", **cfg)
 
 
 def _train(cfg: Path, *extra: str, nproc: int = 1) -> subprocess.CompletedProcess:
     if nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "avatarkd", "train", str(cfg), *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            "-m",
+            "avatarkd",
+            "train",
+            str(cfg),
+            *extra,
+        ]
     else:
         cmd = [sys.executable, "-m", "avatarkd", "train", str(cfg), *extra]
     return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
@@ -55,8 +71,13 @@ def _train(cfg: Path, *extra: str, nproc: int = 1) -> subprocess.CompletedProces
 
 def _interrupt(cfg: Path, out: Path, sig: int) -> int:
     """Start a run, send ``sig`` once its step-10 checkpoint exists, return its exit code."""
-    proc = subprocess.Popen([sys.executable, "-m", "avatarkd", "train", str(cfg)], env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "avatarkd", "train", str(cfg)],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     target = out / "checkpoints" / "step_0000010.pt"
     deadline = time.time() + 300
     while not target.exists() and proc.poll() is None and time.time() < deadline:
@@ -115,8 +136,10 @@ def test_two_process_gloo_ddp_equals_single_process(data_root, tmp_path):
         cfg["optim"] = {"name": "sgd", "lr": 0.05, "momentum": 0.9}
         cfg["teacher"] = {"arch": "classifier", "backbone": "resnet18", "weights": str(teacher)}
         # AKD off: avatars are drawn independently per rank, so only the base loss is comparable
-        cfg["distill"] = {"akd": {"enabled": False},
-                          "points": [{"name": "logits", "student": "fc", "teacher": "fc", "loss": "kd"}]}
+        cfg["distill"] = {
+            "akd": {"enabled": False},
+            "points": [{"name": "logits", "student": "fc", "teacher": "fc", "loss": "kd"}],
+        }
         result = _train(write_config(tmp_path / f"ddp{nproc}.yaml", **cfg), nproc=nproc)
         assert result.returncode == 0, result.stderr[-3000:]
         outputs[nproc] = _weights(tmp_path / f"ddp{nproc}" / "student.pt")
@@ -139,8 +162,10 @@ def test_two_process_ddp_with_akd_draws_avatars_per_rank(data_root, tmp_path):
     cfg = base_config("classification", data_root, tmp_path / "akd2", model, steps=3)
     cfg["train"].update(plots=False)
     cfg["teacher"] = {"arch": "classifier", "backbone": "resnet18", "weights": str(teacher)}
-    cfg["distill"] = {"akd": {"num_avatars": 2, "uncertainty": "variance"},
-                      "points": [{"name": "feat", "student": "layer3", "teacher": "layer3", "loss": "mse"}]}
+    cfg["distill"] = {
+        "akd": {"num_avatars": 2, "uncertainty": "variance"},
+        "points": [{"name": "feat", "student": "layer3", "teacher": "layer3", "loss": "mse"}],
+    }
     result = _train(write_config(tmp_path / "akd2.yaml", **cfg), nproc=2)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "akd2" / "metrics.json").read_text())
@@ -171,6 +196,11 @@ def test_uncertainty_estimate_is_identical_across_ranks(tmp_path):
         "assert torch.equal(all_v[0], all_v[1]), all_v\n"
         "dist.destroy_process_group()\n"
     )
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
-                         env=ENV, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]

@@ -34,7 +34,7 @@ def test_windows_cover_every_pixel_and_stay_inside():
         covered = torch.zeros(length, dtype=torch.bool)
         for s in starts:
             assert 0 <= s and (s + crop <= length or s == 0)
-            covered[s:s + crop] = True
+            covered[s : s + crop] = True
         assert covered.all()
     assert window_starts(1024, 512, 341) == [0, 341, 512]
 

@@ -17,11 +17,19 @@ from avatarkd.runner import train
 from avatarkd.tasks import make_task
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import quality  # noqa: E402
+from benchmarks import quality
 
 SHIPPED = sorted(p.name for p in (resources.files("avatarkd") / "configs").iterdir() if p.name.endswith(".yaml"))
-SMALL = ["train.steps=2", "train.log_every=1", "train.eval_every=null", "train.checkpoint_every=2",
-         "train.plots=false", "data.limit_train=8", "data.limit_val=4", "data.batch_size=4"]
+SMALL = [
+    "train.steps=2",
+    "train.log_every=1",
+    "train.eval_every=null",
+    "train.checkpoint_every=2",
+    "train.plots=false",
+    "data.limit_train=8",
+    "data.limit_val=4",
+    "data.batch_size=4",
+]
 
 
 def _random_teacher(raw: dict, tmp: Path) -> Path:
@@ -35,8 +43,15 @@ def _random_teacher(raw: dict, tmp: Path) -> Path:
 
 
 def test_every_shipped_config_is_covered():
-    assert {"seg_teacher.yaml", "seg_student.yaml", "seg_akd.yaml", "det_teacher.yaml", "det_akd.yaml",
-            "cls_teacher.yaml", "cls_akd.yaml"} <= set(SHIPPED)
+    assert {
+        "seg_teacher.yaml",
+        "seg_student.yaml",
+        "seg_akd.yaml",
+        "det_teacher.yaml",
+        "det_akd.yaml",
+        "cls_teacher.yaml",
+        "cls_akd.yaml",
+    } <= set(SHIPPED)
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -75,8 +90,16 @@ def test_study_run_builder_makes_runs_that_train(tmp_path):
         torch.save(t.build_model(cfg.model).state_dict(), folder / "student.pt")
         (folder / "metrics.json").write_text(json.dumps({"metrics": {spec["metric"]: 0.5}, "wall_seconds": 1.0}))
         teachers[task] = folder
-    runs = quality.study(list(quality.TASKS), [0], {t: 2 for t in quality.TASKS}, tmp_path / "study", ablations=[],
-                         teachers=teachers, bases=["cwd"], extra=SMALL[1:])
+    runs = quality.study(
+        list(quality.TASKS),
+        [0],
+        {t: 2 for t in quality.TASKS},
+        tmp_path / "study",
+        ablations=[],
+        teachers=teachers,
+        bases=["cwd"],
+        extra=SMALL[1:],
+    )
     arms = {(r["task"], r["arm"]) for r in runs}
     assert {(t, a) for t in quality.TASKS for a in ("teacher", "student", *quality.ARMS)} <= arms
     for run_dir in (tmp_path / "study").glob("*/*_s0"):

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_cli import base_config, write_config
+from tiny_data import write_tiny_dataset
 from torch import nn
 
 from avatarkd import AvatarLoss, Distiller, DistillPoint
@@ -16,8 +18,6 @@ from avatarkd.config import TrainConfig, load_config
 from avatarkd.distiller import TeacherCache, build_points
 from avatarkd.runner import train
 from avatarkd.tasks import make_task
-from test_cli import base_config, write_config
-from tiny_data import write_tiny_dataset
 
 
 def _conv_pair() -> tuple[nn.Module, nn.Module]:
@@ -102,15 +102,30 @@ def data_root(tmp_path_factory) -> Path:
 
 
 SETUPS = {
-    "segmentation": ({"arch": "lraspp", "backbone": "mobilenet_v3_small"}, {"arch": "fcn", "backbone": "resnet18"},
-                     [{"name": "feat", "student": "backbone.body", "teacher": "backbone", "key": "out", "loss": "cwd"}],
-                     "distill.feat"),
-    "detection": ({"arch": "retinanet", "backbone": "resnet18", "fpn_channels": 32, "image_size": 64,
-                   "anchor_sizes": [8, 16, 32, 64, 128]},
-                  {"arch": "retinanet", "backbone": "resnet34", "fpn_channels": 32, "image_size": 64,
-                   "anchor_sizes": [8, 16, 32, 64, 128]},
-                  [{"name": "fpn", "student": "backbone.fpn", "teacher": "backbone.fpn", "loss": "cwd"}],
-                  "distill.fpn.0"),
+    "segmentation": (
+        {"arch": "lraspp", "backbone": "mobilenet_v3_small"},
+        {"arch": "fcn", "backbone": "resnet18"},
+        [{"name": "feat", "student": "backbone.body", "teacher": "backbone", "key": "out", "loss": "cwd"}],
+        "distill.feat",
+    ),
+    "detection": (
+        {
+            "arch": "retinanet",
+            "backbone": "resnet18",
+            "fpn_channels": 32,
+            "image_size": 64,
+            "anchor_sizes": [8, 16, 32, 64, 128],
+        },
+        {
+            "arch": "retinanet",
+            "backbone": "resnet34",
+            "fpn_channels": 32,
+            "image_size": 64,
+            "anchor_sizes": [8, 16, 32, 64, 128],
+        },
+        [{"name": "fpn", "student": "backbone.fpn", "teacher": "backbone.fpn", "loss": "cwd"}],
+        "distill.fpn.0",
+    ),
 }
 
 
@@ -183,6 +198,11 @@ def test_backbone_only_teacher_records_what_a_full_forward_records(task, data_ro
     for label in feats["full"]:
         torch.testing.assert_close(feats["backbone"][label], feats["full"][label], rtol=0, atol=0)
     # a point outside the backbone needs the full forward
-    head = cfg.model_copy(update={"distill": cfg.distill.model_copy(
-        update={"points": [cfg.distill.points[0].model_copy(update={"teacher": "head"})]})})
+    head = cfg.model_copy(
+        update={
+            "distill": cfg.distill.model_copy(
+                update={"points": [cfg.distill.points[0].model_copy(update={"teacher": "head"})]}
+            )
+        }
+    )
     assert make_task(head).teacher_forward(teacher) is None

@@ -7,8 +7,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from avatarkd.data import Augmented, set_epoch
-from avatarkd.data.transforms import (CenterCrop, ClassificationAugment, SegmentationAugment, fit_scale,
-                                      photometric_distortion, random_resized_box)
+from avatarkd.data.transforms import (
+    CenterCrop,
+    ClassificationAugment,
+    SegmentationAugment,
+    fit_scale,
+    photometric_distortion,
+    random_resized_box,
+)
 from avatarkd.data.wrappers import sample_seed
 
 IGNORE = 255
@@ -16,8 +22,9 @@ IGNORE = 255
 PALETTE = torch.tensor([[0.9, 0.1, 0.1], [0.1, 0.8, 0.2], [0.2, 0.3, 0.9], [0.9, 0.9, 0.2], [0.6, 0.2, 0.7]])
 
 
-def coloured_sample(height: int = 48, width: int = 80, seed: int = 0,
-                    block: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
+def coloured_sample(
+    height: int = 48, width: int = 80, seed: int = 0, block: int = 12
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Blocks of ``block`` pixels with random labels; the image's colour at a pixel encodes its label."""
     g = torch.Generator().manual_seed(seed)
     blocks = torch.randint(0, len(PALETTE), (height // block + 1, width // block + 1), generator=g)
@@ -53,14 +60,18 @@ def assert_aligned(image: torch.Tensor, mask: torch.Tensor) -> None:
     assert torch.all(image.amax(0)[~pad] > 0.05)
 
 
-@pytest.mark.parametrize("options", [
-    {"hflip": 1.0},
-    {"hflip": 0.0, "scale_range": (0.5, 2.0)},
-    {"hflip": 0.0, "crop_size": (40, 40)},
-    {"hflip": 0.0, "crop_size": (64, 96)},  # larger than the image: padded
-    {"hflip": 0.0, "scale_range": (0.5, 0.5), "base_size": (32, 64)},
-    {"hflip": 0.5, "scale_range": (0.5, 2.0), "crop_size": (40, 56)},
-], ids=["flip", "rescale", "crop", "pad", "base-size", "all"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"hflip": 1.0},
+        {"hflip": 0.0, "scale_range": (0.5, 2.0)},
+        {"hflip": 0.0, "crop_size": (40, 40)},
+        {"hflip": 0.0, "crop_size": (64, 96)},  # larger than the image: padded
+        {"hflip": 0.0, "scale_range": (0.5, 0.5), "base_size": (32, 64)},
+        {"hflip": 0.5, "scale_range": (0.5, 2.0), "crop_size": (40, 56)},
+    ],
+    ids=["flip", "rescale", "crop", "pad", "base-size", "all"],
+)
 def test_every_geometric_transform_keeps_image_and_mask_aligned(options):
     image, mask = coloured_sample()
     augment = SegmentationAugment(ignore_index=IGNORE, **options)
@@ -76,20 +87,26 @@ def test_every_geometric_transform_keeps_image_and_mask_aligned(options):
 def test_rescale_follows_base_size_and_ratio():
     image, mask = coloured_sample(48, 80)
     out, out_mask = SegmentationAugment(hflip=0.0, scale_range=(0.5, 0.5), base_size=(32, 64))(
-        image, mask, generator=torch.Generator())
+        image, mask, generator=torch.Generator()
+    )
     # fit 48x80 into 32 (short) x 64 (long): factor min(64/80, 32/48) = 2/3, then x0.5
     assert tuple(out.shape[-2:]) == (16, 27) and tuple(out_mask.shape) == (16, 27)
     assert fit_scale(1024, 2048, (1024, 2048)) == 1.0 and fit_scale(512, 512, (1024, 2048)) == 2.0
-    sizes = {SegmentationAugment(hflip=0.0, scale_range=(0.5, 2.0))(image, mask, generator=torch.Generator()
-             .manual_seed(s))[1].shape[0] for s in range(20)}
+    sizes = {
+        SegmentationAugment(hflip=0.0, scale_range=(0.5, 2.0))(image, mask, generator=torch.Generator().manual_seed(s))[
+            1
+        ].shape[0]
+        for s in range(20)
+    }
     assert min(sizes) >= 24 and max(sizes) <= 96 and len(sizes) > 5
 
 
 def test_photometric_changes_colours_not_geometry():
     image, mask = coloured_sample()
     plain = SegmentationAugment(hflip=0.5, scale_range=(0.75, 1.5), crop_size=(40, 40), ignore_index=IGNORE)
-    photo = SegmentationAugment(hflip=0.5, scale_range=(0.75, 1.5), crop_size=(40, 40), ignore_index=IGNORE,
-                                photometric=True)
+    photo = SegmentationAugment(
+        hflip=0.5, scale_range=(0.75, 1.5), crop_size=(40, 40), ignore_index=IGNORE, photometric=True
+    )
     changed = 0
     for seed in range(10):
         a_img, a_mask = plain(image, mask, generator=torch.Generator().manual_seed(seed))

@@ -44,10 +44,15 @@ def data_root(tmp_path_factory) -> Path:
 
 
 def config(task: str, data_root: Path, out: Path, model: dict, steps: int = 1) -> dict:
-    return {"task": task, "seed": 0, "output_dir": str(out),
-            "data": {"root": str(data_root), "batch_size": 4, "num_classes": 3 if task == "segmentation" else None},
-            "model": dict(model), "optim": {"lr": 1e-3},
-            "train": {"steps": steps, "log_every": 1, "checkpoint_every": steps, "plots": False}}
+    return {
+        "task": task,
+        "seed": 0,
+        "output_dir": str(out),
+        "data": {"root": str(data_root), "batch_size": 4, "num_classes": 3 if task == "segmentation" else None},
+        "model": dict(model),
+        "optim": {"lr": 1e-3},
+        "train": {"steps": steps, "log_every": 1, "checkpoint_every": steps, "plots": False},
+    }
 
 
 def run_bad(argv: list[str], capsys) -> str:
@@ -109,8 +114,15 @@ def test_safetensors_files_load(tmp_path):
 def test_ddp_checkpoint_through_train_and_eval_cli(data_root, tmp_path, capsys):
     source = torchvision.models.resnet18(num_classes=2)
     torch.save({"state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}}, tmp_path / "ddp.pth")
-    cfg = write_config(tmp_path / "c.yaml", config("classification", data_root, tmp_path / "run",
-                                                   {"arch": "classifier", "backbone": "resnet18", "weights": str(tmp_path / "ddp.pth")}))
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        config(
+            "classification",
+            data_root,
+            tmp_path / "run",
+            {"arch": "classifier", "backbone": "resnet18", "weights": str(tmp_path / "ddp.pth")},
+        ),
+    )
     assert main(["train", str(cfg)]) == 0
     capsys.readouterr()
     assert main(["eval", str(cfg), "--weights", str(tmp_path / "ddp.pth")]) == 0
@@ -125,18 +137,28 @@ def test_ddp_checkpoint_through_train_and_eval_cli(data_root, tmp_path, capsys):
 # ------------------------------------------------------------------ mismatches
 def test_resnet34_checkpoint_into_resnet18_fails_in_one_line(data_root, tmp_path, capsys):
     torch.save(torchvision.models.resnet34(num_classes=2).state_dict(), tmp_path / "r34.pth")
-    whole = config("classification", data_root, tmp_path / "a", {"arch": "classifier", "backbone": "resnet18",
-                                                                 "weights": str(tmp_path / "r34.pth")})
+    whole = config(
+        "classification",
+        data_root,
+        tmp_path / "a",
+        {"arch": "classifier", "backbone": "resnet18", "weights": str(tmp_path / "r34.pth")},
+    )
     msg = run_bad(["train", str(write_config(tmp_path / "a.yaml", whole))], capsys)
     assert "do not fit the student architecture" in msg and "layer1.2" in msg
-    backbone = config("segmentation", data_root, tmp_path / "b", {"arch": "fcn", "backbone": "resnet18",
-                                                                  "backbone_weights": str(tmp_path / "r34.pth")})
+    backbone = config(
+        "segmentation",
+        data_root,
+        tmp_path / "b",
+        {"arch": "fcn", "backbone": "resnet18", "backbone_weights": str(tmp_path / "r34.pth")},
+    )
     msg = run_bad(["train", str(write_config(tmp_path / "b.yaml", backbone))], capsys)
     assert "do not fit the student backbone architecture" in msg and "layer3.2" in msg
     teacher = config("classification", data_root, tmp_path / "c", {"arch": "classifier", "backbone": "resnet18"})
     teacher["teacher"] = {"arch": "classifier", "backbone": "resnet18", "weights": str(tmp_path / "r34.pth")}
     teacher["distill"] = {"points": [{"name": "l", "student": "fc", "teacher": "fc", "loss": "kd"}]}
-    assert "do not fit the teacher architecture" in run_bad(["train", str(write_config(tmp_path / "c.yaml", teacher))], capsys)
+    assert "do not fit the teacher architecture" in run_bad(
+        ["train", str(write_config(tmp_path / "c.yaml", teacher))], capsys
+    )
     # another family entirely, missing and corrupt files
     torch.save(torchvision.models.mobilenet_v2().state_dict(), tmp_path / "mnv2.pth")
     other = dict(whole, model={"arch": "classifier", "backbone": "resnet18", "weights": str(tmp_path / "mnv2.pth")})
@@ -144,12 +166,18 @@ def test_resnet34_checkpoint_into_resnet18_fails_in_one_line(data_root, tmp_path
     missing = dict(whole, model={"arch": "classifier", "backbone": "resnet18", "weights": str(tmp_path / "nope.pth")})
     assert "checkpoint not found" in run_bad(["train", str(write_config(tmp_path / "e.yaml", missing))], capsys)
     (tmp_path / "corrupt.pth").write_bytes((tmp_path / "r34.pth").read_bytes()[:2000])
-    corrupt = dict(whole, model={"arch": "classifier", "backbone": "resnet18", "backbone_weights": str(tmp_path / "corrupt.pth")})
+    corrupt = dict(
+        whole, model={"arch": "classifier", "backbone": "resnet18", "backbone_weights": str(tmp_path / "corrupt.pth")}
+    )
     assert "truncated or corrupted" in run_bad(["train", str(write_config(tmp_path / "f.yaml", corrupt))], capsys)
     # an ImageNet head (1000 classes) into a 2-class model: whole-model weights refuse it
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18_imagenet.pth")
-    head = dict(whole, model={"arch": "classifier", "backbone": "resnet18", "weights": str(tmp_path / "r18_imagenet.pth")})
-    assert "fc.weight: file (1000, 512) vs model (2, 512)" in run_bad(["train", str(write_config(tmp_path / "g.yaml", head))], capsys)
+    head = dict(
+        whole, model={"arch": "classifier", "backbone": "resnet18", "weights": str(tmp_path / "r18_imagenet.pth")}
+    )
+    assert "fc.weight: file (1000, 512) vs model (2, 512)" in run_bad(
+        ["train", str(write_config(tmp_path / "g.yaml", head))], capsys
+    )
     assert not any((tmp_path / n).exists() for n in "abcdefg")
 
 
@@ -178,8 +206,12 @@ def test_weights_enum_resolves_from_a_prefilled_torch_home(torch_home, data_root
     mnv2 = torchvision.models.mobilenet_v2().state_dict()
     fill_cache("MobileNet_V2_Weights.IMAGENET1K_V1", mnv2)
 
-    raw = config("segmentation", data_root, tmp_path / "run",
-                 {"arch": "deeplabv3", "backbone": "resnet18", "backbone_weights": "torchvision:ResNet18_Weights.IMAGENET1K_V1"})
+    raw = config(
+        "segmentation",
+        data_root,
+        tmp_path / "run",
+        {"arch": "deeplabv3", "backbone": "resnet18", "backbone_weights": "torchvision:ResNet18_Weights.IMAGENET1K_V1"},
+    )
     cfg = validate(TrainConfig, raw)
     task = make_task(cfg)
     task.datasets(cfg.data)
@@ -190,8 +222,12 @@ def test_weights_enum_resolves_from_a_prefilled_torch_home(torch_home, data_root
 
     # MobileNetV2 as the backbone of a segmenter and of a detector: 'features.' keys into the extractor
     for mcfg in ({"arch": "lraspp", "backbone": "mobilenet_v2"}, {"arch": "deeplabv3", "backbone": "mobilenet_v2"}):
-        m = build_model(task, ModelConfig(**mcfg, backbone_weights="torchvision:MobileNet_V2_Weights.IMAGENET1K_V1"),
-                        "teacher", torch.device("cpu"))
+        m = build_model(
+            task,
+            ModelConfig(**mcfg, backbone_weights="torchvision:MobileNet_V2_Weights.IMAGENET1K_V1"),
+            "teacher",
+            torch.device("cpu"),
+        )
         body = m.backbone.body if mcfg["arch"] == "lraspp" else m.backbone
         assert all(torch.equal(v, mnv2[f"features.{k}"]) for k, v in body.state_dict().items())
     det = build_detector("fcos", "mobilenet_v2", 2, fpn_channels=32, image_size=64)
@@ -199,21 +235,42 @@ def test_weights_enum_resolves_from_a_prefilled_torch_home(torch_home, data_root
     assert all(torch.equal(v, mnv2[f"features.{k}"]) for k, v in det.backbone.body.state_dict().items())
 
     # the whole torchvision classifier by enum, through a factory
-    whole = build_model(task, ModelConfig(factory="torchvision.models:resnet18", kwargs={"weights": None, "num_classes": 1000},
-                                          weights="torchvision:ResNet18_Weights.IMAGENET1K_V1"), "teacher", torch.device("cpu"))
+    whole = build_model(
+        task,
+        ModelConfig(
+            factory="torchvision.models:resnet18",
+            kwargs={"weights": None, "num_classes": 1000},
+            weights="torchvision:ResNet18_Weights.IMAGENET1K_V1",
+        ),
+        "teacher",
+        torch.device("cpu"),
+    )
     assert same(whole.state_dict(), r18)
 
 
 def test_weights_enum_absent_or_misspelt_gives_one_line(torch_home, data_root, tmp_path, capsys):
-    model = {"arch": "fcn", "backbone": "mobilenet_v2", "backbone_weights": "torchvision:MobileNet_V2_Weights.IMAGENET1K_V1"}
-    msg = run_bad(["train", str(write_config(tmp_path / "a.yaml", config("segmentation", data_root, tmp_path / "a", model)))], capsys)
+    model = {
+        "arch": "fcn",
+        "backbone": "mobilenet_v2",
+        "backbone_weights": "torchvision:MobileNet_V2_Weights.IMAGENET1K_V1",
+    }
+    msg = run_bad(
+        ["train", str(write_config(tmp_path / "a.yaml", config("segmentation", data_root, tmp_path / "a", model)))],
+        capsys,
+    )
     assert "mobilenet_v2-b0353104.pth is not in" in msg and str(torch_home / "hub" / "checkpoints") in msg
     assert "never downloads" in msg
     model = dict(model, backbone_weights="torchvision:MobileNet_V2_Weights.IMAGENET1K_V3")
-    msg = run_bad(["train", str(write_config(tmp_path / "b.yaml", config("segmentation", data_root, tmp_path / "b", model)))], capsys)
+    msg = run_bad(
+        ["train", str(write_config(tmp_path / "b.yaml", config("segmentation", data_root, tmp_path / "b", model)))],
+        capsys,
+    )
     assert "unknown torchvision weights; did you mean 'MobileNet_V2_Weights.IMAGENET1K_V" in msg
     model = dict(model, backbone_weights="torchvision:MobileNetV2_Weights.IMAGENET1K_V1")
-    msg = run_bad(["train", str(write_config(tmp_path / "c.yaml", config("segmentation", data_root, tmp_path / "c", model)))], capsys)
+    msg = run_bad(
+        ["train", str(write_config(tmp_path / "c.yaml", config("segmentation", data_root, tmp_path / "c", model)))],
+        capsys,
+    )
     assert "did you mean 'MobileNet_V2_Weights.IMAGENET1K_V1'" in msg
     assert not list(torch_home.rglob("*.pth")) and not any((tmp_path / n).exists() for n in "abc")
 
@@ -244,7 +301,9 @@ def test_detectors_normalise_in_their_transform_from_the_config():
     keys = list(det.state_dict())
     attach_normalization(det, None)
     assert det.transform.image_mean == [0.0] and det.transform.image_std == [1.0]
-    attach_normalization(det, resolve_normalization(ModelConfig(arch="retinanet", normalize={"mean": [0.5] * 3, "std": [0.25] * 3})))
+    attach_normalization(
+        det, resolve_normalization(ModelConfig(arch="retinanet", normalize={"mean": [0.5] * 3, "std": [0.25] * 3}))
+    )
     assert det.transform.image_mean == [0.5] * 3 and det.transform.image_std == [0.25] * 3
     assert not det._forward_pre_hooks and list(det.state_dict()) == keys
 
@@ -252,7 +311,9 @@ def test_detectors_normalise_in_their_transform_from_the_config():
 def test_default_normalisation_follows_the_weights(tmp_path):
     assert resolve_normalization(ModelConfig(arch="fcn")) is None
     assert resolve_normalization(ModelConfig(arch="fcn", backbone_weights="x.pth")) == IMAGENET
-    assert resolve_normalization(ModelConfig(arch="fcn", weights="torchvision:ResNet18_Weights.IMAGENET1K_V1")) == IMAGENET
+    assert (
+        resolve_normalization(ModelConfig(arch="fcn", weights="torchvision:ResNet18_Weights.IMAGENET1K_V1")) == IMAGENET
+    )
     assert resolve_normalization(ModelConfig(arch="fcn", backbone_weights="x.pth", normalize="none")) is None
     with pytest.raises(ConfigError, match="std"):
         validate(ModelConfig, {"arch": "fcn", "normalize": {"mean": [0.5], "std": [0.0]}})
@@ -261,13 +322,24 @@ def test_default_normalisation_follows_the_weights(tmp_path):
 def test_exported_normalisation_is_what_a_teacher_loaded_from_it_uses(data_root, tmp_path):
     """A student trained with ImageNet statistics, then used as a teacher by its student.pt: same inputs."""
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pth")
-    cfg = write_config(tmp_path / "c.yaml", config("classification", data_root, tmp_path / "run",
-                                                   {"arch": "classifier", "backbone": "resnet18", "backbone_weights": str(tmp_path / "r18.pth")}))
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        config(
+            "classification",
+            data_root,
+            tmp_path / "run",
+            {"arch": "classifier", "backbone": "resnet18", "backbone_weights": str(tmp_path / "r18.pth")},
+        ),
+    )
     assert main(["train", str(cfg)]) == 0
     meta = json.loads((tmp_path / "run" / "student.json").read_text())
     assert meta["normalize"] == {"mean": list(IMAGENET.mean), "std": list(IMAGENET.std)}
-    raw = config("classification", data_root, tmp_path / "x", {"arch": "classifier", "backbone": "resnet18",
-                                                               "weights": str(tmp_path / "run" / "student.pt")})
+    raw = config(
+        "classification",
+        data_root,
+        tmp_path / "x",
+        {"arch": "classifier", "backbone": "resnet18", "weights": str(tmp_path / "run" / "student.pt")},
+    )
     tcfg = validate(TrainConfig, raw)
     task = make_task(tcfg)
     task.datasets(tcfg.data)

@@ -22,17 +22,31 @@ def write_tiny_dataset(root: Path, n_train: int = 12, n_val: int = 6, size: int 
             mask = np.zeros((size, size), np.uint8)
             for _ in range(rng.integers(1, 3)):
                 cls = int(rng.integers(1, 3))
-                w, h = (int(rng.integers(8, 14)),) * 2 if cls == 1 else (int(rng.integers(4, 7)), int(rng.integers(12, 18)))
+                w, h = (
+                    (int(rng.integers(8, 14)),) * 2
+                    if cls == 1
+                    else (int(rng.integers(4, 7)), int(rng.integers(12, 18)))
+                )
                 x, y = int(rng.integers(0, size - w)), int(rng.integers(0, size - h))
-                img[y:y + h, x:x + w] = (200, 80, 40) if cls == 1 else (40, 200, 90)
-                mask[y:y + h, x:x + w] = cls
-                anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": cls, "bbox": [x, y, w, h],
-                             "area": w * h, "iscrowd": 0})
+                img[y : y + h, x : x + w] = (200, 80, 40) if cls == 1 else (40, 200, 90)
+                mask[y : y + h, x : x + w] = cls
+                anns.append(
+                    {
+                        "id": len(anns) + 1,
+                        "image_id": i + 1,
+                        "category_id": cls,
+                        "bbox": [x, y, w, h],
+                        "area": w * h,
+                        "iscrowd": 0,
+                    }
+                )
             Image.fromarray(img).save(root / split / "images" / f"{i:04d}.png")
             Image.fromarray(mask).save(root / split / "masks" / f"{i:04d}.png")
             images.append({"id": i + 1, "file_name": f"{i:04d}.png", "width": size, "height": size})
         cats = [{"id": k + 1, "name": n} for k, n in enumerate(NAMES)]
-        (root / split / "annotations.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+        (root / split / "annotations.json").write_text(
+            json.dumps({"images": images, "annotations": anns, "categories": cats})
+        )
         for k, name in enumerate(NAMES):
             folder = root / "classify" / split / name
             folder.mkdir(parents=True, exist_ok=True)

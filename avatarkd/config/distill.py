@@ -58,8 +58,10 @@ class PointConfig(Strict):
     def _registered(cls, loss: str) -> str:
         if loss not in LOSSES:
             raise PydanticCustomError(
-                "literal_error", "Input should be one of the registered losses {expected}{hint}",
-                {"expected": ", ".join(repr(n) for n in LOSSES.names()), "hint": did_you_mean(loss, LOSSES)})
+                "literal_error",
+                "Input should be one of the registered losses {expected}{hint}",
+                {"expected": ", ".join(repr(n) for n in LOSSES.names()), "hint": did_you_mean(loss, LOSSES)},
+            )
         return loss
 
     @model_validator(mode="after")
@@ -73,8 +75,10 @@ class DistillerConfig(Strict):
     points: list[PointConfig] = Field(min_length=1)
     akd: AKDConfig = Field(default_factory=AKDConfig)
     teacher_cache: Path | None = Field(
-        None, description="directory for the frozen teacher's features, reused whenever the teacher sees an input "
-        "again (every epoch after the first); keyed by teacher weights, points and input content")
+        None,
+        description="directory for the frozen teacher's features, reused whenever the teacher sees an input "
+        "again (every epoch after the first); keyed by teacher weights, points and input content",
+    )
 
     @field_validator("points")
     @classmethod

@@ -50,10 +50,14 @@ class ModelConfig(Strict):
 
     arch: str | None = Field(None, description="built-in model; or give 'factory'")
     backbone: str = Field("resnet18", description="torchvision classification model name, or timm:<name>")
-    factory: str | None = Field(None, pattern=FACTORY_PATTERN, description="'package.module:callable' returning an nn.Module")
+    factory: str | None = Field(
+        None, pattern=FACTORY_PATTERN, description="'package.module:callable' returning an nn.Module"
+    )
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the factory")
     weights: str | None = Field(None, description="whole-model weights: a file or torchvision:<EnumClass>.<NAME>")
-    backbone_weights: str | None = Field(None, description="feature-extractor weights: a file or torchvision:<EnumClass>.<NAME>")
+    backbone_weights: str | None = Field(
+        None, description="feature-extractor weights: a file or torchvision:<EnumClass>.<NAME>"
+    )
     normalize: Literal["imagenet", "none"] | NormalizeConfig | None = None
     output_stride: Literal[8, 16, 32] | None = Field(None, description="segmentation; default 16 for lraspp, else 8")
     fpn_channels: int = Field(256, ge=8)
@@ -61,16 +65,22 @@ class ModelConfig(Strict):
     anchor_sizes: tuple[int, ...] = (16, 32, 64, 128, 256)
     freeze_bn: bool = Field(False, description="keep BatchNorm statistics fixed while training (small batches)")
     bn_momentum: float | None = Field(
-        None, gt=0.0, le=1.0, description="momentum of every BatchNorm's running statistics (default: the model's "
-        "own; torchvision's MobileNetV3 uses 0.01, too slow for a schedule of a few hundred steps)")
+        None,
+        gt=0.0,
+        le=1.0,
+        description="momentum of every BatchNorm's running statistics (default: the model's "
+        "own; torchvision's MobileNetV3 uses 0.01, too slow for a schedule of a few hundred steps)",
+    )
     # the folder of the YAML file that named this model: a factory's module is also looked up there
     _config_dir: Path | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _arch_or_factory(self) -> ModelConfig:
         if (self.arch is None) == (self.factory is None):
-            raise ValueError("give either 'arch' (a built-in model) or 'factory' ('package.module:callable'), not "
-                             + ("both" if self.arch else "neither"))
+            raise ValueError(
+                "give either 'arch' (a built-in model) or 'factory' ('package.module:callable'), not "
+                + ("both" if self.arch else "neither")
+            )
         if self.kwargs and self.factory is None:
             raise ValueError("'kwargs' are the factory's arguments; they need 'factory'")
         return self
@@ -119,25 +129,41 @@ class DataConfig(Strict):
     train_annotations: Path | None = None
     val_annotations: Path | None = None
     ignore_index: int = Field(255, ge=0)
-    num_classes: int | None = Field(None, ge=2, description="segmentation: classes incl. background; default: "
-                                    "from the format, data.class_names, the annotations or a scan of the masks")
+    num_classes: int | None = Field(
+        None,
+        ge=2,
+        description="segmentation: classes incl. background; default: "
+        "from the format, data.class_names, the annotations or a scan of the masks",
+    )
     class_names: list[str] | None = Field(None, min_length=1, description="names shown in metrics and pictures")
     hflip: float = Field(0.5, ge=0.0, le=1.0)
-    crop_size: Size | None = Field(None, description="segmentation/classification: random crops of this size "
-                                   "(padded with 0 / ignore where the image is smaller)")
+    crop_size: Size | None = Field(
+        None,
+        description="segmentation/classification: random crops of this size "
+        "(padded with 0 / ignore where the image is smaller)",
+    )
     scale_range: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] | None = Field(
-        None, description="segmentation: random rescale by a ratio in this range (of base_size, else of the image)")
-    base_size: Size | None = Field(None, description="segmentation: the size scale_range is relative to, e.g. "
-                                   "[1024, 2048] for Cityscapes")
+        None, description="segmentation: random rescale by a ratio in this range (of base_size, else of the image)"
+    )
+    base_size: Size | None = Field(
+        None, description="segmentation: the size scale_range is relative to, e.g. [1024, 2048] for Cityscapes"
+    )
     photometric: bool = Field(False, description="segmentation: random brightness, contrast, saturation and hue")
     min_size: Annotated[list[Annotated[int, Field(ge=8)]], BeforeValidator(_listed)] | None = Field(
-        None, description="detection: shorter side after resizing; a list trains multi-scale (one drawn per "
-        "batch) and evaluates at its last value; default: model.image_size")
+        None,
+        description="detection: shorter side after resizing; a list trains multi-scale (one drawn per "
+        "batch) and evaluates at its last value; default: model.image_size",
+    )
     max_size: int | None = Field(None, ge=8, description="detection: longer side limit (default: the largest min_size)")
-    skip_unreadable: bool = Field(False, description="skip images that cannot be decoded (counted and logged) "
-                                  "instead of stopping")
-    check_samples: int = Field(200, ge=0, description="images per split the pre-flight check reads at the start "
-                               "of training (0: no check); `avatarkd check-data --all` reads every image")
+    skip_unreadable: bool = Field(
+        False, description="skip images that cannot be decoded (counted and logged) instead of stopping"
+    )
+    check_samples: int = Field(
+        200,
+        ge=0,
+        description="images per split the pre-flight check reads at the start "
+        "of training (0: no check); `avatarkd check-data --all` reads every image",
+    )
     batch_size: int = Field(16, ge=1)
     val_batch_size: int | None = Field(None, ge=1)
     num_workers: int = Field(0, ge=0)
@@ -226,8 +252,10 @@ class TrainConfig(Strict):
         if self.distill is not None and self.teacher is None:
             raise ValueError("distill needs a teacher: add a 'teacher:' section with its weights")
         if self.teacher is not None and self.teacher.weights is None:
-            raise ValueError("teacher.weights: a distillation teacher must be trained; give its checkpoint path "
-                             "or torchvision:<EnumClass>.<NAME>")
+            raise ValueError(
+                "teacher.weights: a distillation teacher must be trained; give its checkpoint path "
+                "or torchvision:<EnumClass>.<NAME>"
+            )
         return self
 
 

@@ -16,7 +16,23 @@ from .transforms import pad_to
 from .wrappers import Augmented, SkipUnreadable, innermost, set_epoch
 
 __all__ = [
-    "Augmented", "CocoDetection", "FORMATS", "ImageFolderDataset", "SegmentationFolder", "SegmentationPairs",
-    "SkipUnreadable", "SplitReport", "check_dataset", "collate_detection", "data_root", "demo_data_root",
-    "format_reports", "generic_names", "innermost", "open_dataset", "pad_to", "set_epoch", "train_transform",
+    "Augmented",
+    "CocoDetection",
+    "FORMATS",
+    "ImageFolderDataset",
+    "SegmentationFolder",
+    "SegmentationPairs",
+    "SkipUnreadable",
+    "SplitReport",
+    "check_dataset",
+    "collate_detection",
+    "data_root",
+    "demo_data_root",
+    "format_reports",
+    "generic_names",
+    "innermost",
+    "open_dataset",
+    "pad_to",
+    "set_epoch",
+    "train_transform",
 ]

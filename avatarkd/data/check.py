@@ -57,16 +57,21 @@ def _classes_in(target: Any, ignore_index: int) -> set[int]:
     return {int(target)}
 
 
-def check_dataset(dataset: Any, split: str, samples: int | None, skip_unreadable: bool = False,
-                  ignore_index: int = 255) -> SplitReport:
+def check_dataset(
+    dataset: Any, split: str, samples: int | None, skip_unreadable: bool = False, ignore_index: int = 255
+) -> SplitReport:
     """Reads ``samples`` items of ``dataset``'s reader (all when None); a bad item is a one-line DataError.
 
     Unreadable images are counted instead when ``skip_unreadable`` is set. The reader under any
     wrappers is read, so nothing is augmented and nothing is skipped silently.
     """
     reader = innermost(dataset)
-    report = SplitReport(split, len(reader), num_classes=int(getattr(reader, "num_classes", 0) or 0),
-                         class_source=str(getattr(reader, "class_source", "")))
+    report = SplitReport(
+        split,
+        len(reader),
+        num_classes=int(getattr(reader, "num_classes", 0) or 0),
+        class_source=str(getattr(reader, "class_source", "")),
+    )
     for index in sample_indices(len(reader), samples):
         try:
             image, target = reader[index]
@@ -88,10 +93,14 @@ def check_dataset(dataset: Any, split: str, samples: int | None, skip_unreadable
 
 def format_reports(reports: list[SplitReport]) -> str:
     """A markdown table, one row per split."""
-    lines = ["| split | images | read | unreadable | sizes (HxW) | classes | seen in sample | boxes |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| split | images | read | unreadable | sizes (HxW) | classes | seen in sample | boxes |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in reports:
         boxes = str(r.boxes) if r.boxes else "-"
-        lines.append(f"| {r.split} | {r.images} | {r.checked} | {r.unreadable} | {r.sizes()} | {r.num_classes} | "
-                     f"{len(r.classes_seen)} | {boxes} |")
+        lines.append(
+            f"| {r.split} | {r.images} | {r.checked} | {r.unreadable} | {r.sizes()} | {r.num_classes} | "
+            f"{len(r.classes_seen)} | {boxes} |"
+        )
     return "\n".join(lines)

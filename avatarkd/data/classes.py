@@ -38,28 +38,39 @@ def names_from_categories(path: Path | None) -> list[str] | None:
     return ["background"] + [str(c.get("name", c["id"])) for c in cats]
 
 
-def resolve_segmentation_classes(dataset: SegmentationPairs, data: DataConfig, format_name: str,
-                                 format_names: Sequence[str] | None, annotations: Path | None) -> None:
+def resolve_segmentation_classes(
+    dataset: SegmentationPairs,
+    data: DataConfig,
+    format_name: str,
+    format_names: Sequence[str] | None,
+    annotations: Path | None,
+) -> None:
     """Sets ``num_classes``, ``class_names`` and ``class_source`` of a segmentation dataset."""
     if format_names is not None:
         count, names, source = len(format_names), list(format_names), f"the {format_name} format"
         if data.num_classes is not None and data.num_classes != count:
-            raise ConfigError(f"data.num_classes: {data.num_classes} given, but the {format_name} format has "
-                              f"{count} classes; remove data.num_classes")
+            raise ConfigError(
+                f"data.num_classes: {data.num_classes} given, but the {format_name} format has "
+                f"{count} classes; remove data.num_classes"
+            )
     elif data.class_names is not None:
         count, names, source = len(data.class_names), list(data.class_names), "data.class_names"
     elif data.num_classes is not None:
         count = data.num_classes
         found = names_from_categories(annotations)
-        names, source = ((found, f"data.num_classes, names from {annotations}") if found and len(found) == count
-                         else (generic_names(count), "data.num_classes"))
+        names, source = (
+            (found, f"data.num_classes, names from {annotations}")
+            if found and len(found) == count
+            else (generic_names(count), "data.num_classes")
+        )
     elif (found := names_from_categories(annotations)) is not None:
         count, names, source = len(found), found, f"the categories of {annotations}"
     else:
         count = scan_class_count(dataset)
         names = generic_names(count)
-        source = (f"a scan of the {len(dataset)} masks (largest class id {count - 1}; set data.num_classes "
-                  "to skip the scan)")
+        source = (
+            f"a scan of the {len(dataset)} masks (largest class id {count - 1}; set data.num_classes to skip the scan)"
+        )
     if data.class_names is not None and format_names is not None:
         names, source = rename(names, data.class_names, source)
     dataset.num_classes, dataset.class_names, dataset.class_source = count, names, source
@@ -77,5 +88,6 @@ def rename(names: list[str], given: Sequence[str] | None, source: str) -> tuple[
 def check_count(count: int, data: DataConfig, source: str) -> None:
     """A ``data.num_classes`` that contradicts the data (detection, classification) is a config error."""
     if data.num_classes is not None and data.num_classes != count:
-        raise ConfigError(f"data.num_classes: {data.num_classes} given, but {source} gives {count} classes; "
-                          "remove data.num_classes")
+        raise ConfigError(
+            f"data.num_classes: {data.num_classes} given, but {source} gives {count} classes; remove data.num_classes"
+        )

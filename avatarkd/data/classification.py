@@ -25,8 +25,9 @@ class ImageFolderDataset(Dataset):
     def __init__(self, root: str | Path) -> None:
         self.root = require_dir(Path(root), "image folder")
         try:
-            folder = ImageFolder(str(self.root), loader=str,
-                                 is_valid_file=lambda p: p.lower().endswith(IMAGE_EXTENSIONS))
+            folder = ImageFolder(
+                str(self.root), loader=str, is_valid_file=lambda p: p.lower().endswith(IMAGE_EXTENSIONS)
+            )
         except (FileNotFoundError, OSError) as exc:
             raise DataError(f"{self.root}: not a usable ImageFolder ({one_line(exc)})") from exc
         self.classes: list[str] = list(folder.classes)

@@ -29,8 +29,11 @@ Target = dict[str, Tensor]
 
 
 def _number_list(value: Any, length: int) -> bool:
-    return (isinstance(value, (list, tuple)) and len(value) == length
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
+    return (
+        isinstance(value, (list, tuple))
+        and len(value) == length
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    )
 
 
 def _validate(data: Any, ann_file: Path) -> None:
@@ -62,11 +65,15 @@ def _validate(data: Any, ann_file: Path) -> None:
         if not isinstance(ann, dict):
             raise DataError(f"{ann_file}: annotations[{i}] is not an object")
         if ann.get("category_id") not in cat_ids:
-            raise DataError(f"{ann_file}: annotations[{i}] (id {ann.get('id')}) has category_id "
-                            f"{ann.get('category_id')!r}, which is not among the categories {sorted(cat_ids)}")
+            raise DataError(
+                f"{ann_file}: annotations[{i}] (id {ann.get('id')}) has category_id "
+                f"{ann.get('category_id')!r}, which is not among the categories {sorted(cat_ids)}"
+            )
         if ann.get("image_id") not in known_images:
-            raise DataError(f"{ann_file}: annotations[{i}] (id {ann.get('id')}) refers to image_id "
-                            f"{ann.get('image_id')!r}, which is not in 'images'")
+            raise DataError(
+                f"{ann_file}: annotations[{i}] (id {ann.get('id')}) refers to image_id "
+                f"{ann.get('image_id')!r}, which is not in 'images'"
+            )
         if not _number_list(ann.get("bbox"), 4):
             raise DataError(f"{ann_file}: annotations[{i}] (id {ann.get('id')}) needs 'bbox' as [x, y, width, height]")
 
@@ -118,10 +125,18 @@ class CocoDetection(Dataset):
         self._targets = [self._target_arrays(i, skip_crowd) for i in self.ids]
         dropped = sum(t[3] for t in self._targets)
         if dropped:
-            log.warning("%s: dropped %d degenerate boxes (width or height <= 1 px) from the training targets",
-                        self.ann_file, dropped)
-        log.info("%s: %d images, %d annotations, %d classes", self.ann_file, len(self.ids),
-                 len(self.coco.anns), self.num_classes)
+            log.warning(
+                "%s: dropped %d degenerate boxes (width or height <= 1 px) from the training targets",
+                self.ann_file,
+                dropped,
+            )
+        log.info(
+            "%s: %d images, %d annotations, %d classes",
+            self.ann_file,
+            len(self.ids),
+            len(self.coco.anns),
+            self.num_classes,
+        )
 
     def _path(self, image_id: int) -> Path:
         return self.image_dir / self.coco.imgs[image_id]["file_name"]
@@ -129,8 +144,10 @@ class CocoDetection(Dataset):
     def _check_files_exist(self) -> None:
         missing = [p for p in (self._path(i) for i in self.ids) if not p.is_file()]
         if missing:
-            raise DataError(f"{missing[0]}: image listed in {self.ann_file} not found "
-                            f"({len(missing)} of {len(self.ids)} images missing)")
+            raise DataError(
+                f"{missing[0]}: image listed in {self.ann_file} not found "
+                f"({len(missing)} of {len(self.ids)} images missing)"
+            )
 
     def _target_arrays(self, image_id: int, skip_crowd: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         """(boxes xyxy, labels, [area, iscrowd] rows, number of degenerate boxes dropped) for one image."""
@@ -145,8 +162,12 @@ class CocoDetection(Dataset):
             boxes.append((x, y, x + w, y + h))
             labels.append(self.cat_id_to_label[ann["category_id"]])
             extra.append((float(ann["area"]), float(ann.get("iscrowd", 0))))
-        return (np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64),
-                np.asarray(extra, np.float64).reshape(-1, 2), dropped)
+        return (
+            np.asarray(boxes, np.float32).reshape(-1, 4),
+            np.asarray(labels, np.int64),
+            np.asarray(extra, np.float64).reshape(-1, 2),
+            dropped,
+        )
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -158,8 +179,9 @@ class CocoDetection(Dataset):
         info = self.coco.imgs[image_id]
         height, width = image.shape[-2:]
         if "width" in info and "height" in info and (info["width"], info["height"]) != (width, height):
-            raise DataError(f"{path}: image is {width}x{height} but {self.ann_file} says "
-                            f"{info['width']}x{info['height']}")
+            raise DataError(
+                f"{path}: image is {width}x{height} but {self.ann_file} says {info['width']}x{info['height']}"
+            )
         boxes, labels, extra, _ = self._targets[index]
         target: Target = {
             "boxes": torch.from_numpy(boxes.copy()),

@@ -27,8 +27,10 @@ def demo_data_root() -> Path:
     """The bundled ``fashion_canvas`` folder, found next to the installed package (wheel or checkout)."""
     root = Path(__file__).resolve().parent.parent / "demo_data" / "fashion_canvas"
     if not root.is_dir():
-        raise DataError(f"bundled demo data not found at {root}; regenerate it with "
-                        "`python scripts/make_demo_data.py` or reinstall avatarkd")
+        raise DataError(
+            f"bundled demo data not found at {root}; regenerate it with "
+            "`python scripts/make_demo_data.py` or reinstall avatarkd"
+        )
     return root
 
 
@@ -48,15 +50,23 @@ def data_root(data: DataConfig) -> Path | None:
 def train_transform(task: str, data: DataConfig) -> Any:
     """The augmentation of a task's training split, configured from ``data:``."""
     if task == "segmentation":
-        return SegmentationAugment(data.crop_size, data.scale_range, data.base_size, data.hflip, data.photometric,
-                                   data.ignore_index)
+        return SegmentationAugment(
+            data.crop_size, data.scale_range, data.base_size, data.hflip, data.photometric, data.ignore_index
+        )
     if task == "detection":
         return DetectionAugment(data.hflip)
     return ClassificationAugment(data.crop_size, data.hflip)
 
 
-def open_dataset(task: str, format: str | None = None, root: str | Path | None = None, split: str = "train", *,
-                 config: DataConfig | None = None, seed: int = 0) -> Dataset:
+def open_dataset(
+    task: str,
+    format: str | None = None,
+    root: str | Path | None = None,
+    split: str = "train",
+    *,
+    config: DataConfig | None = None,
+    seed: int = 0,
+) -> Dataset:
     """One split of a dataset; ``config`` gives the options (augmentation, ignore index, class names, ...).
 
     ``format`` and ``root``, when given, override ``config.format`` and ``config.root`` (default
@@ -67,20 +77,25 @@ def open_dataset(task: str, format: str | None = None, root: str | Path | None =
     data = config or DataConfig()
     format = format or data.format
     if format not in FORMATS:
-        raise ConfigError(f"data.format: unknown format {format!r}{did_you_mean(format, FORMATS)}; "
-                          f"choose one of {', '.join(FORMATS)}")
+        raise ConfigError(
+            f"data.format: unknown format {format!r}{did_you_mean(format, FORMATS)}; choose one of {', '.join(FORMATS)}"
+        )
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}{did_you_mean(split, SPLITS)}; choose one of {', '.join(SPLITS)}")
     data = data.model_copy(update={"format": format, "root": Path(root) if root is not None else data.root})
     fmt = FORMATS[format]
     if task not in fmt.tasks:
         fits = [name for name, f in FORMATS.items() if task in f.tasks]
-        raise ConfigError(f"data.format: {format!r} holds {' or '.join(fmt.tasks)} data, not {task}; "
-                          f"for {task} choose {' or '.join(fits)}")
+        raise ConfigError(
+            f"data.format: {format!r} holds {' or '.join(fmt.tasks)} data, not {task}; "
+            f"for {task} choose {' or '.join(fits)}"
+        )
     unread = [k for k in _explicit_keys(data) if k.split("_", 1)[1] not in fmt.explicit]
     if unread:
-        raise ConfigError(f"data.{unread[0]}: the {format} format finds its files under data.root and does not "
-                          "read explicit paths; remove it")
+        raise ConfigError(
+            f"data.{unread[0]}: the {format} format finds its files under data.root and does not "
+            "read explicit paths; remove it"
+        )
     dataset: Dataset = fmt.read(task, Layout(format, data_root(data)), split, data)
     if data.skip_unreadable:
         dataset = SkipUnreadable(dataset, replace=split == "train")

@@ -23,8 +23,7 @@ from .classes import check_count, rename, resolve_segmentation_classes
 from .classification import ImageFolderDataset
 from .coco import CocoDetection
 from .io import one_line
-from .labels import (ADE20K_CLASSES, CITYSCAPES_CLASSES, VOC_CLASSES, ade20k_lut, cityscapes_lut,
-                     voc_lut)
+from .labels import ADE20K_CLASSES, CITYSCAPES_CLASSES, VOC_CLASSES, ade20k_lut, cityscapes_lut, voc_lut
 from .segmentation import SegmentationPairs, pair_by_stem
 
 Reader = Callable[[str, "Layout", str, DataConfig], Dataset]
@@ -44,8 +43,9 @@ class Layout:
             return path
         fmt = FORMATS[self.format]
         if self.root is not None and not self.root.is_dir():
-            raise DataError(f"data.root {self.root} does not exist; the {self.format} format expects there "
-                            f"{fmt.layout}")
+            raise DataError(
+                f"data.root {self.root} does not exist; the {self.format} format expects there {fmt.layout}"
+            )
         where = f"data.root {self.root}: " if self.root is not None else ""
         shown = path.relative_to(self.root) if self.root is not None and path.is_relative_to(self.root) else path
         hint = ""
@@ -56,8 +56,9 @@ class Layout:
 
     def under(self, *parts: str) -> Path:
         if self.root is None:
-            raise ConfigError(f"data.root: the {self.format} format needs data.root, the folder holding "
-                              f"{FORMATS[self.format].layout}")
+            raise ConfigError(
+                f"data.root: the {self.format} format needs data.root, the folder holding {FORMATS[self.format].layout}"
+            )
         return self.root.joinpath(*parts)
 
 
@@ -81,12 +82,16 @@ def _folders(task: str, at: Layout, split: str, data: DataConfig) -> Dataset:
     if task == "classification":
         return _images_by_class(at, data, _path(data, at, split, "images", "classify", split))
     if task == "detection":
-        return _coco(_path(data, at, split, "images", split, "images"),
-                     _path(data, at, split, "annotations", split, "annotations.json", is_file=True), data)
+        return _coco(
+            _path(data, at, split, "images", split, "images"),
+            _path(data, at, split, "annotations", split, "annotations.json", is_file=True),
+            data,
+        )
     images = _path(data, at, split, "images", split, "images")
     masks = _path(data, at, split, "masks", split, "masks")
     annotations = _explicit(data, split, "annotations") or (
-        at.root / split / "annotations.json" if at.root is not None else None)
+        at.root / split / "annotations.json" if at.root is not None else None
+    )
     ds = SegmentationPairs(pair_by_stem(images, masks), None, data.ignore_index, name=str(masks))
     resolve_segmentation_classes(ds, data, "folders", None, annotations)
     return ds
@@ -101,13 +106,16 @@ def _cityscapes(task: str, at: Layout, split: str, data: DataConfig) -> Dataset:
         raise DataError(f"{image_root}: split '{split}' is empty (no <city>/*{suffix} images)")
     pairs, missing = [], []
     for image in images:
-        mask = label_root / image.parent.name / f"{image.name[:-len(suffix)]}_gtFine_labelIds.png"
+        mask = label_root / image.parent.name / f"{image.name[: -len(suffix)]}_gtFine_labelIds.png"
         (pairs if mask.is_file() else missing).append((image, mask))
     if missing:
-        raise DataError(f"{missing[0][1]}: label file missing for {missing[0][0].name} "
-                        f"({len(missing)} of {len(images)} images of split '{split}' have none)")
-    ds = SegmentationPairs(pairs, None, data.ignore_index, lut=cityscapes_lut(data.ignore_index),
-                           name=f"cityscapes {split}")
+        raise DataError(
+            f"{missing[0][1]}: label file missing for {missing[0][0].name} "
+            f"({len(missing)} of {len(images)} images of split '{split}' have none)"
+        )
+    ds = SegmentationPairs(
+        pairs, None, data.ignore_index, lut=cityscapes_lut(data.ignore_index), name=f"cityscapes {split}"
+    )
     resolve_segmentation_classes(ds, data, "cityscapes", CITYSCAPES_CLASSES, None)
     return ds
 
@@ -142,8 +150,10 @@ def _voc(task: str, at: Layout, split: str, data: DataConfig) -> Dataset:
         pairs.append((image, mask))
     if missing:
         lineno, name, path = missing[0]
-        raise DataError(f"{list_file} line {lineno}: '{name}' is listed but {path} does not exist "
-                        f"({len(missing)} of {len(listed)} listed images incomplete)")
+        raise DataError(
+            f"{list_file} line {lineno}: '{name}' is listed but {path} does not exist "
+            f"({len(missing)} of {len(listed)} listed images incomplete)"
+        )
     ds = SegmentationPairs(pairs, None, data.ignore_index, lut=voc_lut(data.ignore_index), name=f"voc {split}")
     resolve_segmentation_classes(ds, data, "voc", VOC_CLASSES, None)
     return ds
@@ -155,11 +165,14 @@ def _ade20k(task: str, at: Layout, split: str, data: DataConfig) -> Dataset:
         at = Layout(at.format, root / "ADEChallengeData2016")
     folder = {"train": "training", "val": "validation"}.get(split)
     if folder is None:
-        raise ConfigError(f"eval.split: the ade20k format has no annotated '{split}' split (SceneParsing's "
-                          "test images come without labels); use val")
+        raise ConfigError(
+            f"eval.split: the ade20k format has no annotated '{split}' split (SceneParsing's "
+            "test images come without labels); use val"
+        )
     images, masks = at.need(at.under("images", folder)), at.need(at.under("annotations", folder))
-    ds = SegmentationPairs(pair_by_stem(images, masks), None, data.ignore_index, lut=ade20k_lut(data.ignore_index),
-                           name=f"ade20k {split}")
+    ds = SegmentationPairs(
+        pair_by_stem(images, masks), None, data.ignore_index, lut=ade20k_lut(data.ignore_index), name=f"ade20k {split}"
+    )
     resolve_segmentation_classes(ds, data, "ade20k", ADE20K_CLASSES, None)
     return ds
 
@@ -173,9 +186,11 @@ def _coco(images: Path, ann: Path, data: DataConfig) -> CocoDetection:
 
 
 def _coco_format(task: str, at: Layout, split: str, data: DataConfig) -> Dataset:
-    return _coco(_path(data, at, split, "images", f"{split}2017"),
-                 _path(data, at, split, "annotations", "annotations", f"instances_{split}2017.json", is_file=True),
-                 data)
+    return _coco(
+        _path(data, at, split, "images", f"{split}2017"),
+        _path(data, at, split, "annotations", "annotations", f"instances_{split}2017.json", is_file=True),
+        data,
+    )
 
 
 def _images_by_class(at: Layout, data: DataConfig, folder: Path) -> Dataset:
@@ -193,7 +208,7 @@ def _imagefolder(task: str, at: Layout, split: str, data: DataConfig) -> Dataset
 @dataclass(frozen=True)
 class Format:
     tasks: tuple[str, ...]
-    layout: str            # what a user should find under data.root, for error messages
+    layout: str  # what a user should find under data.root, for error messages
     marker: tuple[str, ...]  # paths under a root that identify the format (for "looks like" hints)
     read: Reader
     explicit: tuple[str, ...] = ()  # data.{split}_<kind> paths this format reads
@@ -201,20 +216,40 @@ class Format:
 
 ALL_TASKS = ("segmentation", "detection", "classification")
 FORMATS: dict[str, Format] = {
-    "folders": Format(ALL_TASKS, "{split}/images + {split}/masks (segmentation), {split}/images + "
-                      "{split}/annotations.json (detection), classify/{split}/<class>/ (classification)",
-                      ("train/images", "val/images", "classify"), _folders, ("images", "masks", "annotations")),
-    "cityscapes": Format(("segmentation",), "leftImg8bit/{split}/<city>/*_leftImg8bit.png with "
-                         "gtFine/{split}/<city>/*_gtFine_labelIds.png", ("leftImg8bit", "gtFine"), _cityscapes),
-    "voc": Format(("segmentation",), "JPEGImages/*.jpg, SegmentationClass/*.png and "
-                  "ImageSets/Segmentation/{split}.txt of VOC2012/ (or of VOCdevkit/VOC2012/ under data.root)",
-                  ("JPEGImages", "VOC2012", "VOCdevkit"), _voc),
-    "ade20k": Format(("segmentation",), "images/{training,validation}/*.jpg with "
-                     "annotations/{training,validation}/*.png of ADEChallengeData2016/",
-                     ("ADEChallengeData2016", "images/training"), _ade20k),
-    "coco": Format(("detection",), "annotations/instances_{split}2017.json with {split}2017/*.jpg",
-                   ("annotations/instances_train2017.json", "annotations/instances_val2017.json", "train2017",
-                    "val2017"), _coco_format, ("images", "annotations")),
+    "folders": Format(
+        ALL_TASKS,
+        "{split}/images + {split}/masks (segmentation), {split}/images + "
+        "{split}/annotations.json (detection), classify/{split}/<class>/ (classification)",
+        ("train/images", "val/images", "classify"),
+        _folders,
+        ("images", "masks", "annotations"),
+    ),
+    "cityscapes": Format(
+        ("segmentation",),
+        "leftImg8bit/{split}/<city>/*_leftImg8bit.png with gtFine/{split}/<city>/*_gtFine_labelIds.png",
+        ("leftImg8bit", "gtFine"),
+        _cityscapes,
+    ),
+    "voc": Format(
+        ("segmentation",),
+        "JPEGImages/*.jpg, SegmentationClass/*.png and "
+        "ImageSets/Segmentation/{split}.txt of VOC2012/ (or of VOCdevkit/VOC2012/ under data.root)",
+        ("JPEGImages", "VOC2012", "VOCdevkit"),
+        _voc,
+    ),
+    "ade20k": Format(
+        ("segmentation",),
+        "images/{training,validation}/*.jpg with annotations/{training,validation}/*.png of ADEChallengeData2016/",
+        ("ADEChallengeData2016", "images/training"),
+        _ade20k,
+    ),
+    "coco": Format(
+        ("detection",),
+        "annotations/instances_{split}2017.json with {split}2017/*.jpg",
+        ("annotations/instances_train2017.json", "annotations/instances_val2017.json", "train2017", "val2017"),
+        _coco_format,
+        ("images", "annotations"),
+    ),
     "imagefolder": Format(("classification",), "{split}/<class>/*.jpg", (), _imagefolder, ("images",)),
 }
 

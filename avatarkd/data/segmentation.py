@@ -34,16 +34,25 @@ class SegmentationPairs(Dataset):
     pre-flight check (``avatarkd check-data``) reads a sample of them before training.
     """
 
-    def __init__(self, pairs: Sequence[Pair], num_classes: int | None, ignore_index: int = 255,
-                 class_names: Sequence[str] | None = None, lut: np.ndarray | None = None,
-                 name: str = "segmentation data") -> None:
+    def __init__(
+        self,
+        pairs: Sequence[Pair],
+        num_classes: int | None,
+        ignore_index: int = 255,
+        class_names: Sequence[str] | None = None,
+        lut: np.ndarray | None = None,
+        name: str = "segmentation data",
+    ) -> None:
         self.pairs = list(pairs)
         self.ignore_index = int(ignore_index)
         self.num_classes = num_classes
         if class_names is not None and num_classes is not None and len(class_names) != num_classes:
             raise DataError(f"{name}: {len(class_names)} class names given for {num_classes} classes")
-        self.class_names = list(class_names) if class_names is not None else (
-            generic_names(num_classes) if num_classes is not None else None)
+        self.class_names = (
+            list(class_names)
+            if class_names is not None
+            else (generic_names(num_classes) if num_classes is not None else None)
+        )
         self.lut = torch.from_numpy(lut) if lut is not None else None
         self.name = name
 
@@ -55,8 +64,10 @@ class SegmentationPairs(Dataset):
         image_path, mask_path = self.pairs[index]
         image, mask = read_rgb(image_path), read_mask(mask_path)
         if tuple(image.shape[-2:]) != tuple(mask.shape):
-            raise DataError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
-                            f"{image_path.name} is {image.shape[2]}x{image.shape[1]}")
+            raise DataError(
+                f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
+                f"{image_path.name} is {image.shape[2]}x{image.shape[1]}"
+            )
         return image, mask
 
     def map_mask(self, mask: Tensor, mask_path: Path) -> Tensor:
@@ -65,14 +76,18 @@ class SegmentationPairs(Dataset):
             mapped = self.lut[mask.clamp(0, len(self.lut) - 1)]
             wrong = (mask < 0) | (mask >= len(self.lut)) | (mapped < 0)
             if bool(wrong.any()):
-                raise DataError(f"{mask_path}: mask value {int(mask[wrong][0])} is not a label of {self.name} "
-                                f"(expected {self._allowed()})")
+                raise DataError(
+                    f"{mask_path}: mask value {int(mask[wrong][0])} is not a label of {self.name} "
+                    f"(expected {self._allowed()})"
+                )
             return mapped
         if self.num_classes is not None:
             wrong = ((mask >= self.num_classes) & (mask != self.ignore_index)) | (mask < 0)
             if bool(wrong.any()):
-                raise DataError(f"{mask_path}: mask value {int(mask[wrong][0])} is neither a class id "
-                                f"in 0..{self.num_classes - 1} nor ignore_index {self.ignore_index}")
+                raise DataError(
+                    f"{mask_path}: mask value {int(mask[wrong][0])} is neither a class id "
+                    f"in 0..{self.num_classes - 1} nor ignore_index {self.ignore_index}"
+                )
         return mask
 
     def _allowed(self) -> str:
@@ -101,8 +116,10 @@ def pair_by_stem(image_dir: Path, mask_dir: Path) -> list[Pair]:
     pairs = []
     for image in images:
         if image.stem in seen:
-            raise DataError(f"{image}: two images share the stem '{image.stem}' "
-                            f"(also {seen[image.stem].name}), so the mask pairing is ambiguous")
+            raise DataError(
+                f"{image}: two images share the stem '{image.stem}' "
+                f"(also {seen[image.stem].name}), so the mask pairing is ambiguous"
+            )
         seen[image.stem] = image
         mask = mask_dir / f"{image.stem}.png"
         if not mask.is_file():
@@ -114,11 +131,18 @@ def pair_by_stem(image_dir: Path, mask_dir: Path) -> list[Pair]:
 class SegmentationFolder(SegmentationPairs):
     """Two folders, images and same-stem PNG masks holding class ids (image and mask extensions may differ)."""
 
-    def __init__(self, image_dir: str | Path, mask_dir: str | Path, ignore_index: int = 255,
-                 num_classes: int | None = None, class_names: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        image_dir: str | Path,
+        mask_dir: str | Path,
+        ignore_index: int = 255,
+        num_classes: int | None = None,
+        class_names: Sequence[str] | None = None,
+    ) -> None:
         self.image_dir, self.mask_dir = Path(image_dir), Path(mask_dir)
-        super().__init__(pair_by_stem(self.image_dir, self.mask_dir), num_classes, ignore_index, class_names,
-                         name=str(self.mask_dir))
+        super().__init__(
+            pair_by_stem(self.image_dir, self.mask_dir), num_classes, ignore_index, class_names, name=str(self.mask_dir)
+        )
         log.info("%s: %d image/mask pairs", self.image_dir, len(self.pairs))
 
 
@@ -136,6 +160,7 @@ def scan_class_count(dataset: SegmentationPairs) -> int:
                 raise DataError(f"{mask_path}: negative mask value {int(values.min())}")
             largest = max(largest, int(values.max()))
     if largest < 0:
-        raise DataError(f"{dataset.name}: every mask holds only ignore_index {dataset.ignore_index}; "
-                        "set data.num_classes")
+        raise DataError(
+            f"{dataset.name}: every mask holds only ignore_index {dataset.ignore_index}; set data.num_classes"
+        )
     return largest + 1

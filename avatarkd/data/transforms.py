@@ -93,8 +93,9 @@ def pad_to(image: Tensor, mask: Tensor | None, size: Size, ignore_index: int) ->
     return image, mask
 
 
-def random_crop(image: Tensor, mask: Tensor, size: Size, ignore_index: int,
-                generator: torch.Generator) -> tuple[Tensor, Tensor]:
+def random_crop(
+    image: Tensor, mask: Tensor, size: Size, ignore_index: int, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
     """A ``size`` window at a random position; an image smaller than ``size`` is padded first."""
     image, padded = pad_to(image, mask, size, ignore_index)
     assert padded is not None
@@ -113,6 +114,7 @@ def photometric_distortion(image: Tensor, generator: torch.Generator) -> Tensor:
     contrast goes first or last with equal chance. Pixels stay in [0, 1]. A per-pixel colour map: it
     never moves a pixel, so the mask needs no change.
     """
+
     def brightness(x: Tensor) -> Tensor:
         return (x + uniform(generator, -32 / 255, 32 / 255)).clamp_(0, 1) if coin(0.5, generator) else x
 
@@ -141,9 +143,15 @@ class SegmentationAugment:
     Every step is optional; with only ``hflip`` this is the plain flip of the bundled configs.
     """
 
-    def __init__(self, crop_size: Size | None = None, scale_range: tuple[float, float] | None = None,
-                 base_size: Size | None = None, hflip: float = 0.5, photometric: bool = False,
-                 ignore_index: int = 255) -> None:
+    def __init__(
+        self,
+        crop_size: Size | None = None,
+        scale_range: tuple[float, float] | None = None,
+        base_size: Size | None = None,
+        hflip: float = 0.5,
+        photometric: bool = False,
+        ignore_index: int = 255,
+    ) -> None:
         self.crop_size = tuple(crop_size) if crop_size is not None else None
         self.scale_range = scale_range
         self.base_size = tuple(base_size) if base_size is not None else None
@@ -168,8 +176,10 @@ class SegmentationAugment:
         return image.contiguous(), mask.contiguous()
 
     def __repr__(self) -> str:
-        return (f"SegmentationAugment(crop_size={self.crop_size}, scale_range={self.scale_range}, "
-                f"base_size={self.base_size}, hflip={self.hflip}, photometric={self.photometric})")
+        return (
+            f"SegmentationAugment(crop_size={self.crop_size}, scale_range={self.scale_range}, "
+            f"base_size={self.base_size}, hflip={self.hflip}, photometric={self.photometric})"
+        )
 
 
 class DetectionAugment:
@@ -182,17 +192,22 @@ class DetectionAugment:
     def __init__(self, hflip: float = 0.5) -> None:
         self.hflip = float(hflip)
 
-    def __call__(self, image: Tensor, target: dict[str, Tensor], *,
-                 generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+    def __call__(
+        self, image: Tensor, target: dict[str, Tensor], *, generator: torch.Generator
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         if coin(self.hflip, generator):
             target = dict(target, boxes=hflip_boxes(target["boxes"], image.shape[-1]))
             image = hflip_image(image)
         return image, target
 
 
-def random_resized_box(height: int, width: int, generator: torch.Generator,
-                       area: tuple[float, float] = (0.08, 1.0),
-                       ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+def random_resized_box(
+    height: int,
+    width: int,
+    generator: torch.Generator,
+    area: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> tuple[int, int, int, int]:
     """(top, left, h, w) of a window covering a random fraction of the area at a random aspect ratio.
 
     Ten tries to fit such a window inside the image; otherwise the largest centred window whose
@@ -226,7 +241,7 @@ class ClassificationAugment:
     def __call__(self, image: Tensor, label: int, *, generator: torch.Generator) -> tuple[Tensor, int]:
         if self.crop_size is not None:
             top, left, h, w = random_resized_box(image.shape[-2], image.shape[-1], generator)
-            image = resize_image(image[:, top:top + h, left:left + w], self.crop_size)
+            image = resize_image(image[:, top : top + h, left : left + w], self.crop_size)
         if coin(self.hflip, generator):
             image = hflip_image(image)
         return image.contiguous(), label
@@ -244,6 +259,7 @@ class CenterCrop:
         image = resize_image(image, scaled(height, width, factor))
         top = max(0, (image.shape[-2] - self.crop_size[0]) // 2)
         left = max(0, (image.shape[-1] - self.crop_size[1]) // 2)
-        image, _ = pad_to(image[:, top:top + self.crop_size[0], left:left + self.crop_size[1]], None,
-                          self.crop_size, 0)
+        image, _ = pad_to(
+            image[:, top : top + self.crop_size[0], left : left + self.crop_size[1]], None, self.crop_size, 0
+        )
         return image.contiguous(), label

@@ -2,9 +2,17 @@
 
 from .build import build_points, missing_context, wrap_loss
 from .connectors import Connector
-from .distiller import DistillPoint, Distiller
+from .distiller import Distiller, DistillPoint
 from .recorder import Recorder
 from .teacher_cache import TeacherCache
 
-__all__ = ["build_points", "missing_context", "wrap_loss", "Connector", "DistillPoint", "Distiller", "Recorder",
-           "TeacherCache"]
+__all__ = [
+    "build_points",
+    "missing_context",
+    "wrap_loss",
+    "Connector",
+    "DistillPoint",
+    "Distiller",
+    "Recorder",
+    "TeacherCache",
+]

@@ -17,8 +17,14 @@ def wrap_loss(base: Any, akd: AKDConfig, generator: torch.Generator | None, kwar
     if not akd.enabled:
         return AvatarLoss(base, num_avatars=1, p=0.0, uncertainty="none", base_kwargs=kwargs)
     return AvatarLoss(
-        base, num_avatars=akd.num_avatars, perturbation=akd.perturbation, p=akd.p,
-        uncertainty=akd.uncertainty, momentum=akd.momentum, generator=generator, base_kwargs=kwargs,
+        base,
+        num_avatars=akd.num_avatars,
+        perturbation=akd.perturbation,
+        p=akd.p,
+        uncertainty=akd.uncertainty,
+        momentum=akd.momentum,
+        generator=generator,
+        base_kwargs=kwargs,
     )
 
 
@@ -29,9 +35,16 @@ def build_points(cfg: DistillerConfig, generator: torch.Generator | None = None)
         spec = LOSSES.get(pc.loss)
         akd = pc.akd or cfg.akd
         kwargs = dict(pc.loss_kwargs)
-        common = dict(name=pc.name, student=pc.student, teacher=pc.teacher or pc.student,
-                      weight=pc.weight, key=pc.key, connector_bn=pc.connector_bn)
+        common = dict(
+            name=pc.name,
+            student=pc.student,
+            teacher=pc.teacher or pc.student,
+            weight=pc.weight,
+            key=pc.key,
+            connector_bn=pc.connector_bn,
+        )
         if spec.channels:
+
             def factory(channels: int, spec: LossSpec = spec, kwargs: dict = kwargs, akd: AKDConfig = akd) -> Any:
                 return wrap_loss(spec.build(kwargs, channels, generator), akd, generator, {})
 
@@ -43,5 +56,9 @@ def build_points(cfg: DistillerConfig, generator: torch.Generator | None = None)
 
 def missing_context(cfg: DistillerConfig, provided: tuple[str, ...]) -> list[tuple[int, str, str]]:
     """(point index, loss, key) for every per-batch input a point's loss needs that is not ``provided``."""
-    return [(i, pc.loss, key) for i, pc in enumerate(cfg.points)
-            for key in LOSSES.get(pc.loss).context if key not in provided]
+    return [
+        (i, pc.loss, key)
+        for i, pc in enumerate(cfg.points)
+        for key in LOSSES.get(pc.loss).context
+        if key not in provided
+    ]

@@ -15,7 +15,9 @@ from ..errors import DistillationError
 class Connector(nn.Module):
     """Channel map (1x1 conv for (N,C,H,W), linear for (N,C)) then bilinear resize if needed."""
 
-    def __init__(self, student_shape: tuple[int, ...], teacher_shape: tuple[int, ...], point: str, bn: bool = False) -> None:
+    def __init__(
+        self, student_shape: tuple[int, ...], teacher_shape: tuple[int, ...], point: str, bn: bool = False
+    ) -> None:
         super().__init__()
         if len(student_shape) != len(teacher_shape) or len(student_shape) not in (2, 3, 4):
             raise DistillationError(

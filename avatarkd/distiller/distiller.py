@@ -169,7 +169,9 @@ class Distiller(nn.Module):
         missing, unexpected = self.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith("teacher.")]
         if missing or unexpected:
-            raise DistillationError(f"state does not match this distiller: missing {missing[:5]}, unexpected {unexpected[:5]}")
+            raise DistillationError(
+                f"state does not match this distiller: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
 
     def _require_built(self) -> None:
         if not self.built:
@@ -182,8 +184,7 @@ class Distiller(nn.Module):
     def _run_teacher(self, teacher_args: Sequence[Any]) -> dict[str, Any]:
         if self.teacher.training:
             raise DistillationError(
-                "the teacher is in train mode; the Distiller keeps it frozen in eval mode "
-                "(do not call teacher.train())"
+                "the teacher is in train mode; the Distiller keeps it frozen in eval mode (do not call teacher.train())"
             )
         with self._teacher_rec.recording() as rec, torch.no_grad():
             self.teacher_forward(self.teacher, *teacher_args)
@@ -219,12 +220,19 @@ class Distiller(nn.Module):
                     self.loss_modules[_slot(label)] = loss.to(device)
                 else:
                     self._loss_fns[_slot(label)] = loss  # type: ignore[assignment]
-                log.info("point %s: student %s -> teacher %s%s", label, tuple(s_feat.shape), tuple(t_feat.shape),
-                         "" if conn.is_identity else " via connector")
+                log.info(
+                    "point %s: student %s -> teacher %s%s",
+                    label,
+                    tuple(s_feat.shape),
+                    tuple(t_feat.shape),
+                    "" if conn.is_identity else " via connector",
+                )
         self.built = True
         return self
 
-    def _point_levels(self, point: DistillPoint, s_rec: dict, t_rec: dict) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    def _point_levels(
+        self, point: DistillPoint, s_rec: dict, t_rec: dict
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         for role, rec, path in (("student", s_rec, point.student), ("teacher", t_rec, point.teacher)):
             if path not in rec:
                 raise DistillationError(
@@ -238,8 +246,13 @@ class Distiller(nn.Module):
             )
         return s_levels, t_levels
 
-    def forward(self, *args: Any, teacher_args: Sequence[Any] | None = None,
-                loss_context: Mapping[str, Any] | None = None, **kwargs: Any) -> tuple[Any, dict[str, Tensor]]:
+    def forward(
+        self,
+        *args: Any,
+        teacher_args: Sequence[Any] | None = None,
+        loss_context: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> tuple[Any, dict[str, Tensor]]:
         """Teacher (no grad) then student on the inputs; returns (student output, losses).
 
         ``teacher_args`` replaces ``args`` for the teacher (e.g. images without targets);
@@ -255,14 +268,18 @@ class Distiller(nn.Module):
         return out, self._losses(s_rec, t_feats, loss_context or {})
 
     def _labels(self) -> list[tuple[str, DistillPoint, str]]:
-        return [(f"{p.name}.{level}" if level else p.name, p, level) for p in self.points for level in self._levels[p.name]]
+        return [
+            (f"{p.name}.{level}" if level else p.name, p, level) for p in self.points for level in self._levels[p.name]
+        ]
 
     def _teacher_levels(self, t_rec: Mapping[str, Any]) -> dict[str, Tensor]:
         """Label -> teacher tensor, from the recorded teacher outputs."""
         feats: dict[str, Tensor] = {}
         for point in self.points:
             if point.teacher not in t_rec:
-                raise DistillationError(f"point {point.name!r}: teacher module {point.teacher!r} did not run during the forward pass")
+                raise DistillationError(
+                    f"point {point.name!r}: teacher module {point.teacher!r} did not run during the forward pass"
+                )
             levels = _levels(t_rec[point.teacher], point, "teacher")
             if list(levels) != self._levels[point.name]:
                 raise DistillationError(
@@ -289,8 +306,12 @@ class Distiller(nn.Module):
     def point_losses(self) -> dict[str, LossLike]:
         """Label (``point[.level]``) -> the loss (module or function) built for it."""
         self._require_built()
-        return {label: self.loss_modules[_slot(label)] if _slot(label) in self.loss_modules else self._loss_fns[_slot(label)]
-                for label, _, _ in self._labels()}
+        return {
+            label: self.loss_modules[_slot(label)]
+            if _slot(label) in self.loss_modules
+            else self._loss_fns[_slot(label)]
+            for label, _, _ in self._labels()
+        }
 
     @torch.no_grad()
     def teacher_features(self, *teacher_args: Any) -> dict[str, Tensor]:
@@ -298,11 +319,15 @@ class Distiller(nn.Module):
         self._require_built()
         return self._teacher_levels(self._run_teacher(teacher_args))
 
-    def _losses(self, s_rec: Mapping[str, Any], t_feats: Mapping[str, Tensor], context: Mapping[str, Any]) -> dict[str, Tensor]:
+    def _losses(
+        self, s_rec: Mapping[str, Any], t_feats: Mapping[str, Tensor], context: Mapping[str, Any]
+    ) -> dict[str, Tensor]:
         pairs: list[tuple[str, DistillPoint, Tensor, Tensor]] = []
         for point in self.points:
             if point.student not in s_rec:
-                raise DistillationError(f"point {point.name!r}: student module {point.student!r} did not run during the forward pass")
+                raise DistillationError(
+                    f"point {point.name!r}: student module {point.student!r} did not run during the forward pass"
+                )
             s_levels = _levels(s_rec[point.student], point, "student")
             if list(s_levels) != self._levels[point.name]:
                 raise DistillationError(

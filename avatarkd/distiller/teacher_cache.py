@@ -99,7 +99,7 @@ class TeacherCache:
                 return None
             try:
                 entry = torch.load(path, map_location=device, weights_only=True)
-            except Exception as err:  # noqa: BLE001 - a torn/foreign file is a miss, not a crash
+            except Exception as err:
                 self._warn(f"unreadable teacher-cache entry {path} ({err}); recomputing")
                 self.misses += len(keys)
                 return None

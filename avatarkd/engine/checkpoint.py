@@ -70,7 +70,9 @@ def find_resume(output_dir: Path, resume: bool | Path) -> Path | None:
     if resume:
         return found[-1][1] if found else None
     if found:
-        raise AvatarKDError(f"{output_dir} already holds checkpoints; pass --resume to continue it or choose another output_dir")
+        raise AvatarKDError(
+            f"{output_dir} already holds checkpoints; pass --resume to continue it or choose another output_dir"
+        )
     return None
 
 
@@ -90,8 +92,10 @@ def load_file(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - zip/pickle errors have many types
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupted?): {type(err).__name__}") from None
+    except Exception as err:
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (truncated or corrupted?): {type(err).__name__}"
+        ) from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict checkpoint, found {type(obj).__name__}")
     return obj
@@ -106,7 +110,9 @@ def load_checked(model: torch.nn.Module, state: dict[str, torch.Tensor], path: P
         parts = []
         if wrong:
             k = wrong[0]
-            parts.append(f"{len(wrong)} shape mismatches (e.g. {k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)})")
+            parts.append(
+                f"{len(wrong)} shape mismatches (e.g. {k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)})"
+            )
         if missing:
             parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
         if unexpected:

@@ -29,12 +29,21 @@ def _input_note(model: nn.Module, norm: Normalization | None) -> str:
     if norm is None:
         return "float images in [0, 1], (N, C, H, W), as they are"
     if type(getattr(model, "transform", None)).__name__ == "GeneralizedRCNNTransform":
-        return "float images in [0, 1]; set model.transform.image_mean/image_std to 'normalize' (the detector normalises)"
+        return (
+            "float images in [0, 1]; set model.transform.image_mean/image_std to 'normalize' (the detector normalises)"
+        )
     return "float images in [0, 1], (N, C, H, W), normalised with 'normalize' before the model"
 
 
-def export_student(model: nn.Module, path: Path, cfg: TrainConfig, class_names: list[str],
-                   torchscript: bool = False, example: Any = None, normalization: Normalization | None = _UNSET) -> Path:
+def export_student(
+    model: nn.Module,
+    path: Path,
+    cfg: TrainConfig,
+    class_names: list[str],
+    torchscript: bool = False,
+    example: Any = None,
+    normalization: Normalization | None = _UNSET,
+) -> Path:
     """A plain ``state_dict`` file loadable with ``model.load_state_dict(torch.load(path))``, and its JSON sidecar.
 
     ``normalization``: the input normalisation to record; by default the one attached to ``model``.
@@ -44,10 +53,16 @@ def export_student(model: nn.Module, path: Path, cfg: TrainConfig, class_names: 
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     atomic_torch_save(state, path)
     norm = input_normalization(model) if normalization is _UNSET else normalization
-    meta = {"task": cfg.task, "model": json.loads(cfg.model.model_dump_json()), "class_names": class_names,
-            "rebuild": recipe_of(model), "normalize": norm.as_dict() if norm is not None else None,
-            "input": _input_note(model, norm),
-            "builder": "avatarkd.models", "num_parameters": sum(v.numel() for v in state.values())}
+    meta = {
+        "task": cfg.task,
+        "model": json.loads(cfg.model.model_dump_json()),
+        "class_names": class_names,
+        "rebuild": recipe_of(model),
+        "normalize": norm.as_dict() if norm is not None else None,
+        "input": _input_note(model, norm),
+        "builder": "avatarkd.models",
+        "num_parameters": sum(v.numel() for v in state.values()),
+    }
     atomic_write_json(path.with_suffix(".json"), meta)
     if torchscript:
         model = model.eval()

@@ -37,14 +37,14 @@ class MetricLogger:
         output_dir.mkdir(parents=True, exist_ok=True)
         path = output_dir / "metrics.jsonl"
         kept = _rows_up_to(path, resume_step) if resume_step else []
-        self._file = open(path, "w")  # noqa: SIM115
+        self._file = open(path, "w")
         # a resumed run drops what the interrupted one logged after its last checkpoint
         self._file.writelines(kept)
         try:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(str(output_dir / "tb"))
-        except Exception as err:  # noqa: BLE001 - TensorBoard is a convenience, not a requirement
+        except Exception as err:
             log.warning("TensorBoard logging disabled: %s", err)
 
     def log(self, step: int, values: dict[str, Any]) -> None:
@@ -58,8 +58,11 @@ class MetricLogger:
             for key, value in row.items():
                 if isinstance(value, (int, float)) and key not in ("epoch", "step"):
                     self._tb.add_scalar(key, value, step)
-        scalars = ", ".join(f"{k}={v:.4g}" for k, v in values.items()
-                            if isinstance(v, float) and not k.startswith(("eval/iou/", "distill.")))
+        scalars = ", ".join(
+            f"{k}={v:.4g}"
+            for k, v in values.items()
+            if isinstance(v, float) and not k.startswith(("eval/iou/", "distill."))
+        )
         log.info("step %d: %s", step, scalars)
 
     def close(self) -> None:

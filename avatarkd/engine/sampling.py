@@ -17,8 +17,9 @@ from torch.utils.data import Dataset, DistributedSampler
 class ResumableSampler(DistributedSampler):
     """A DistributedSampler (works with world size 1 too) that can start mid-epoch."""
 
-    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int, shuffle: bool = True,
-                 drop_last: bool = False) -> None:
+    def __init__(
+        self, dataset: Dataset, num_replicas: int, rank: int, seed: int, shuffle: bool = True, drop_last: bool = False
+    ) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
         self.skip = 0
 
@@ -28,7 +29,7 @@ class ResumableSampler(DistributedSampler):
 
     def __iter__(self) -> Iterator[int]:
         indices = list(super().__iter__())
-        return iter(indices[self.skip:])
+        return iter(indices[self.skip :])
 
     def __len__(self) -> int:
         return max(0, self.num_samples - self.skip)

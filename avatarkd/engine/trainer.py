@@ -90,9 +90,19 @@ class Trainer:
     ``resume_from``: a checkpoint to continue from (None: start at step 0).
     """
 
-    def __init__(self, cfg: TrainConfig, task: Task, model: nn.Module, train_set: Dataset, val_set: Dataset, *,
-                 ctx: DistContext, distiller: Distiller | None = None, generator: torch.Generator | None = None,
-                 resume_from: Path | None = None) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        task: Task,
+        model: nn.Module,
+        train_set: Dataset,
+        val_set: Dataset,
+        *,
+        ctx: DistContext,
+        distiller: Distiller | None = None,
+        generator: torch.Generator | None = None,
+        resume_from: Path | None = None,
+    ) -> None:
         self.cfg = cfg
         self.ctx = ctx
         self.task = task
@@ -121,7 +131,9 @@ class Trainer:
             raise DataError(f"data.batch_size {cfg.data.batch_size} is not divisible by {ctx.world_size} processes")
         self.train_set = train  # augmented per (seed, epoch, index) by the data layer
         self.val_set = val
-        self.sampler = ResumableSampler(self.train_set, ctx.world_size, ctx.rank, cfg.seed, shuffle=True, drop_last=True)
+        self.sampler = ResumableSampler(
+            self.train_set, ctx.world_size, ctx.rank, cfg.seed, shuffle=True, drop_last=True
+        )
         self.batch_size = per_rank
         if len(self.sampler) < per_rank:
             raise DataError(f"{len(train)} training samples cannot fill one batch of {cfg.data.batch_size}")
@@ -133,9 +145,16 @@ class Trainer:
         # Workers are not kept across epochs: the dataset learns the epoch in the main process
         # (its augmentation seeds depend on it), and a persistent worker would keep a stale copy.
         gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=self.task.collate,
-                          num_workers=self.cfg.data.num_workers, drop_last=drop_last,
-                          pin_memory=self.ctx.device.type == "cuda", generator=gen)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            collate_fn=self.task.collate,
+            num_workers=self.cfg.data.num_workers,
+            drop_last=drop_last,
+            pin_memory=self.ctx.device.type == "cuda",
+            generator=gen,
+        )
 
     def val_loader(self) -> DataLoader:
         sampler = EvalShardSampler(len(self.val_set), self.ctx.world_size, self.ctx.rank)
@@ -153,8 +172,11 @@ class Trainer:
 
     def _build_optim(self) -> None:
         o = self.cfg.optim
-        params = (self.distiller.trainable_parameters() if self.distiller is not None
-                  else [p for p in self.model.parameters() if p.requires_grad])
+        params = (
+            self.distiller.trainable_parameters()
+            if self.distiller is not None
+            else [p for p in self.model.parameters() if p.requires_grad]
+        )
         if o.name == "sgd":
             cls, kw = torch.optim.SGD, {"lr": o.lr, "momentum": o.momentum, "weight_decay": o.weight_decay}
         else:
@@ -198,8 +220,11 @@ class Trainer:
         self.scaler.load_state_dict(ckpt["scaler"])
         per_rank = ckpt["rng"]
         if len(per_rank) != self.ctx.world_size:
-            log.warning("checkpoint saved by %d processes, resuming with %d: random streams restart per rank",
-                        len(per_rank), self.ctx.world_size)
+            log.warning(
+                "checkpoint saved by %d processes, resuming with %d: random streams restart per rank",
+                len(per_rank),
+                self.ctx.world_size,
+            )
         set_rng_state(per_rank[min(self.ctx.rank, len(per_rank) - 1)], self.generator)
         self.step = int(ckpt["step"])
 
@@ -254,8 +279,9 @@ class Trainer:
         self.scaler.scale(total).backward()
         if self.cfg.optim.max_grad_norm:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
-                                           self.cfg.optim.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(
+                [p for g in self.optimizer.param_groups for p in g["params"]], self.cfg.optim.max_grad_norm
+            )
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -269,10 +295,13 @@ class Trainer:
         self.model.train()
         self._modes_set = False
         if metrics.get("predicted_classes", 2) <= 1 and self.task.num_classes > 1 and self.ctx.is_main:
-            log.warning("the evaluated model predicts %s class for every input (%s): its score is chance level; "
-                        "check the learning rate, the schedule's length and BatchNorm statistics "
-                        "(model.bn_momentum, model.freeze_bn)",
-                        "no" if metrics["predicted_classes"] == 0 else "one", self.task.primary_metric)
+            log.warning(
+                "the evaluated model predicts %s class for every input (%s): its score is chance level; "
+                "check the learning rate, the schedule's length and BatchNorm statistics "
+                "(model.bn_momentum, model.freeze_bn)",
+                "no" if metrics["predicted_classes"] == 0 else "one",
+                self.task.primary_metric,
+            )
         return metrics
 
     def fit(self) -> dict[str, Any]:
@@ -294,9 +323,16 @@ class Trainer:
                 signal.signal(s, h)
             logger.close()
         wall = time.perf_counter() - start
-        result = {"task": cfg.task, "step": self.step, "start_step": self.start_step, "metrics": metrics,
-                  "primary_metric": self.task.primary_metric, "wall_seconds": round(wall, 1),
-                  "world_size": ctx.world_size, "device": str(ctx.device)}
+        result = {
+            "task": cfg.task,
+            "step": self.step,
+            "start_step": self.start_step,
+            "metrics": metrics,
+            "primary_metric": self.task.primary_metric,
+            "wall_seconds": round(wall, 1),
+            "world_size": ctx.world_size,
+            "device": str(ctx.device),
+        }
         if ctx.distributed:
             result["replicas_identical"] = self._replicas_identical()
         cache = self.distiller.teacher_cache if self.distiller is not None else None
@@ -311,7 +347,9 @@ class Trainer:
         state = self.distiller.distill_state_dict() if self.distiller is not None else self.model.state_dict()
         digest = hashlib.sha256()
         for name, tensor in state.items():
-            digest.update(name.encode() + tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+            digest.update(
+                name.encode() + tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+            )
         digests = [None] * self.ctx.world_size
         torch.distributed.all_gather_object(digests, digest.hexdigest())
         return len(set(digests)) == 1
@@ -319,7 +357,11 @@ class Trainer:
     # ------------------------------------------------------------------ finiteness checks
     def _keep_good_state(self) -> None:
         """Copy the whole training state to the host: what a NaN later rolls back to."""
-        self._good = {"step": self.step, "state": _host_copy(self.state()), "rng": _host_copy(rng_state(self.generator))}
+        self._good = {
+            "step": self.step,
+            "state": _host_copy(self.state()),
+            "rng": _host_copy(rng_state(self.generator)),
+        }
 
     def check_finite(self) -> None:
         """Collective: read the device's non-finite record (one host sync). All finite: keep this
@@ -373,8 +415,14 @@ class Trainer:
     def _loop(self, logger: MetricLogger) -> None:
         cfg, ctx = self.cfg, self.ctx
         every = cfg.train
-        bar = tqdm(total=every.steps, initial=self.step, disable=not ctx.is_main, desc=f"{cfg.task} {self.out.name}",
-                   mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
+        bar = tqdm(
+            total=every.steps,
+            initial=self.step,
+            disable=not ctx.is_main,
+            desc=f"{cfg.task} {self.out.name}",
+            mininterval=1.0 if sys.stderr.isatty() else 30.0,
+            dynamic_ncols=True,
+        )
         self._keep_good_state()
         while self.step < every.steps:
             epoch, in_epoch = divmod(self.step, self.batches_per_epoch)
@@ -424,23 +472,30 @@ class Trainer:
             self.task.plot_predictions(batch, self.task.predict(self.model, batch), self.out / "predictions.png")
             if self.distiller is not None:
                 self._plot_uncertainty(batch)
-        except Exception as err:  # noqa: BLE001 - a failed picture must not fail a finished run
+        except Exception as err:
             log.warning("plotting failed: %s", err)
 
     def _plot_uncertainty(self, batch: Any) -> None:
         assert self.distiller is not None
         losses = {label: loss for label, loss in self.distiller.point_losses().items() if isinstance(loss, AvatarLoss)}
-        sigmas = {label: state["sigma"] for label, loss in losses.items()
-                  if (state := loss.uncertainty_state())["sigma"] is not None}
+        sigmas = {
+            label: state["sigma"]
+            for label, loss in losses.items()
+            if (state := loss.uncertainty_state())["sigma"] is not None
+        }
         if sigmas:
             plot_uncertainty(sigmas, self.out / "uncertainty.png", title="per-channel sigma of the avatars")
         # the paper's picture: where, in one image, the Avatars disagree with the teacher
         feats = self.distiller.teacher_features(self.task.images_of(batch))
-        maps = {label: m[0].cpu() for label, loss in losses.items()
-                if (m := loss.uncertainty_map(feats[label][:1])) is not None}
+        maps = {
+            label: m[0].cpu()
+            for label, loss in losses.items()
+            if (m := loss.uncertainty_map(feats[label][:1])) is not None
+        }
         if maps:
-            plot_uncertainty(maps, self.out / "uncertainty_maps.png",
-                             title="E_k (a_k - t)^2 per position, first validation image")
+            plot_uncertainty(
+                maps, self.out / "uncertainty_maps.png", title="E_k (a_k - t)^2 per position, first validation image"
+            )
 
 
 __all__ = ["Trainer", "NonFiniteLossError", "Stopped"]

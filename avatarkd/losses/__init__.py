@@ -9,5 +9,19 @@ from .functional import cwd, dkd, kd, kl_div_probs, l1, mse, pkd, smooth_l1
 from .maskd import MasKD, maskd_loss
 from .mgd import MGD
 
-__all__ = ["LOSSES", "LossSpec", "register_loss", "mse", "cwd", "kd", "dkd", "pkd", "l1", "smooth_l1",
-           "kl_div_probs", "MGD", "MasKD", "maskd_loss"]
+__all__ = [
+    "LOSSES",
+    "LossSpec",
+    "register_loss",
+    "mse",
+    "cwd",
+    "kd",
+    "dkd",
+    "pkd",
+    "l1",
+    "smooth_l1",
+    "kl_div_probs",
+    "MGD",
+    "MasKD",
+    "maskd_loss",
+]

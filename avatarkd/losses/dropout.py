@@ -125,8 +125,9 @@ class _SquaredDistance(torch.autograd.Function):
         return diff * channel_view(weight * (2.0 * grad), diff.dim()), None, None, None
 
 
-def squared_error_counts(student: Tensor, counts: DropoutCounts, student_scale: Tensor | None = None,
-                         avatar_scale: Tensor | None = None) -> Tensor:
+def squared_error_counts(
+    student: Tensor, counts: DropoutCounts, student_scale: Tensor | None = None, avatar_scale: Tensor | None = None
+) -> Tensor:
     """``mean_k sum (student * student_scale - a_k * avatar_scale)^2`` over the K dropout avatars.
 
     The scales are optional per-channel (C,) factors (the uncertainty factor 1/sigma). Sum over all
@@ -194,8 +195,9 @@ class _ElementwiseCountsMean(torch.autograd.Function):
         return out.mul_(grad), None, None, None
 
 
-def elementwise_counts(loss: ElementwiseLoss, student: Tensor, counts: DropoutCounts,
-                       scale: Tensor | None = None) -> Tensor:
+def elementwise_counts(
+    loss: ElementwiseLoss, student: Tensor, counts: DropoutCounts, scale: Tensor | None = None
+) -> Tensor:
     """``sum over elements of mean_k loss(student * scale, a_k * scale)`` over K dropout avatars.
 
     Exact, value and gradient, for any element-wise loss (L1, smooth L1), at the cost of two
@@ -252,8 +254,9 @@ class _CrossEntropyToMean(torch.autograd.Function):
         return out, None, None, None
 
 
-def kl_dropout_mean(student: Tensor, student_mult: Tensor | float, kept_logits: Tensor, masks: Iterable[Tensor],
-                    num: int, dim: int) -> Tensor:
+def kl_dropout_mean(
+    student: Tensor, student_mult: Tensor | float, kept_logits: Tensor, masks: Iterable[Tensor], num: int, dim: int
+) -> Tensor:
     """Per row, ``mean_k KL(softmax(z_k) || softmax(student_mult * student))`` along ``dim``.
 
     ``student_mult`` is a number or a tensor that broadcasts to the student (temperature and sigma).

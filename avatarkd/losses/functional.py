@@ -41,17 +41,22 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..registry import register_loss
-from .dropout import (L1, DropoutCounts, channel_view, elementwise_counts, kl_dropout_mean, smooth_l1_elementwise,
-                      squared_error_counts)
+from .dropout import (
+    L1,
+    DropoutCounts,
+    channel_view,
+    elementwise_counts,
+    kl_dropout_mean,
+    smooth_l1_elementwise,
+    squared_error_counts,
+)
 
 __all__ = ["mse", "cwd", "kd", "dkd", "pkd", "l1", "smooth_l1", "kl_div_probs"]
 
 
 def _check_same_shape(name: str, student: Tensor, teacher: Tensor) -> None:
     if student.shape != teacher.shape:
-        raise ValueError(
-            f"{name}: student shape {tuple(student.shape)} != teacher shape {tuple(teacher.shape)}"
-        )
+        raise ValueError(f"{name}: student shape {tuple(student.shape)} != teacher shape {tuple(teacher.shape)}")
 
 
 def kl_div_probs(p: Tensor, log_q: Tensor, dim: int | tuple[int, ...], log_p: Tensor | None = None) -> Tensor:
@@ -150,15 +155,28 @@ def _cwd_avatar_mean(student: Tensor, avatars: Tensor, tau: float = 1.0) -> Tens
     return main + gap
 
 
-def _cwd_avatar_masks(student: Tensor, teacher: Tensor, masks: Iterable[Tensor], num: int, keep: float,
-                      scale: Tensor | None = None, tau: float = 1.0) -> Tensor:
+def _cwd_avatar_masks(
+    student: Tensor,
+    teacher: Tensor,
+    masks: Iterable[Tensor],
+    num: int,
+    keep: float,
+    scale: Tensor | None = None,
+    tau: float = 1.0,
+) -> Tensor:
     """mean_k cwd(scale * student, scale * t * m_k / keep), the K masks streamed (see ``dropout.py``)."""
     _check_same_shape("cwd", student, teacher)
     s = _cwd_flat(student)
     n, c = s.shape[:2]
     mult = 1.0 / tau if scale is None else (scale / tau).view(1, -1, 1)
-    rows = kl_dropout_mean(s, mult, _cwd_flat(_avatar_logits(teacher.detach(), keep, scale, tau)),
-                           (m.flatten(2) for m in masks), num, dim=-1)
+    rows = kl_dropout_mean(
+        s,
+        mult,
+        _cwd_flat(_avatar_logits(teacher.detach(), keep, scale, tau)),
+        (m.flatten(2) for m in masks),
+        num,
+        dim=-1,
+    )
     return rows.sum() * tau**2 / (n * c)
 
 
@@ -187,12 +205,25 @@ def _kd_avatar_mean(student: Tensor, avatars: Tensor, tau: float = 4.0) -> Tenso
     return main + gap
 
 
-def _kd_avatar_masks(student: Tensor, teacher: Tensor, masks: Iterable[Tensor], num: int, keep: float,
-                     scale: Tensor | None = None, tau: float = 4.0) -> Tensor:
+def _kd_avatar_masks(
+    student: Tensor,
+    teacher: Tensor,
+    masks: Iterable[Tensor],
+    num: int,
+    keep: float,
+    scale: Tensor | None = None,
+    tau: float = 4.0,
+) -> Tensor:
     """mean_k kd(scale * student, scale * t * m_k / keep), the K masks streamed (see ``dropout.py``)."""
     _check_same_shape("kd", student, teacher)
-    rows = kl_dropout_mean(student, _student_mult(student, scale, tau), _avatar_logits(teacher.detach(), keep, scale, tau),
-                           masks, num, dim=1)
+    rows = kl_dropout_mean(
+        student,
+        _student_mult(student, scale, tau),
+        _avatar_logits(teacher.detach(), keep, scale, tau),
+        masks,
+        num,
+        dim=1,
+    )
     return _kd_reduce(rows) * tau**2
 
 
@@ -211,27 +242,33 @@ def _dkd_parts(logits: Tensor, target: Tensor, tau: float) -> tuple[Tensor, Tens
     return binary, F.log_softmax(others / tau, dim=-1)
 
 
-def _dkd_rows(student: Tensor, target: Tensor | None, avatars: Tensor | None = None
-              ) -> tuple[Tensor, Tensor | None, Tensor]:
+def _dkd_rows(
+    student: Tensor, target: Tensor | None, avatars: Tensor | None = None
+) -> tuple[Tensor, Tensor | None, Tensor]:
     """Classes-last rows of the labelled samples (or pixels): (M, C) student, (K, M, C) avatars, (M,) target.
 
     Dense logits (N, C, H, W) are distilled per pixel: the label mask is resized (nearest) to the
     logits' size when they differ, and entries labelled < 0 (ignored) are left out.
     """
     if target is None:
-        raise ValueError("dkd needs the ground-truth labels: pass target=<(N,) or (N, H, W) int64 tensor> "
-                         "(the Distiller hands them over from the task as loss_context['target'])")
+        raise ValueError(
+            "dkd needs the ground-truth labels: pass target=<(N,) or (N, H, W) int64 tensor> "
+            "(the Distiller hands them over from the task as loss_context['target'])"
+        )
     if student.dim() < 2 or target.dim() != student.dim() - 1 or target.shape[0] != student.shape[0]:
-        raise ValueError(f"dkd expects (N, C[, H, W]) logits and (N[, H, W]) targets, got {tuple(student.shape)} "
-                         f"and {tuple(target.shape)}")
+        raise ValueError(
+            f"dkd expects (N, C[, H, W]) logits and (N[, H, W]) targets, got {tuple(student.shape)} "
+            f"and {tuple(target.shape)}"
+        )
     target = target.long()
     if target.shape[1:] != student.shape[2:]:
         target = F.interpolate(target[:, None].float(), size=tuple(student.shape[2:]), mode="nearest")[:, 0].long()
     c = student.shape[1]
     rows = target.reshape(-1)
     if bool((rows >= c).any()):
-        raise ValueError(f"dkd: label {int(rows.max())} is not a class of the {c}-channel logits "
-                         "(is the point on the logits?)")
+        raise ValueError(
+            f"dkd: label {int(rows.max())} is not a class of the {c}-channel logits (is the point on the logits?)"
+        )
     keep = rows >= 0
     s = student.movedim(1, -1).reshape(-1, c)[keep]
     a = avatars.movedim(2, -1).reshape(avatars.shape[0], -1, c)[:, keep] if avatars is not None else None
@@ -347,8 +384,9 @@ def _l1_avatar_counts(student: Tensor, counts: DropoutCounts, scale: Tensor | No
     return elementwise_counts(L1, student, counts, scale) / student.numel()
 
 
-def _smooth_l1_avatar_counts(student: Tensor, counts: DropoutCounts, scale: Tensor | None = None,
-                             beta: float = 1.0) -> Tensor:
+def _smooth_l1_avatar_counts(
+    student: Tensor, counts: DropoutCounts, scale: Tensor | None = None, beta: float = 1.0
+) -> Tensor:
     """mean_k smooth_l1(scale * student, scale * a_k) from the keep counts (``dropout.py``)."""
     _check_same_shape("smooth_l1", student, counts.teacher)
     return elementwise_counts(smooth_l1_elementwise(beta), student, counts, scale) / student.numel()

@@ -29,12 +29,23 @@ def _results_coco(coco_gt: COCO, detections: np.ndarray) -> COCO:
     """The detections as a COCO object; built by hand when empty because ``loadRes([])`` raises IndexError."""
     with contextlib.redirect_stdout(io.StringIO()):
         if len(detections):
-            return coco_gt.loadRes([
-                {"image_id": int(d[0]), "bbox": [float(v) for v in d[1:5]], "score": float(d[5]),
-                 "category_id": int(d[6])} for d in detections])
+            return coco_gt.loadRes(
+                [
+                    {
+                        "image_id": int(d[0]),
+                        "bbox": [float(v) for v in d[1:5]],
+                        "score": float(d[5]),
+                        "category_id": int(d[6]),
+                    }
+                    for d in detections
+                ]
+            )
         res = COCO()
-        res.dataset = {"images": list(coco_gt.dataset["images"]),
-                       "categories": copy.deepcopy(coco_gt.dataset.get("categories", [])), "annotations": []}
+        res.dataset = {
+            "images": list(coco_gt.dataset["images"]),
+            "categories": copy.deepcopy(coco_gt.dataset.get("categories", [])),
+            "annotations": [],
+        }
         res.createIndex()
         return res
 
@@ -74,8 +85,10 @@ class CocoEvaluator:
         try:
             cats = np.asarray([self.label_to_cat_id[int(lab)] for lab in labels], np.float64)
         except KeyError as exc:
-            raise ValueError(f"model predicted label {exc.args[0]}, which maps to no category "
-                             f"(known labels {sorted(self.label_to_cat_id)})") from None
+            raise ValueError(
+                f"model predicted label {exc.args[0]}, which maps to no category "
+                f"(known labels {sorted(self.label_to_cat_id)})"
+            ) from None
         xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
         ids = np.full((len(boxes), 1), image_id, np.float64)
         return np.concatenate([ids, xywh, scores[:, None], cats[:, None]], axis=1)
@@ -110,6 +123,7 @@ class CocoEvaluator:
         summary = io.StringIO()
         with contextlib.redirect_stdout(summary):
             evaluator.summarize()
-        log.info("COCO bbox evaluation on %d images, %d detections:\n%s", len(dets), len(rows),
-                 summary.getvalue().rstrip())
+        log.info(
+            "COCO bbox evaluation on %d images, %d detections:\n%s", len(dets), len(rows), summary.getvalue().rstrip()
+        )
         return {k: float(v) for k, v in zip(STAT_KEYS, evaluator.stats[:6])}

@@ -44,8 +44,10 @@ class SegmentationMetric:
         n = self.num_classes
         for name, labels in (("target", target), ("prediction", pred)):
             if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= n):
-                raise ValueError(f"{name} holds class ids outside 0..{n - 1} "
-                                 f"(min {int(labels.min())}, max {int(labels.max())}); ignore_index is {self.ignore_index}")
+                raise ValueError(
+                    f"{name} holds class ids outside 0..{n - 1} "
+                    f"(min {int(labels.min())}, max {int(labels.max())}); ignore_index is {self.ignore_index}"
+                )
         counts = torch.bincount(target * n + pred, minlength=n * n).reshape(n, n)
         if self.confusion.device != counts.device:
             self.confusion = self.confusion.to(counts.device)

@@ -60,8 +60,10 @@ def torchvision_classifier(name: str, **kwargs) -> nn.Module:
 
     names = torchvision_names()
     if name not in names:
-        raise ConfigError(f"model.backbone: unknown torchvision classification model {name!r}"
-                          f"{did_you_mean(name, names)}; or use 'timm:<name>' for a timm model")
+        raise ConfigError(
+            f"model.backbone: unknown torchvision classification model {name!r}"
+            f"{did_you_mean(name, names)}; or use 'timm:<name>' for a timm model"
+        )
     return torchvision.models.get_model(name, weights=None, **kwargs)
 
 
@@ -70,14 +72,15 @@ def import_timm():
     try:
         import timm
     except ImportError:
-        raise ConfigError(f"model.backbone: a 'timm:' backbone needs the timm package, which is not installed; "
-                          f"{TIMM_INSTALL}") from None
+        raise ConfigError(
+            f"model.backbone: a 'timm:' backbone needs the timm package, which is not installed; {TIMM_INSTALL}"
+        ) from None
     return timm
 
 
 def timm_name(backbone: str) -> str | None:
     """``"timm:resnet10t"`` -> ``"resnet10t"``; None for a torchvision name."""
-    return backbone[len(TIMM_PREFIX):] if backbone.startswith(TIMM_PREFIX) else None
+    return backbone[len(TIMM_PREFIX) :] if backbone.startswith(TIMM_PREFIX) else None
 
 
 def timm_create(name: str, **kwargs) -> nn.Module:
@@ -101,8 +104,10 @@ def trunk_root(classifier: nn.Module) -> nn.Module:
 
 def _stride(size: int, x: Tensor, where: str) -> int:
     if x.dim() != 4 or x.shape[-1] != x.shape[-2]:
-        raise ConfigError(f"model.backbone: stage {where!r} returns shape {tuple(x.shape)}, not (N, C, H, W) "
-                          "feature maps; wrap the network in your own module and use model.factory")
+        raise ConfigError(
+            f"model.backbone: stage {where!r} returns shape {tuple(x.shape)}, not (N, C, H, W) "
+            "feature maps; wrap the network in your own module and use model.factory"
+        )
     return max(1, round(size / x.shape[-1]))
 
 
@@ -126,11 +131,17 @@ def probe_stages(root: nn.Module, name: str) -> list[Stage]:
                 inner, y = [], x
                 for sub_name, sub in child.named_children():
                     y = sub(y)
-                    inner.append(Stage(f"{child_name}.{sub_name}", _stride(_PROBE_SIZE, y, f"{child_name}.{sub_name}"),
-                                       int(y.shape[1])))
+                    inner.append(
+                        Stage(
+                            f"{child_name}.{sub_name}",
+                            _stride(_PROBE_SIZE, y, f"{child_name}.{sub_name}"),
+                            int(y.shape[1]),
+                        )
+                    )
                 previous = stages[-1].stride if stages else 1
-                changes = sum(1 for before, after in zip([previous] + [s.stride for s in inner], inner)
-                              if after.stride != before)
+                changes = sum(
+                    1 for before, after in zip([previous] + [s.stride for s in inner], inner) if after.stride != before
+                )
                 if changes >= 2:
                     stages += inner
                     x = y
@@ -139,9 +150,11 @@ def probe_stages(root: nn.Module, name: str) -> list[Stage]:
             stages.append(Stage(child_name, _stride(_PROBE_SIZE, x, child_name), int(x.shape[1])))
     except ConfigError:
         raise
-    except Exception as err:  # noqa: BLE001 - any failure means the children are not a plain sequence
-        raise ConfigError(f"model.backbone: {name!r} is not a plain sequence of stages avatarkd can split "
-                          f"({type(err).__name__}); wrap it in your own module and use model.factory") from None
+    except Exception as err:
+        raise ConfigError(
+            f"model.backbone: {name!r} is not a plain sequence of stages avatarkd can split "
+            f"({type(err).__name__}); wrap it in your own module and use model.factory"
+        ) from None
     finally:
         root.train(was_training)
     if not stages:
@@ -173,8 +186,11 @@ def dilate(root: nn.Module, stages: list[Stage], output_stride: int, name: str) 
     def record(module: nn.Module, args: tuple) -> None:
         input_stride.setdefault(module, max(1, round(_PROBE_SIZE / args[0].shape[-1])))
 
-    handles = [m.register_forward_pre_hook(record) for m in root.modules()
-               if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d))]
+    handles = [
+        m.register_forward_pre_hook(record)
+        for m in root.modules()
+        if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d))
+    ]
     was_training = root.training
     root.eval()
     try:
@@ -201,7 +217,9 @@ def dilate(root: nn.Module, stages: list[Stage], output_stride: int, name: str) 
         if kernel == 1:
             continue
         if kernel % 2 == 0 or module.padding_mode != "zeros":
-            raise ConfigError(f"{cannot} (a {kernel}x{kernel} strided convolution cannot be dilated); use output_stride: 32")
+            raise ConfigError(
+                f"{cannot} (a {kernel}x{kernel} strided convolution cannot be dilated); use output_stride: 32"
+            )
         if isinstance(module.padding, str):
             if module.padding != "same":
                 raise ConfigError(f"{cannot} (padding {module.padding!r}); use output_stride: 32")
@@ -249,8 +267,11 @@ def extractor(backbone: str, pick: Picker, output_stride: int = 32) -> Extractor
     names = pick(found)
     dilate(root, stages, output_stride, backbone)
     module = Stages(root, [s.path for s in stages], {found[i].path: n for i, n in names.items()})
-    return Extractor(module, {n: found[i].channels for i, n in names.items()},
-                     {n: min(found[i].stride, output_stride) for i, n in names.items()})
+    return Extractor(
+        module,
+        {n: found[i].channels for i, n in names.items()},
+        {n: min(found[i].stride, output_stride) for i, n in names.items()},
+    )
 
 
 def last_level(found: list[Stage]) -> dict[int, str]:
@@ -269,13 +290,33 @@ def pyramid_levels(count: int):
 
     def pick(found: list[Stage]) -> dict[int, str]:
         if len(found) < count:
-            raise ConfigError(f"model.backbone: the FPN needs {count} levels of different stride, the backbone has {len(found)}")
+            raise ConfigError(
+                f"model.backbone: the FPN needs {count} levels of different stride, the backbone has {len(found)}"
+            )
         first = len(found) - count
         return {first + j: str(j) for j in range(count)}
 
     return pick
 
 
-__all__ = ["Extractor", "Stage", "Stages", "TIMM_INSTALL", "TIMM_PREFIX", "TimmFeatures", "dilate", "extractor",
-           "import_timm", "last_level", "levels", "low_high_levels", "probe_stages", "pyramid_levels",
-           "timm_create", "timm_name", "torchvision_classifier", "torchvision_names", "trunk_root"]
+__all__ = [
+    "Extractor",
+    "Stage",
+    "Stages",
+    "TIMM_INSTALL",
+    "TIMM_PREFIX",
+    "TimmFeatures",
+    "dilate",
+    "extractor",
+    "import_timm",
+    "last_level",
+    "levels",
+    "low_high_levels",
+    "probe_stages",
+    "pyramid_levels",
+    "timm_create",
+    "timm_name",
+    "torchvision_classifier",
+    "torchvision_names",
+    "trunk_root",
+]

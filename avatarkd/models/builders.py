@@ -17,7 +17,15 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
 from ..errors import ConfigError
-from .backbones import extractor, last_level, low_high_levels, pyramid_levels, timm_create, timm_name, torchvision_classifier
+from .backbones import (
+    extractor,
+    last_level,
+    low_high_levels,
+    pyramid_levels,
+    timm_create,
+    timm_name,
+    torchvision_classifier,
+)
 from .extractors import FeaturePyramid
 from .recipes import record_recipe
 
@@ -134,9 +142,18 @@ def build_detector(
         gen = AnchorGenerator(anchors, ((0.5, 1.0, 2.0),) * len(anchors))
         pool = MultiScaleRoIAlign([str(i) for i in range(count)], output_size=7, sampling_ratio=2)
         model = detection.FasterRCNN(fpn_backbone, num_classes + 1, rpn_anchor_generator=gen, box_roi_pool=pool, **size)
-    record_recipe(model, "avatarkd.models:build_detector",
-                  {"arch": arch, "backbone": backbone, "num_classes": num_classes, "fpn_channels": fpn_channels,
-                   "image_size": image_size, "anchor_sizes": list(anchor_sizes)})
+    record_recipe(
+        model,
+        "avatarkd.models:build_detector",
+        {
+            "arch": arch,
+            "backbone": backbone,
+            "num_classes": num_classes,
+            "fpn_channels": fpn_channels,
+            "image_size": image_size,
+            "anchor_sizes": list(anchor_sizes),
+        },
+    )
     return model
 
 

@@ -6,7 +6,6 @@ as it does for torchvision's ``IntermediateLayerGetter`` and ``BackboneWithFPN``
 """
 
 from collections import OrderedDict
-from typing import Dict, List
 
 import torch
 from torch import Tensor, nn
@@ -23,7 +22,7 @@ class Stages(nn.ModuleDict):
     the forward is TorchScript-able, like torchvision's ``IntermediateLayerGetter``.
     """
 
-    def __init__(self, root: nn.Module, order: List[str], return_layers: Dict[str, str]) -> None:
+    def __init__(self, root: nn.Module, order: list[str], return_layers: dict[str, str]) -> None:
         last = max(order.index(p) for p in return_layers)
         kept = list(order[: last + 1])
         tops = list(dict.fromkeys(p.split(".")[0] for p in kept))
@@ -32,10 +31,10 @@ class Stages(nn.ModuleDict):
         self.return_layers = dict(return_layers)
         self.nested = any("." in p for p in kept)
 
-    def forward(self, x: Tensor) -> Dict[str, Tensor]:
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
         if self.nested:
             return self._nested_forward(x)
-        out: Dict[str, Tensor] = OrderedDict()
+        out: dict[str, Tensor] = OrderedDict()
         for name, module in self.items():
             x = module(x)
             if name in self.return_layers:
@@ -43,8 +42,8 @@ class Stages(nn.ModuleDict):
         return out
 
     @torch.jit.unused
-    def _nested_forward(self, x: Tensor) -> Dict[str, Tensor]:
-        out: Dict[str, Tensor] = OrderedDict()
+    def _nested_forward(self, x: Tensor) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = OrderedDict()
         for path in self.order:
             x = self.get_submodule(path)(x)
             if path in self.return_layers:
@@ -59,12 +58,12 @@ class TimmFeatures(nn.Module):
     levels without a name are not returned.
     """
 
-    def __init__(self, body: nn.Module, names: Dict[int, str]) -> None:
+    def __init__(self, body: nn.Module, names: dict[int, str]) -> None:
         super().__init__()
         self.body = body
         self.names = dict(names)
 
-    def forward(self, x: Tensor) -> Dict[str, Tensor]:
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
         feats = self.body(x)
         return OrderedDict((self.names[i], f) for i, f in enumerate(feats) if i in self.names)
 
@@ -72,13 +71,13 @@ class TimmFeatures(nn.Module):
 class FeaturePyramid(nn.Module):
     """``body`` (named levels) then ``fpn``: torchvision's ``BackboneWithFPN`` layout for any extractor."""
 
-    def __init__(self, body: nn.Module, in_channels: List[int], out_channels: int, extra_blocks: nn.Module) -> None:
+    def __init__(self, body: nn.Module, in_channels: list[int], out_channels: int, extra_blocks: nn.Module) -> None:
         super().__init__()
         self.body = body
         self.fpn = FeaturePyramidNetwork(in_channels, out_channels, extra_blocks=extra_blocks)
         self.out_channels = out_channels
 
-    def forward(self, x: Tensor) -> Dict[str, Tensor]:
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
         return self.fpn(self.body(x))
 
 

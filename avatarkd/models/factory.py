@@ -44,8 +44,10 @@ def _import(module_name: str, spec: str, search_dirs: Sequence[Path]) -> Any:
                 log.info("model.factory: importing %s from %s", module_name, folder)
             return _import(module_name, spec, ())
     where = ", ".join(str(f) for f in search_dirs)
-    raise ConfigError(f"model.factory {spec!r}: no module named {module_name!r} (not installed, not on PYTHONPATH"
-                      f"{', not in ' + where if where else ''})")
+    raise ConfigError(
+        f"model.factory {spec!r}: no module named {module_name!r} (not installed, not on PYTHONPATH"
+        f"{', not in ' + where if where else ''})"
+    )
 
 
 def resolve_factory(spec: str, search_dirs: Sequence[Path] = ()) -> Callable[..., Any]:
@@ -57,12 +59,14 @@ def resolve_factory(spec: str, search_dirs: Sequence[Path] = ()) -> Callable[...
         obj: Any = _import(module_name, spec, search_dirs)
     except ConfigError:
         raise
-    except Exception as err:  # noqa: BLE001 - the user's module may fail to import in any way
+    except Exception as err:
         raise ConfigError(f"model.factory {spec!r}: importing {module_name!r} failed: {_first_line(err)}") from None
     for part in attr.split("."):
         if not hasattr(obj, part):
             names = [n for n in dir(obj) if not n.startswith("_")]
-            raise ConfigError(f"model.factory {spec!r}: {module_name!r} has no attribute {attr!r}{did_you_mean(part, names)}")
+            raise ConfigError(
+                f"model.factory {spec!r}: {module_name!r} has no attribute {attr!r}{did_you_mean(part, names)}"
+            )
         obj = getattr(obj, part)
     if not callable(obj):
         raise ConfigError(f"model.factory {spec!r}: {attr!r} is a {type(obj).__name__}, not a callable")
@@ -77,8 +81,9 @@ def accepts(fn: Callable[..., Any], name: str) -> bool:
         return False
 
 
-def build_from_factory(spec: str, kwargs: dict[str, Any], num_classes: int | None = None,
-                       search_dirs: Sequence[Path] = ()) -> nn.Module:
+def build_from_factory(
+    spec: str, kwargs: dict[str, Any], num_classes: int | None = None, search_dirs: Sequence[Path] = ()
+) -> nn.Module:
     """Call the factory with ``kwargs`` (plus ``num_classes`` when it takes one and ``kwargs`` do not set it).
 
     Why inject ``num_classes``: the number of classes is read from the data, and a config that
@@ -96,7 +101,7 @@ def build_from_factory(spec: str, kwargs: dict[str, Any], num_classes: int | Non
                 call[name] = None
     try:
         model = fn(**call)
-    except Exception as err:  # noqa: BLE001 - the user's code may raise anything; say which call failed
+    except Exception as err:
         raise ConfigError(f"model.factory {spec!r} with kwargs {call} raised {_first_line(err)}") from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model.factory {spec!r} returned a {type(model).__name__}, not a torch.nn.Module")

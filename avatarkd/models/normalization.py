@@ -50,8 +50,9 @@ class Normalization:
         if x.dim() < 3 or not x.is_floating_point():
             return x
         if len(self.mean) not in (1, x.shape[-3]):
-            raise ConfigError(f"model.normalize has {len(self.mean)} values per channel but the images have "
-                              f"{x.shape[-3]} channels")
+            raise ConfigError(
+                f"model.normalize has {len(self.mean)} values per channel but the images have {x.shape[-3]} channels"
+            )
         shape = (-1, 1, 1)
         mean = torch.as_tensor(self.mean, dtype=x.dtype, device=x.device).view(shape)
         std = torch.as_tensor(self.std, dtype=x.dtype, device=x.device).view(shape)
@@ -112,6 +113,7 @@ def attach_normalization(model: nn.Module, norm: Normalization | None) -> nn.Mod
         transform.image_mean = list(norm.mean) if norm else [0.0]
         transform.image_std = list(norm.std) if norm else [1.0]
     elif norm is not None:
+
         def pre_hook(_module: nn.Module, args: tuple) -> tuple:
             return (norm(args[0]), *args[1:]) if args else args
 
@@ -137,5 +139,14 @@ def normalize_images(model: nn.Module, images: Any) -> Any:
     return found[0](images)  # type: ignore[misc]
 
 
-__all__ = ["IMAGENET", "IMAGENET_MEAN", "IMAGENET_STD", "Normalization", "attach_normalization", "input_normalization",
-           "normalization_from", "normalize_images", "resolve_normalization"]
+__all__ = [
+    "IMAGENET",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "Normalization",
+    "attach_normalization",
+    "input_normalization",
+    "normalization_from",
+    "normalize_images",
+    "resolve_normalization",
+]

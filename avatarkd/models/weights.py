@@ -65,20 +65,24 @@ def _unwrap(obj: Any, source: str, depth: int = 0) -> dict[str, Tensor]:
     tensors = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
     if tensors:
         return tensors
-    raise CheckpointError(f"{source}: holds no model weights (expected a state_dict, or one under "
-                          f"{', '.join(repr(w) for w in WRAPPERS[:3])}; found keys {list(obj)[:5]})")
+    raise CheckpointError(
+        f"{source}: holds no model weights (expected a state_dict, or one under "
+        f"{', '.join(repr(w) for w in WRAPPERS[:3])}; found keys {list(obj)[:5]})"
+    )
 
 
 def _torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - not loadable as weights only: try a full unpickle below
+    except Exception:
         pass
     try:
         # avatarkd checkpoints hold NumPy RNG states; other frameworks pickle whole modules
         return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - zip/pickle errors have many types
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupted?): {type(err).__name__}") from None
+    except Exception as err:
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (truncated or corrupted?): {type(err).__name__}"
+        ) from None
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
@@ -90,10 +94,12 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         try:
             from safetensors.torch import load_file
         except ImportError:
-            raise CheckpointError(f"{path}: reading .safetensors needs the safetensors package (pip install safetensors)") from None
+            raise CheckpointError(
+                f"{path}: reading .safetensors needs the safetensors package (pip install safetensors)"
+            ) from None
         try:
             return dict(load_file(str(path), device="cpu"))
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             raise CheckpointError(f"{path}: not a readable safetensors file: {type(err).__name__}") from None
     return _unwrap(_torch_load(path), str(path))
 
@@ -131,8 +137,9 @@ def torchvision_weights(name: str) -> Any:
             raise ValueError(name)
         return get_weight(name)
     except (ValueError, KeyError, AttributeError):
-        hint = did_you_mean(name, _all_enum_names()) or ("; write torchvision:<EnumClass>.<NAME>, "
-                                                          "e.g. torchvision:ResNet18_Weights.IMAGENET1K_V1")
+        hint = did_you_mean(name, _all_enum_names()) or (
+            "; write torchvision:<EnumClass>.<NAME>, e.g. torchvision:ResNet18_Weights.IMAGENET1K_V1"
+        )
         raise ConfigError(f"{TORCHVISION_PREFIX}{name}: unknown torchvision weights{hint}") from None
 
 
@@ -146,21 +153,25 @@ def read_torchvision_weights(name: str) -> dict[str, Tensor]:
     weights = torchvision_weights(name)
     cached = torchvision_cache_file(weights)
     if not cached.is_file():
-        raise CheckpointError(f"{TORCHVISION_PREFIX}{name}: weights file {cached.name} is not in {cached.parent}; "
-                              f"place it there (it is {weights.url}; avatarkd never downloads) or set TORCH_HOME")
+        raise CheckpointError(
+            f"{TORCHVISION_PREFIX}{name}: weights file {cached.name} is not in {cached.parent}; "
+            f"place it there (it is {weights.url}; avatarkd never downloads) or set TORCH_HOME"
+        )
     try:
         return _unwrap(weights.get_state_dict(progress=False, check_hash=False), f"{TORCHVISION_PREFIX}{name}")
     except CheckpointError:
         raise
-    except Exception as err:  # noqa: BLE001 - a corrupt cache file fails inside torch.load
-        raise CheckpointError(f"{cached}: not a readable checkpoint (truncated or corrupted?): {type(err).__name__}") from None
+    except Exception as err:
+        raise CheckpointError(
+            f"{cached}: not a readable checkpoint (truncated or corrupted?): {type(err).__name__}"
+        ) from None
 
 
 def read_weights(source: str | Path) -> dict[str, Tensor]:
     """A local file or ``torchvision:<EnumClass>.<NAME>``."""
     text = str(source)
     if text.startswith(TORCHVISION_PREFIX):
-        return read_torchvision_weights(text[len(TORCHVISION_PREFIX):])
+        return read_torchvision_weights(text[len(TORCHVISION_PREFIX) :])
     return read_state_dict(text)
 
 
@@ -204,7 +215,7 @@ def align(file_keys: Iterable[str], model_keys: Iterable[str]) -> tuple[dict[str
     for key in model_keys:
         if not key.startswith(add):
             continue
-        suffix = key[len(add):]
+        suffix = key[len(add) :]
         for candidate in dict.fromkeys((suffix, _dotted(suffix))):
             if drop + candidate in present:
                 mapping[key] = drop + candidate
@@ -236,7 +247,9 @@ def _is_head(key: str) -> bool:
     return key.split(".")[0] in HEAD_NAMES
 
 
-def load_into(target: nn.Module, state: Mapping[str, Tensor], source: str, role: str, head_optional: bool = False) -> LoadReport:
+def load_into(
+    target: nn.Module, state: Mapping[str, Tensor], source: str, role: str, head_optional: bool = False
+) -> LoadReport:
     """Load ``state`` into ``target`` after aligning key prefixes; one-line CheckpointError on any mismatch.
 
     ``head_optional``: ``target`` is a whole classifier receiving backbone weights, so its head
@@ -247,10 +260,12 @@ def load_into(target: nn.Module, state: Mapping[str, Tensor], source: str, role:
     if not mapping:
         file_eg = next(iter(state), "nothing")
         own_eg = next(iter(own), "nothing")
-        raise CheckpointError(f"{source}: weights do not fit the {role} architecture: no tensor matches "
-                              f"(file keys look like {file_eg!r}, model keys like {own_eg!r})")
+        raise CheckpointError(
+            f"{source}: weights do not fit the {role} architecture: no tensor matches "
+            f"(file keys look like {file_eg!r}, model keys like {own_eg!r})"
+        )
     wrong = [k for k, f in mapping.items() if tuple(own[k].shape) != tuple(state[f].shape)]
-    skipped_head = [k for k in wrong if head_optional and _is_head(k[len(add):])]
+    skipped_head = [k for k in wrong if head_optional and _is_head(k[len(add) :])]
     for k in skipped_head:  # a new head for another number of classes: keeps its initialisation
         del mapping[k]
     wrong = [k for k in wrong if k not in skipped_head]
@@ -259,15 +274,24 @@ def load_into(target: nn.Module, state: Mapping[str, Tensor], source: str, role:
     unexpected = [k for k in state if k not in used]
     # a file tensor inside a module the model has (layer1.2 of a ResNet-34 in a ResNet-18) is a
     # mismatch; whole modules the model lacks (a head, an aux classifier) are only unused
-    own_tops = {p for k in own if k.startswith(add) for p in (k[len(add):].split(".")[0], _dotted(k[len(add):]).split(".")[0])}
-    inside = [k for k in unexpected if k.startswith(drop) and k[len(drop):].split(".")[0] in own_tops
-              and not (head_optional and _is_head(k[len(drop):]))]
-    missing_body = [k for k in missing if not (head_optional and _is_head(k[len(add):]))]
+    own_tops = {
+        p for k in own if k.startswith(add) for p in (k[len(add) :].split(".")[0], _dotted(k[len(add) :]).split(".")[0])
+    }
+    inside = [
+        k
+        for k in unexpected
+        if k.startswith(drop)
+        and k[len(drop) :].split(".")[0] in own_tops
+        and not (head_optional and _is_head(k[len(drop) :]))
+    ]
+    missing_body = [k for k in missing if not (head_optional and _is_head(k[len(add) :]))]
     problems = []
     if wrong:
         k = wrong[0]
-        problems.append(f"{len(wrong)} shape mismatches (e.g. {k}: file {tuple(state[mapping[k]].shape)} vs model "
-                        f"{tuple(own[k].shape)})")
+        problems.append(
+            f"{len(wrong)} shape mismatches (e.g. {k}: file {tuple(state[mapping[k]].shape)} vs model "
+            f"{tuple(own[k].shape)})"
+        )
     if missing_body:
         problems.append(f"{len(missing_body)} model tensors not in the file ({_groups(missing_body)})")
     if inside:
@@ -323,6 +347,19 @@ def load_configured_weights(model: nn.Module, mcfg: Any, role: str) -> Any:
     return recorded
 
 
-__all__ = ["HEAD_NAMES", "LoadReport", "TORCHVISION_PREFIX", "align", "backbone_target", "load_configured_weights",
-           "load_into", "load_weights", "read_state_dict", "read_torchvision_weights", "read_weights",
-           "recorded_normalization", "torchvision_cache_file", "torchvision_weights"]
+__all__ = [
+    "HEAD_NAMES",
+    "LoadReport",
+    "TORCHVISION_PREFIX",
+    "align",
+    "backbone_target",
+    "load_configured_weights",
+    "load_into",
+    "load_weights",
+    "read_state_dict",
+    "read_torchvision_weights",
+    "read_weights",
+    "recorded_normalization",
+    "torchvision_cache_file",
+    "torchvision_weights",
+]

@@ -17,8 +17,9 @@ TASKS: dict[str, type[Task]] = {t.name: t for t in (SegmentationTask, DetectionT
 def make_task(cfg: TrainConfig) -> Task:
     """The task named by ``cfg.task``; an unknown name is a one-line ConfigError."""
     if cfg.task not in TASKS:
-        raise ConfigError(f"task: unknown task {cfg.task!r}{did_you_mean(cfg.task, TASKS)}; "
-                          f"choose one of {', '.join(TASKS)}")
+        raise ConfigError(
+            f"task: unknown task {cfg.task!r}{did_you_mean(cfg.task, TASKS)}; choose one of {', '.join(TASKS)}"
+        )
     return TASKS[cfg.task](cfg)
 
 

@@ -50,9 +50,11 @@ class Task(ABC):
         split = self.cfg.eval.split
         evaluation = open_dataset(self.name, split=split, config=self.evaluation_config(data, train))
         if evaluation.num_classes != train.num_classes:  # type: ignore[attr-defined]
-            raise DataError(f"the {split} split has {evaluation.num_classes} classes "  # type: ignore[attr-defined]
-                            f"({innermost(evaluation).class_source}) but the train split has {train.num_classes} "
-                            f"({innermost(train).class_source})")
+            raise DataError(
+                f"the {split} split has {evaluation.num_classes} classes "  # type: ignore[attr-defined]
+                f"({innermost(evaluation).class_source}) but the train split has {train.num_classes} "
+                f"({innermost(train).class_source})"
+            )
         self.num_classes = int(train.num_classes)  # type: ignore[attr-defined]
         self.class_names = list(train.class_names)  # type: ignore[attr-defined]
         log.info("%s: %d classes from %s", self.name, self.num_classes, innermost(train).class_source)
@@ -70,8 +72,10 @@ class Task(ABC):
         """
         train = reports[0]
         if self.cfg.data.crop_size is None and train.min_size != train.max_size:
-            raise DataError(f"training images have different sizes ({train.sizes()}), which cannot form one "
-                            "batch; set data.crop_size: [height, width] to train on crops of one size")
+            raise DataError(
+                f"training images have different sizes ({train.sizes()}), which cannot form one "
+                "batch; set data.crop_size: [height, width] to train on crops of one size"
+            )
 
     def collate(self, batch: list[Any]) -> Batch:
         """Stacked tensors; items ``None`` (skipped unreadable images) are dropped, an empty batch is None."""
@@ -162,8 +166,10 @@ def stack_images(images: Sequence[Tensor]) -> Tensor:
     """One batch tensor; images of different sizes are a one-line DataError that says what to set."""
     if not same_size(images):
         sizes = sorted({f"{im.shape[-2]}x{im.shape[-1]}" for im in images})
-        raise DataError(f"images of different sizes ({', '.join(sizes[:3])}) cannot form one batch; "
-                        "set data.crop_size: [height, width] to train on crops of one size")
+        raise DataError(
+            f"images of different sizes ({', '.join(sizes[:3])}) cannot form one batch; "
+            "set data.crop_size: [height, width] to train on crops of one size"
+        )
     return torch.stack(list(images))
 
 

@@ -11,9 +11,8 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig
 from ..data import SplitReport
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..metrics import PredictedClasses, Top1Accuracy
-from ..errors import ConfigError
 from ..models import build_classifier, describe_output
 from .base import Batch, Task
 
@@ -28,9 +27,11 @@ class ClassificationTask(Task):
         if self.cfg.data.crop_size is None:
             for report in reports:
                 if report.min_size != report.max_size:
-                    raise DataError(f"{report.split} images have different sizes ({report.sizes()}), which cannot "
-                                    "form one batch; set data.crop_size: [height, width] (random-resized crops for "
-                                    "training, centre crops for evaluation)")
+                    raise DataError(
+                        f"{report.split} images have different sizes ({report.sizes()}), which cannot "
+                        "form one batch; set data.crop_size: [height, width] (random-resized crops for "
+                        "training, centre crops for evaluation)"
+                    )
 
     def build_model(self, mcfg: ModelConfig) -> nn.Module:
         if mcfg.factory is not None:
@@ -40,8 +41,10 @@ class ClassificationTask(Task):
     def logits(self, output: Any) -> Tensor:
         """The output contract: (N, C) logits; anything else is a one-line ConfigError."""
         if not (isinstance(output, Tensor) and output.dim() == 2 and output.shape[1] == self.num_classes):
-            raise ConfigError(f"model output: classification expects (N, {self.num_classes}) logits; "
-                              f"the model returned {describe_output(output)}")
+            raise ConfigError(
+                f"model output: classification expects (N, {self.num_classes}) logits; "
+                f"the model returned {describe_output(output)}"
+            )
         return output
 
     def check_eval_output(self, output: Any, batch: Batch) -> None:

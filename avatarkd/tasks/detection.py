@@ -12,8 +12,8 @@ from torch.utils.data import Dataset
 
 from ..config import DataConfig, ModelConfig
 from ..data import CocoDetection, SplitReport, collate_detection, innermost
-from ..metrics import CocoEvaluator, PredictedClasses
 from ..errors import ConfigError
+from ..metrics import CocoEvaluator, PredictedClasses
 from ..models import build_detector, describe_output
 from .base import Batch, Task, TeacherForward
 from .drawing import plot_detections
@@ -62,34 +62,48 @@ class DetectionTask(Task):
     def to_device(self, batch: Batch, device: torch.device) -> Batch:
         images, targets = batch
         images = [im.to(device, non_blocking=True) for im in images]
-        targets = [{k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in t.items()}
-                   for t in targets]
+        targets = [
+            {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in t.items()} for t in targets
+        ]
         return images, targets
 
     def build_model(self, mcfg: ModelConfig) -> nn.Module:
         if mcfg.factory is not None:  # torchvision's convention: num_classes counts the background
             return configure_resize(self.factory_model(mcfg, self.num_classes + 1), self.cfg.data)
-        model = build_detector(mcfg.arch, mcfg.backbone, self.num_classes, mcfg.fpn_channels,  # type: ignore[arg-type]
-                               mcfg.image_size, tuple(mcfg.anchor_sizes))
+        model = build_detector(
+            mcfg.arch,
+            mcfg.backbone,
+            self.num_classes,
+            mcfg.fpn_channels,  # type: ignore[arg-type]
+            mcfg.image_size,
+            tuple(mcfg.anchor_sizes),
+        )
         return configure_resize(model, self.cfg.data)
 
     @staticmethod
     def loss_dict(output: Any) -> dict[str, Tensor]:
         """The training-mode contract: ``model(images, targets)`` returns a dict of loss tensors."""
         if not (isinstance(output, Mapping) and output and all(isinstance(v, Tensor) for v in output.values())):
-            raise ConfigError("model output: detection expects the torchvision detection API: in training, "
-                              f"model(images, targets) returns a dict of losses; the model returned {describe_output(output)}")
+            raise ConfigError(
+                "model output: detection expects the torchvision detection API: in training, "
+                f"model(images, targets) returns a dict of losses; the model returned {describe_output(output)}"
+            )
         return {f"loss_{k}" if not k.startswith("loss") else k: v for k, v in output.items()}
 
     @staticmethod
     def detections(output: Any, count: int) -> list[dict[str, Tensor]]:
         """The eval-mode contract: ``model(images)`` returns one dict per image with boxes, scores and labels."""
-        ok = isinstance(output, (list, tuple)) and len(output) == count and all(
-            isinstance(o, Mapping) and {"boxes", "scores", "labels"} <= set(o) for o in output)
+        ok = (
+            isinstance(output, (list, tuple))
+            and len(output) == count
+            and all(isinstance(o, Mapping) and {"boxes", "scores", "labels"} <= set(o) for o in output)
+        )
         if not ok:
-            raise ConfigError(f"model output: detection expects the torchvision detection API: in eval mode, "
-                              f"model(images) returns a list of {count} dicts with 'boxes', 'scores' and 'labels'; "
-                              f"the model returned {describe_output(output)}")
+            raise ConfigError(
+                f"model output: detection expects the torchvision detection API: in eval mode, "
+                f"model(images) returns a list of {count} dicts with 'boxes', 'scores' and 'labels'; "
+                f"the model returned {describe_output(output)}"
+            )
         return list(output)
 
     def check_eval_output(self, output: Any, batch: Batch) -> None:
@@ -117,7 +131,9 @@ class DetectionTask(Task):
                 continue
             images, targets = self.to_device(batch, device)
             outputs = self.detections(model(images), len(images))
-            evaluator.update([int(t["image_id"]) for t in targets], [{k: v.cpu() for k, v in o.items()} for o in outputs])
+            evaluator.update(
+                [int(t["image_id"]) for t in targets], [{k: v.cpu() for k, v in o.items()} for o in outputs]
+            )
             for o in outputs:
                 predicted.update(o["labels"])
         evaluator.sync()
@@ -130,6 +146,10 @@ class DetectionTask(Task):
 
     def plot_predictions(self, batch: Batch, predictions: Any, out_png: Path) -> Path:
         images, targets = batch
-        return plot_detections([im.cpu() for im in images], predictions,
-                               [{k: v.cpu() for k, v in t.items() if k in ("boxes", "labels")} for t in targets],
-                               out_png, class_names=["background"] + self.class_names)
+        return plot_detections(
+            [im.cpu() for im in images],
+            predictions,
+            [{k: v.cpu() for k, v in t.items() if k in ("boxes", "labels")} for t in targets],
+            out_png,
+            class_names=["background"] + self.class_names,
+        )

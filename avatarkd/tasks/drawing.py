@@ -61,9 +61,15 @@ def _overlay(image: np.ndarray, labels: np.ndarray, ignore_index: int) -> np.nda
     return out.round().astype(np.uint8)
 
 
-def plot_segmentation(images: Tensor, preds: Tensor, targets: Tensor | None, out_png: Path | str,
-                      class_names: Sequence[str] | None = None, ignore_index: int = 255,
-                      max_images: int = 8) -> Path:
+def plot_segmentation(
+    images: Tensor,
+    preds: Tensor,
+    targets: Tensor | None,
+    out_png: Path | str,
+    class_names: Sequence[str] | None = None,
+    ignore_index: int = 255,
+    max_images: int = 8,
+) -> Path:
     """Rows of image | prediction | ground truth, classes in fixed colours, legend of the classes shown.
 
     ``images`` is (N, 3, H, W) in [0, 1]; ``preds`` and ``targets`` are (N, H, W) class ids.
@@ -79,8 +85,11 @@ def plot_segmentation(images: Tensor, preds: Tensor, targets: Tensor | None, out
     t = _resize_labels(targets[:n].detach().cpu().long(), size).numpy() if targets is not None else None
     cols = 3 if t is not None else 2
     present = {int(c) for c in np.unique(p)} | ({int(c) for c in np.unique(t)} if t is not None else set())
-    handles = [Patch(facecolor=class_color(c) / 255, edgecolor="0.3", label=class_name(c, class_names))
-               for c in sorted(present) if c not in (0, ignore_index)]
+    handles = [
+        Patch(facecolor=class_color(c) / 255, edgecolor="0.3", label=class_name(c, class_names))
+        for c in sorted(present)
+        if c not in (0, ignore_index)
+    ]
     if ignore_index in present:
         handles.append(Patch(facecolor=_IGNORE_COLOR / 255, edgecolor="0.3", label="ignored"))
 
@@ -108,8 +117,16 @@ def plot_segmentation(images: Tensor, preds: Tensor, targets: Tensor | None, out
         for ax in fig.axes:
             ax.apply_aspect()
         bottom = min(ax.get_position().y0 for ax in fig.axes)
-        fig.legend(handles=handles, loc="upper center", ncol=ncol, fontsize=8, frameon=False,
-                   bbox_to_anchor=(0.5, bottom - 0.1 / height), handlelength=1.2, columnspacing=1.0)
+        fig.legend(
+            handles=handles,
+            loc="upper center",
+            ncol=ncol,
+            fontsize=8,
+            frameon=False,
+            bbox_to_anchor=(0.5, bottom - 0.1 / height),
+            handlelength=1.2,
+            columnspacing=1.0,
+        )
     return save_figure(fig, out_png)
 
 
@@ -120,7 +137,7 @@ def _label_font_path() -> str | None:
         from matplotlib import font_manager
 
         return font_manager.findfont(font_manager.FontProperties(family="DejaVu Sans"), fallback_to_default=True)
-    except Exception:  # noqa: BLE001 - a missing font degrades the labels, never the plot
+    except Exception:
         return None
 
 
@@ -148,8 +165,9 @@ def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> boo
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
-def _draw_labels(canvas: Tensor, boxes: Tensor, texts: list[str], colors: list[tuple[int, int, int]],
-                 font: Any) -> Tensor:
+def _draw_labels(
+    canvas: Tensor, boxes: Tensor, texts: list[str], colors: list[tuple[int, int, int]], font: Any
+) -> Tensor:
     """Box labels that stay inside the image and avoid each other where they can.
 
     torchvision pins a label to the inside top-left corner of its box, which runs off the image
@@ -178,10 +196,15 @@ def _draw_labels(canvas: Tensor, boxes: Tensor, texts: list[str], colors: list[t
     return torch.from_numpy(np.asarray(page).copy()).permute(2, 0, 1)
 
 
-def plot_detections(images: Sequence[Tensor] | Tensor, predictions: Sequence[dict[str, Tensor]],
-                    targets: Sequence[dict[str, Tensor]] | None, out_png: Path | str,
-                    class_names: Sequence[str] | None = None, score_threshold: float = 0.3,
-                    max_images: int = 8) -> Path:
+def plot_detections(
+    images: Sequence[Tensor] | Tensor,
+    predictions: Sequence[dict[str, Tensor]],
+    targets: Sequence[dict[str, Tensor]] | None,
+    out_png: Path | str,
+    class_names: Sequence[str] | None = None,
+    score_threshold: float = 0.3,
+    max_images: int = 8,
+) -> Path:
     """A grid of images with predicted boxes (class colour, "name 0.87") over ground truth (white).
 
     Detection inputs are often tiny (64 px), where box labels would be a few unreadable pixels,
@@ -215,8 +238,11 @@ def plot_detections(images: Sequence[Tensor] | Tensor, predictions: Sequence[dic
                 canvas = draw_bounding_boxes(canvas, gt[ok], colors="white", width=1)
         pred = predictions[i]
         boxes, ok = _clean_boxes(pred["boxes"], scale, h, w)
-        labels = (pred["labels"].detach().cpu().reshape(-1).long() if "labels" in pred
-                  else torch.zeros(len(boxes), dtype=torch.long))
+        labels = (
+            pred["labels"].detach().cpu().reshape(-1).long()
+            if "labels" in pred
+            else torch.zeros(len(boxes), dtype=torch.long)
+        )
         scores = pred["scores"].detach().cpu().reshape(-1).float() if "scores" in pred else None
         keep = ok & (scores >= score_threshold if scores is not None else torch.ones_like(ok))
         if keep.any():
@@ -224,20 +250,26 @@ def plot_detections(images: Sequence[Tensor] | Tensor, predictions: Sequence[dic
             if scores is not None:  # most confident first: they get the best label spots and are drawn on top
                 idx = idx[scores[idx].argsort(descending=True)]
             cls = labels[idx].tolist()
-            text = [class_name(c, class_names) + (f" {scores[k]:.2f}" if scores is not None else "")
-                    for c, k in zip(cls, idx.tolist())]
+            text = [
+                class_name(c, class_names) + (f" {scores[k]:.2f}" if scores is not None else "")
+                for c, k in zip(cls, idx.tolist())
+            ]
             colors = [tuple(int(x) for x in class_color(c)) for c in cls]
             canvas = draw_bounding_boxes(canvas, boxes[idx].flip(0), colors=colors[::-1], width=2)
             canvas = _draw_labels(canvas, boxes[idx], text, colors, label_font)
         else:  # say so, or an empty tile reads as "the plot is broken"
-            canvas = _draw_labels(canvas, torch.tensor([[0.0, 0.0, 0.0, 0.0]]),
-                                  [f"no prediction >= {score_threshold:.2f}"], [(60, 60, 60)], label_font)
+            canvas = _draw_labels(
+                canvas,
+                torch.tensor([[0.0, 0.0, 0.0, 0.0]]),
+                [f"no prediction >= {score_threshold:.2f}"],
+                [(60, 60, 60)],
+                label_font,
+            )
         tiles.append(canvas)
     side_h = max(t.shape[-2] for t in tiles)
     side_w = max(t.shape[-1] for t in tiles)
     # images of different sizes share a cell size; the spare room is page-white, not image-black
-    tiles = [torch.nn.functional.pad(t, (0, side_w - t.shape[-1], 0, side_h - t.shape[-2]), value=255)
-             for t in tiles]
+    tiles = [torch.nn.functional.pad(t, (0, side_w - t.shape[-1], 0, side_h - t.shape[-2]), value=255) for t in tiles]
     grid = make_grid(torch.stack(tiles), nrow=min(4, n), padding=6, pad_value=255)
     body = Image.fromarray(grid.permute(1, 2, 0).numpy())
 

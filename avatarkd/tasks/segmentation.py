@@ -29,8 +29,9 @@ def backbone_only(teacher: nn.Module, images: Tensor) -> Any:
     return teacher.backbone(normalize_images(teacher, images))
 
 
-def pad_stack(images: Sequence[Tensor], masks: Sequence[Tensor] | None,
-              ignore_index: int) -> tuple[Tensor, Tensor | None]:
+def pad_stack(
+    images: Sequence[Tensor], masks: Sequence[Tensor] | None, ignore_index: int
+) -> tuple[Tensor, Tensor | None]:
     """Images padded (bottom/right) to the largest in the list and stacked; masks padded with ignore."""
     size = (max(im.shape[-2] for im in images), max(im.shape[-1] for im in images))
     padded = [pad_to(im, m, size, ignore_index) for im, m in zip(images, masks or [None] * len(images))]
@@ -45,8 +46,12 @@ class SegmentationTask(Task):
 
     def evaluation_config(self, data: DataConfig, train: Dataset) -> DataConfig:
         # a scan of the training masks (or the format) decided the classes; the evaluation split uses them
-        return data.model_copy(update={"num_classes": train.num_classes,  # type: ignore[attr-defined]
-                                       "class_names": list(train.class_names)})  # type: ignore[attr-defined]
+        return data.model_copy(
+            update={
+                "num_classes": train.num_classes,  # type: ignore[attr-defined]
+                "class_names": list(train.class_names),
+            }
+        )  # type: ignore[attr-defined]
 
     def collate(self, batch: list[Any]) -> Batch:
         """Stacked tensors when the images share a size (always in training: crops), else lists.
@@ -64,8 +69,10 @@ class SegmentationTask(Task):
     def to_device(self, batch: Batch, device: torch.device) -> Batch:
         images, masks = batch
         if isinstance(images, list):
-            return ([im.to(device, non_blocking=True) for im in images],
-                    [m.to(device, non_blocking=True) for m in masks])
+            return (
+                [im.to(device, non_blocking=True) for im in images],
+                [m.to(device, non_blocking=True) for m in masks],
+            )
         return images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
 
     def images_of(self, batch: Batch) -> Any:
@@ -82,8 +89,10 @@ class SegmentationTask(Task):
         upsampled (bilinear) to ``size``, the mask's. Anything else is a one-line ConfigError."""
         out = output.get("out") if isinstance(output, Mapping) else output
         if not (isinstance(out, Tensor) and out.dim() == 4 and out.shape[1] == self.num_classes):
-            raise ConfigError(f"model output: segmentation expects (N, {self.num_classes}, H, W) logits at any resolution, "
-                              f"or a dict holding them under 'out'; the model returned {describe_output(output)}")
+            raise ConfigError(
+                f"model output: segmentation expects (N, {self.num_classes}, H, W) logits at any resolution, "
+                f"or a dict holding them under 'out'; the model returned {describe_output(output)}"
+            )
         if tuple(out.shape[-2:]) != tuple(size):
             out = F.interpolate(out, size=tuple(size), mode="bilinear", align_corners=False)
         return out
@@ -138,8 +147,11 @@ class SegmentationTask(Task):
                 metric.update(preds, masks)
         metric.sync()
         result = metric.compute()
-        out = {"miou": float(result["miou"]), "pixel_acc": float(result["pixel_acc"]),
-               "predicted_classes": metric.predicted_classes()}
+        out = {
+            "miou": float(result["miou"]),
+            "pixel_acc": float(result["pixel_acc"]),
+            "predicted_classes": metric.predicted_classes(),
+        }
         for name, iou in zip(self.class_names, result["per_class_iou"]):
             out[f"iou/{name}"] = float(iou)
         return out
@@ -154,5 +166,6 @@ class SegmentationTask(Task):
         if isinstance(images, list):
             images, masks = pad_stack([im.cpu() for im in images], [m.cpu() for m in masks], ignore)
             _, predictions = pad_stack([im.cpu() for im in batch[0]], [p.cpu() for p in predictions], ignore)
-        return plot_segmentation(images.cpu(), predictions.cpu(), masks.cpu(), out_png,
-                                 class_names=self.class_names, ignore_index=ignore)
+        return plot_segmentation(
+            images.cpu(), predictions.cpu(), masks.cpu(), out_png, class_names=self.class_names, ignore_index=ignore
+        )

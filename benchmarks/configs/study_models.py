@@ -39,11 +39,18 @@ class TopDownHead(nn.Module):
     def __init__(self, channels: list[int], num_classes: int, width: int) -> None:
         super().__init__()
         self.lateral = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(c, width, 1, bias=False), nn.BatchNorm2d(width)) for c in channels)
-        self.context = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels[-1], width, 1, bias=False),
-                                     nn.BatchNorm2d(width))
-        self.out = nn.Sequential(nn.ReLU(inplace=True), nn.Conv2d(width, width, 3, padding=1, bias=False),
-                                 nn.BatchNorm2d(width), nn.ReLU(inplace=True), nn.Conv2d(width, num_classes, 1))
+            nn.Sequential(nn.Conv2d(c, width, 1, bias=False), nn.BatchNorm2d(width)) for c in channels
+        )
+        self.context = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels[-1], width, 1, bias=False), nn.BatchNorm2d(width)
+        )
+        self.out = nn.Sequential(
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, num_classes, 1),
+        )
 
     def forward(self, feats: dict[str, Tensor]) -> Tensor:
         taps = list(feats.values())  # finest first
@@ -66,13 +73,14 @@ class FPNSegmenter(nn.Module):
         return {"out": F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)}
 
 
-def mobilenet_v2_fpn(num_classes: int, input_size: int = 128, width: int = 64,
-                     taps: tuple[int, ...] = (3, 6, 13, 17)) -> FPNSegmenter:
+def mobilenet_v2_fpn(
+    num_classes: int, input_size: int = 128, width: int = 64, taps: tuple[int, ...] = (3, 6, 13, 17)
+) -> FPNSegmenter:
     """MobileNetV2 stages ``taps`` (block indices of ``features``; 17 is the 320-channel top at stride 32)
     under a top-down decoder. The body's outputs are named ``"0"``, ``"1"``, ... finest first, the top
     one ``"out"`` as in torchvision's segmentation backbones, so one point ``key`` serves both sides."""
     features = torchvision.models.mobilenet_v2(weights=None).features
     names = {str(t): str(i) for i, t in enumerate(taps)} | {str(taps[-1]): "out"}
-    body = IntermediateLayerGetter(features[:max(taps) + 1], names)
+    body = IntermediateLayerGetter(features[: max(taps) + 1], names)
     head = TopDownHead([features[t].out_channels for t in taps], num_classes, width)
     return FPNSegmenter(ResizingBackbone(body, input_size), head)
