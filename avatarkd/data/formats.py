@@ -24,7 +24,7 @@ from .classification import ImageFolderDataset
 from .coco import CocoDetection
 from .io import one_line
 from .labels import ADE20K_CLASSES, CITYSCAPES_CLASSES, VOC_CLASSES, ade20k_lut, cityscapes_lut, voc_lut
-from .segmentation import SegmentationPairs, pair_by_stem
+from .segmentation import Pair, SegmentationPairs, pair_by_stem
 
 Reader = Callable[[str, "Layout", str, DataConfig], Dataset]
 
@@ -104,7 +104,8 @@ def _cityscapes(task: str, at: Layout, split: str, data: DataConfig) -> Dataset:
     images = sorted(image_root.glob(f"*/*{suffix}"))
     if not images:
         raise DataError(f"{image_root}: split '{split}' is empty (no <city>/*{suffix} images)")
-    pairs, missing = [], []
+    pairs: list[Pair] = []
+    missing: list[Pair] = []
     for image in images:
         mask = label_root / image.parent.name / f"{image.name[: -len(suffix)]}_gtFine_labelIds.png"
         (pairs if mask.is_file() else missing).append((image, mask))

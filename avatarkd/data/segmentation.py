@@ -55,6 +55,7 @@ class SegmentationPairs(Dataset):
         )
         self.lut = torch.from_numpy(lut) if lut is not None else None
         self.name = name
+        self.class_source = ""  # set by data.classes.resolve_segmentation_classes
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -94,7 +95,7 @@ class SegmentationPairs(Dataset):
         assert self.lut is not None
         valid = (self.lut >= 0).nonzero().flatten().tolist()
         runs, start = [], valid[0]
-        for a, b in zip(valid, valid[1:] + [None]):
+        for a, b in zip(valid, valid[1:] + [None], strict=True):
             if b != a + 1:
                 runs.append(f"{start}" if start == a else f"{start}..{a}")
                 start = b

@@ -16,6 +16,7 @@ horizontal flip, optional photometric distortion.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,12 @@ from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
 Size = tuple[int, int]
+
+
+def as_size(value: Sequence[int]) -> Size:
+    """(height, width) from a config list; the configs validate that it has two entries."""
+    height, width = value
+    return int(height), int(width)
 
 
 # ----------------------------------------------------------------------------- draws
@@ -152,9 +159,9 @@ class SegmentationAugment:
         photometric: bool = False,
         ignore_index: int = 255,
     ) -> None:
-        self.crop_size = tuple(crop_size) if crop_size is not None else None
+        self.crop_size = as_size(crop_size) if crop_size is not None else None
         self.scale_range = scale_range
-        self.base_size = tuple(base_size) if base_size is not None else None
+        self.base_size = as_size(base_size) if base_size is not None else None
         self.hflip = float(hflip)
         self.photometric = photometric
         self.ignore_index = ignore_index
@@ -235,7 +242,7 @@ class ClassificationAugment:
     """Random resized crop to ``crop_size`` (if set) and horizontal flip."""
 
     def __init__(self, crop_size: Size | None = None, hflip: float = 0.5) -> None:
-        self.crop_size = tuple(crop_size) if crop_size is not None else None
+        self.crop_size = as_size(crop_size) if crop_size is not None else None
         self.hflip = float(hflip)
 
     def __call__(self, image: Tensor, label: int, *, generator: torch.Generator) -> tuple[Tensor, int]:
@@ -251,7 +258,7 @@ class CenterCrop:
     """Evaluation view of a classification image: shorter side to crop / 0.875, then the centre crop."""
 
     def __init__(self, crop_size: Size) -> None:
-        self.crop_size = tuple(crop_size)
+        self.crop_size = as_size(crop_size)
 
     def __call__(self, image: Tensor, label: int) -> tuple[Tensor, int]:
         height, width = image.shape[-2:]

@@ -70,7 +70,7 @@ class CocoEvaluator:
         """Record ``outputs[i]`` (``boxes`` xyxy, ``scores``, ``labels``) as the detections of ``image_ids[i]``."""
         if len(image_ids) != len(outputs):
             raise ValueError(f"{len(image_ids)} image ids but {len(outputs)} outputs")
-        for image_id, out in zip(image_ids, outputs):
+        for image_id, out in zip(image_ids, outputs, strict=True):
             image_id = int(image_id)
             if image_id not in self.coco_gt.imgs:
                 raise ValueError(f"image id {image_id} is not in the ground-truth annotations")
@@ -126,4 +126,4 @@ class CocoEvaluator:
         log.info(
             "COCO bbox evaluation on %d images, %d detections:\n%s", len(dets), len(rows), summary.getvalue().rstrip()
         )
-        return {k: float(v) for k, v in zip(STAT_KEYS, evaluator.stats[:6])}
+        return {k: float(v) for k, v in zip(STAT_KEYS, evaluator.stats[:6], strict=True)}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -139,9 +140,8 @@ def probe_stages(root: nn.Module, name: str) -> list[Stage]:
                         )
                     )
                 previous = stages[-1].stride if stages else 1
-                changes = sum(
-                    1 for before, after in zip([previous] + [s.stride for s in inner], inner) if after.stride != before
-                )
+                before = [previous] + [s.stride for s in inner[:-1]]
+                changes = sum(1 for b, after in zip(before, inner, strict=True) if after.stride != b)
                 if changes >= 2:
                     stages += inner
                     x = y
@@ -181,9 +181,9 @@ def dilate(root: nn.Module, stages: list[Stage], output_stride: int, name: str) 
     """
     if stages[-1].stride <= output_stride:
         return
-    input_stride: dict[nn.Module, int] = {}
+    input_stride: dict[nn.Conv2d | nn.MaxPool2d | nn.AvgPool2d, int] = {}
 
-    def record(module: nn.Module, args: tuple) -> None:
+    def record(module: nn.Conv2d | nn.MaxPool2d | nn.AvgPool2d, args: tuple) -> None:
         input_stride.setdefault(module, max(1, round(_PROBE_SIZE / args[0].shape[-1])))
 
     handles = [
@@ -254,9 +254,9 @@ def extractor(backbone: str, pick: Picker, output_stride: int = 32) -> Extractor
     if name is not None:
         kwargs = {} if output_stride == 32 else {"output_stride": output_stride}
         body = timm_create(name, features_only=True, **kwargs)
-        info = body.feature_info
+        info: Any = body.feature_info  # timm FeatureInfo; nn.Module attributes type as Tensor | Module
         reductions, channels = list(info.reduction()), list(info.channels())
-        found = [Stage(str(i), int(r), int(c)) for i, (r, c) in enumerate(zip(reductions, channels))]
+        found = [Stage(str(i), int(r), int(c)) for i, (r, c) in enumerate(zip(reductions, channels, strict=True))]
         names = pick(found)
         strides = {n: min(found[i].stride, output_stride) for i, n in names.items()}
         return Extractor(TimmFeatures(body, names), {n: found[i].channels for i, n in names.items()}, strides)

@@ -113,10 +113,10 @@ def build_detector(
     """RetinaNet / FCOS / Faster R-CNN with an FPN of ``fpn_channels`` on any torchvision or timm backbone.
 
     ``num_classes`` excludes the background; labels are 1..num_classes and torchvision's heads get
-    num_classes + 1 outputs (index 0 never fires for RetinaNet/FCOS, it is the background for R-CNN). Images are resized to
-    ``image_size`` by the model's transform. The neck is ``backbone.fpn`` on the backbone's deepest
-    three levels (strides 8-32) plus P6/P7 for RetinaNet/FCOS, and on four levels plus a pool level
-    for Faster R-CNN; the feature extractor is ``backbone.body``.
+    num_classes + 1 outputs (index 0 never fires for RetinaNet/FCOS, it is the background for R-CNN).
+    Images are resized to ``image_size`` by the model's transform. The neck is ``backbone.fpn`` on
+    the backbone's deepest three levels (strides 8-32) plus P6/P7 for RetinaNet/FCOS, and on four
+    levels plus a pool level for Faster R-CNN; the feature extractor is ``backbone.body``.
     """
     if arch not in DETECTORS:
         raise ConfigError(f"model.arch: unknown detector {arch!r}; choose retinanet, fcos or fasterrcnn")

@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -94,7 +97,7 @@ def resolve_normalization(mcfg: Any, recorded: Any = "unknown") -> Normalization
 _ATTACHED: weakref.WeakKeyDictionary[nn.Module, tuple[Normalization | None, Any]] = weakref.WeakKeyDictionary()
 
 
-def _rcnn_transform(model: nn.Module) -> nn.Module | None:
+def _rcnn_transform(model: nn.Module) -> GeneralizedRCNNTransform | None:
     from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
     transform = getattr(model, "transform", None)

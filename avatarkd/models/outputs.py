@@ -9,7 +9,10 @@ from torch import Tensor
 
 
 def describe_output(obj: Any, depth: int = 0) -> str:
-    """``"a tensor of shape (2, 5)"``, ``"a dict with keys ['aux', 'out']"``, ``"a list of 2 dicts with keys [...]"``."""
+    """What a model returned, in words for error messages.
+
+    ``"a tensor of shape (2, 5)"``, ``"a dict with keys ['aux', 'out']"``, ``"a list of 2 dicts with keys [...]"``.
+    """
     if isinstance(obj, Tensor):
         return f"a tensor of shape {tuple(obj.shape)}"
     if isinstance(obj, Mapping):

@@ -23,6 +23,13 @@ _IGNORE_COLOR = np.array([200, 200, 200], dtype=np.uint8)
 
 
 # ----------------------------------------------------------------------------- segmentation
+
+
+def _unit_rgb(color: np.ndarray) -> tuple[float, float, float]:
+    """A uint8 RGB colour as matplotlib's (r, g, b) in [0, 1]."""
+    return float(color[0]) / 255, float(color[1]) / 255, float(color[2]) / 255
+
+
 def _to_uint8_hwc(images: Tensor) -> np.ndarray:
     """(N, C, H, W) float in [0, 1] or uint8 -> (N, H, W, 3) uint8; grey images become RGB."""
     x = images.detach().cpu()
@@ -86,12 +93,12 @@ def plot_segmentation(
     cols = 3 if t is not None else 2
     present = {int(c) for c in np.unique(p)} | ({int(c) for c in np.unique(t)} if t is not None else set())
     handles = [
-        Patch(facecolor=class_color(c) / 255, edgecolor="0.3", label=class_name(c, class_names))
+        Patch(facecolor=_unit_rgb(class_color(c)), edgecolor="0.3", label=class_name(c, class_names))
         for c in sorted(present)
         if c not in (0, ignore_index)
     ]
     if ignore_index in present:
-        handles.append(Patch(facecolor=_IGNORE_COLOR / 255, edgecolor="0.3", label="ignored"))
+        handles.append(Patch(facecolor=_unit_rgb(_IGNORE_COLOR), edgecolor="0.3", label="ignored"))
 
     panel = 2.3  # inches per image column; rows follow the image aspect so wide images leave no gaps
     row_h = panel * size[0] / size[1] + 0.1
@@ -150,6 +157,10 @@ def _clean_boxes(boxes: Tensor, scale: int, height: int, width: int) -> tuple[Te
     return b, ok
 
 
+def _rgb(color: np.ndarray) -> tuple[int, int, int]:
+    return int(color[0]), int(color[1]), int(color[2])
+
+
 def _text_color(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
     return (0, 0, 0) if 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2] > 140 else (255, 255, 255)
 
@@ -180,12 +191,14 @@ def _draw_labels(
     h, w = page.height, page.width
     placed: list[tuple[int, int, int, int]] = []
     spots: list[tuple[tuple[int, int, int, int], str, tuple[int, int, int]]] = []
-    for box, text, color in zip(boxes.tolist(), texts, colors):
+    for box, text, color in zip(boxes.tolist(), texts, colors, strict=True):
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
         tw, th = right - left + 4, bottom - top + 3
         x = int(min(max(box[0], 0), max(w - tw, 0)))
         candidates = [box[1] - th, box[1] + 1, box[3] - th, box[3] + 1]
-        rects = [(x, int(y), x + tw, int(y) + th) for y in candidates if 0 <= y and y + th <= h] or [(x, 0, x + tw, th)]
+        rects = [(x, int(y), int(x + tw), int(y + th)) for y in candidates if 0 <= y and y + th <= h] or [
+            (x, 0, int(x + tw), int(th))
+        ]
         rect = next((r for r in rects if not any(_overlaps(r, q) for q in placed)), rects[0])
         placed.append(rect)
         spots.append((rect, text, color))
@@ -252,9 +265,9 @@ def plot_detections(
             cls = labels[idx].tolist()
             text = [
                 class_name(c, class_names) + (f" {scores[k]:.2f}" if scores is not None else "")
-                for c, k in zip(cls, idx.tolist())
+                for c, k in zip(cls, idx.tolist(), strict=True)
             ]
-            colors = [tuple(int(x) for x in class_color(c)) for c in cls]
+            colors = [_rgb(class_color(c)) for c in cls]
             canvas = draw_bounding_boxes(canvas, boxes[idx].flip(0), colors=colors[::-1], width=2)
             canvas = _draw_labels(canvas, boxes[idx], text, colors, label_font)
         else:  # say so, or an empty tile reads as "the plot is broken"
