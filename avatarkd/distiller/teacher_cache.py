@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..atomic import atomic_torch_save
+from ..loading import load_torch_file
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ class TeacherCache:
                 self.misses += len(keys)
                 return None
             try:
-                entry = torch.load(path, map_location=device, weights_only=True)
+                entry = load_torch_file(path, map_location=device, what="teacher-cache entry")
             except Exception as err:
                 self._warn(f"unreadable teacher-cache entry {path} ({err}); recomputing")
                 self.misses += len(keys)

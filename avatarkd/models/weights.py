@@ -5,7 +5,8 @@ accept:
 
 - a local file in any common layout: a plain ``state_dict``; one wrapped under ``state_dict`` /
   ``model`` / ``module`` (or nested wrappers); keys prefixed by ``module.`` (DDP) or ``model.``;
-  a whole pickled module; ``.safetensors``; avatarkd's own checkpoints and exports;
+  a whole pickled module (only with ``allow_pickle: true`` for that model: unpickling runs code);
+  ``.safetensors``; avatarkd's own checkpoints and exports;
 - ``torchvision:<EnumClass>.<NAME>`` (e.g. ``torchvision:MobileNet_V2_Weights.IMAGENET1K_V1``),
   resolved with torchvision's weights API into the standard hub cache under ``TORCH_HOME``.
   Nothing is downloaded: when the file is not in the cache, one line names the file and the
@@ -38,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import CheckpointError, ConfigError
+from ..loading import load_torch_file
 from ..naming import did_you_mean
 
 log = logging.getLogger(__name__)
@@ -71,22 +73,12 @@ def _unwrap(obj: Any, source: str, depth: int = 0) -> dict[str, Tensor]:
     )
 
 
-def _torch_load(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        pass
-    try:
-        # avatarkd checkpoints hold NumPy RNG states; other frameworks pickle whole modules
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise CheckpointError(
-            f"{path}: not a readable checkpoint (truncated or corrupted?): {type(err).__name__}"
-        ) from None
+def read_state_dict(path: str | Path, allow_pickle: bool = False, option: str | None = None) -> dict[str, Tensor]:
+    """The tensors of a weights file in any common layout (see the module docstring).
 
-
-def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """The tensors of a weights file in any common layout (see the module docstring)."""
+    A file that needs unpickling (a whole pickled module) is refused in one line naming ``option``
+    (``model.allow_pickle``/``teacher.allow_pickle``) unless ``allow_pickle``: unpickling runs code.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -101,7 +93,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
             return dict(load_file(str(path), device="cpu"))
         except Exception as err:
             raise CheckpointError(f"{path}: not a readable safetensors file: {type(err).__name__}") from None
-    return _unwrap(_torch_load(path), str(path))
+    return _unwrap(load_torch_file(path, allow_pickle=allow_pickle, option=option), str(path))
 
 
 def recorded_normalization(path: str | Path) -> Any:
@@ -157,22 +149,16 @@ def read_torchvision_weights(name: str) -> dict[str, Tensor]:
             f"{TORCHVISION_PREFIX}{name}: weights file {cached.name} is not in {cached.parent}; "
             f"place it there (it is {weights.url}; avatarkd never downloads) or set TORCH_HOME"
         )
-    try:
-        return _unwrap(weights.get_state_dict(progress=False, check_hash=False), f"{TORCHVISION_PREFIX}{name}")
-    except CheckpointError:
-        raise
-    except Exception as err:
-        raise CheckpointError(
-            f"{cached}: not a readable checkpoint (truncated or corrupted?): {type(err).__name__}"
-        ) from None
+    # read here rather than by torchvision's get_state_dict, which unpickles (weights_only=False)
+    return _unwrap(load_torch_file(cached), f"{TORCHVISION_PREFIX}{name}")
 
 
-def read_weights(source: str | Path) -> dict[str, Tensor]:
-    """A local file or ``torchvision:<EnumClass>.<NAME>``."""
+def read_weights(source: str | Path, allow_pickle: bool = False, option: str | None = None) -> dict[str, Tensor]:
+    """A local file or ``torchvision:<EnumClass>.<NAME>``; ``allow_pickle``/``option`` as in ``read_state_dict``."""
     text = str(source)
     if text.startswith(TORCHVISION_PREFIX):
         return read_torchvision_weights(text[len(TORCHVISION_PREFIX) :])
-    return read_state_dict(text)
+    return read_state_dict(text, allow_pickle=allow_pickle, option=option)
 
 
 # ------------------------------------------------------------------ aligning and loading
@@ -315,9 +301,19 @@ def backbone_target(model: nn.Module) -> tuple[nn.Module, bool]:
     return model, True
 
 
-def load_weights(model: nn.Module, source: str | Path, role: str, backbone_only: bool = False) -> LoadReport:
-    """Read ``source`` (file or torchvision enum) and load it into the model or its feature extractor; logs one line."""
-    state = read_weights(source)
+def load_weights(
+    model: nn.Module,
+    source: str | Path,
+    role: str,
+    backbone_only: bool = False,
+    allow_pickle: bool = False,
+    option: str | None = None,
+) -> LoadReport:
+    """Read ``source`` (file or torchvision enum) and load it into the model or its feature extractor; logs one line.
+
+    ``allow_pickle``: the user trusts this file to be unpickled (``option`` names that setting in errors).
+    """
+    state = read_weights(source, allow_pickle=allow_pickle, option=option)
     if backbone_only:
         target, head_optional = backbone_target(model)
         what = f"{role} backbone"
@@ -328,22 +324,26 @@ def load_weights(model: nn.Module, source: str | Path, role: str, backbone_only:
     return report
 
 
-def load_configured_weights(model: nn.Module, mcfg: Any, role: str) -> Any:
+def load_configured_weights(model: nn.Module, mcfg: Any, role: str, section: str | None = None) -> Any:
     """``model.weights`` / ``model.backbone_weights`` of a config into ``model``; returns what the weights
     recorded about input normalisation (``"unknown"`` unless an avatarkd export says).
 
     Whole-model weights make backbone weights redundant (they would be overwritten): those are
-    then not read, so ``avatarkd eval --weights`` needs no backbone file.
+    then not read, so ``avatarkd eval --weights`` needs no backbone file. ``section``: the config
+    section ``mcfg`` came from (default ``teacher`` for the teacher, else ``model``), named when a
+    file needs ``<section>.allow_pickle``.
     """
+    section = section or ("teacher" if role == "teacher" else "model")
+    trusted, option = bool(getattr(mcfg, "allow_pickle", False)), f"{section}.allow_pickle"
     recorded: Any = "unknown"
     if mcfg.weights is not None:
-        load_weights(model, mcfg.weights, role)
+        load_weights(model, mcfg.weights, role, allow_pickle=trusted, option=option)
         if not str(mcfg.weights).startswith(TORCHVISION_PREFIX):
             recorded = recorded_normalization(mcfg.weights)
         if mcfg.backbone_weights is not None:
             log.info("%s: backbone_weights not read: model.weights holds the whole model", role)
     elif mcfg.backbone_weights is not None:
-        load_weights(model, mcfg.backbone_weights, role, backbone_only=True)
+        load_weights(model, mcfg.backbone_weights, role, backbone_only=True, allow_pickle=trusted, option=option)
     return recorded
 
 
