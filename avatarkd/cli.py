@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .errors import AvatarKDError
+from .errors import AvatarKDError, message_of
 
 log = logging.getLogger("avatarkd")
 
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except AvatarKDError as err:
-        print(f"avatarkd: error: {err}", file=sys.stderr)
+        print(f"avatarkd: error: {message_of(err)}", file=sys.stderr)
         return 2
     except Stopped as stop:
         print(f"avatarkd: stopped by signal {stop.signum}; checkpoint saved, continue with --resume", file=sys.stderr)

@@ -162,7 +162,9 @@ class DataConfig(Strict):
     )
     max_size: int | None = Field(None, ge=8, description="detection: longer side limit (default: the largest min_size)")
     skip_unreadable: bool = Field(
-        False, description="skip images that cannot be decoded (counted and logged) instead of stopping"
+        False,
+        description="skip images that cannot be decoded, and masks or annotations whose size disagrees with "
+        "their image (counted and logged), instead of stopping",
     )
     check_samples: int = Field(
         200,

@@ -20,7 +20,7 @@ import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch import nn
@@ -31,12 +31,12 @@ from tqdm import tqdm
 from ..akd import AvatarLoss
 from ..atomic import atomic_write_json
 from ..config import TrainConfig
-from ..data import set_epoch
+from ..data import UnreadableError, set_epoch
 from ..distiller import Distiller
-from ..errors import AvatarKDError, DataError
+from ..errors import AvatarKDError, DataError, message_of
 from ..plots import plot_training_curves, plot_uncertainty
 from ..tasks import Task
-from .checkpoint import load_checked, load_file, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import list_checkpoints, load_checked, load_file, rng_state, save_checkpoint, set_rng_state
 from .distributed import DistContext, all_true, barrier
 from .export import export_student
 from .logger import MetricLogger
@@ -111,6 +111,7 @@ class Trainer:
         self.distiller = distiller
         self.generator = generator
         self._signal: int | None = None
+        self._bar: tqdm | None = None  # the progress bar while the loop runs
         self._resume_from = resume_from
         self._first_bad = torch.zeros((), dtype=torch.long, device=ctx.device)  # first non-finite step, 0: none
         self._good: dict[str, Any] | None = None  # the state at the last check that found only finite losses
@@ -315,7 +316,7 @@ class Trainer:
         start = time.perf_counter()
         try:
             self._loop(logger)
-            metrics = self.evaluate()
+            metrics = self._evaluate_or_stop()
             logger.log(self.step, {f"eval/{k}": v for k, v in metrics.items()})
             self.save()
         finally:
@@ -423,12 +424,29 @@ class Trainer:
             mininterval=1.0 if sys.stderr.isatty() else 30.0,
             dynamic_ncols=True,
         )
+        self._bar = bar
+        try:
+            self._steps(logger, bar)
+        finally:
+            bar.close()  # before any error line: the CLI prints it below the bar, never into it
+            self._bar = None
+
+    def _steps(self, logger: MetricLogger, bar: tqdm) -> None:
+        cfg, ctx = self.cfg, self.ctx
+        every = cfg.train
         self._keep_good_state()
         while self.step < every.steps:
             epoch, in_epoch = divmod(self.step, self.batches_per_epoch)
             set_epoch(self.train_set, epoch)
             self.sampler.set_position(epoch, in_epoch * self.batch_size)
-            for batch in self._loader(self.train_set, self.sampler, self.batch_size, drop_last=True, epoch=epoch):
+            batches = iter(self._loader(self.train_set, self.sampler, self.batch_size, drop_last=True, epoch=epoch))
+            while True:
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    break
+                except DataError as err:  # a bad item the pre-flight sample missed
+                    self._stop_on_data_error(err)
                 values = self.train_step(self.task.to_device(batch, ctx.device))
                 bar.update(1)
                 log_now = self.step % every.log_every == 0 or self.step == every.steps
@@ -447,14 +465,48 @@ class Trainer:
                     logger.log(self.step, row)
                     bar.set_postfix(loss=f"{row['loss']:.4g}")
                 if eval_now:
-                    logger.log(self.step, {f"eval/{k}": v for k, v in self.evaluate().items()})
+                    logger.log(self.step, {f"eval/{k}": v for k, v in self._evaluate_or_stop().items()})
                 if save_now or stop:
                     self.save()
                 if stop:
                     raise Stopped(self._signal or signal.SIGTERM)
                 if self.step >= every.steps:
                     break
-        bar.close()
+
+    # ------------------------------------------------------------------ bad data
+    def _evaluate_or_stop(self) -> dict[str, float]:
+        """``evaluate``, saving the finished step first if a bad evaluation image stops it."""
+        try:
+            return self.evaluate()
+        except DataError as err:
+            self._stop_on_data_error(err)
+
+    def _stop_on_data_error(self, err: DataError) -> NoReturn:
+        """A data error found mid-run (``check-data`` reads only a sample): keep the work done so far.
+
+        The last completed step is checked for NaN like any checkpoint step and saved, so that after
+        the user fixes the file, ``--resume`` continues exactly where this run stopped (the data
+        order and augmentation depend only on the seed, the epoch and the index). With several
+        processes the other ranks cannot join a save from here: the newest scheduled checkpoint
+        is what a resume starts from.
+        """
+        if self._bar is not None:
+            self._bar.close()  # the save's log line and the error go below the bar
+        message = message_of(err)
+        skip = "; or set data.skip_unreadable: true to skip such items" if isinstance(err, UnreadableError) else ""
+        if self.ctx.distributed:
+            newest = list_checkpoints(self.out)
+            where = f"the newest checkpoint is step {newest[-1][0]}" if newest else "no checkpoint was saved yet"
+            raise DataError(
+                f"{message} (rank {self.ctx.rank}, at step {self.step + 1}; {where}); fix the file and continue "
+                f"with --resume{skip}"
+            ) from None
+        self.check_finite()  # never save past a NaN (that raises its own error, with the state it saved)
+        path = self.save()
+        raise DataError(
+            f"{message} (found at step {self.step + 1}; step {self.step} saved to {path}); fix the file and "
+            f"continue with --resume{skip}"
+        ) from None
 
     # ------------------------------------------------------------------ outputs
     def _finish(self, result: dict[str, Any]) -> None:
