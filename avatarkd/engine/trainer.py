@@ -338,7 +338,13 @@ class Trainer:
             result["replicas_identical"] = self._replicas_identical()
         cache = self.distiller.teacher_cache if self.distiller is not None else None
         if cache is not None:
-            result["teacher_cache"] = {"hits": cache.hits, "misses": cache.misses, "hit_rate": round(cache.hit_rate, 4)}
+            result["teacher_cache"] = cache.summary()
+            if cache.unwritten:
+                log.warning(
+                    "teacher cache: %d entries were not written (distill.teacher_cache_max_gb reached); %d were",
+                    cache.unwritten,
+                    cache.written,
+                )
         if ctx.is_main:
             self._finish(result)
         return result
