@@ -79,8 +79,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .config import TrainConfig
     from .engine.checkpoint import load_checked, load_file
     from .engine.export import export_student
-    from .models import resolve_normalization
-    from .models.weights import recorded_normalization
+    from .models import exported_normalization, resolve_normalization
     from .tasks import make_task
 
     ckpt = load_file(Path(args.checkpoint))
@@ -92,15 +91,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
     task.num_classes = len(task.class_names)  # includes background for segmentation, as trained
     model = task.build_model(cfg.model)
     load_checked(model, ckpt["model"], Path(args.checkpoint), "student")
-    weights = cfg.model.weights
-    recorded = recorded_normalization(weights) if weights and not weights.startswith("torchvision:") else "unknown"
     export_student(
         model,
         Path(args.out),
         cfg,
         task.class_names,
         torchscript=args.torchscript,
-        normalization=resolve_normalization(cfg.model, recorded),
+        normalization=resolve_normalization(cfg.model, exported_normalization(cfg.model)),
     )
     print(f"wrote {args.out} (student only)")
     return 0

@@ -24,7 +24,13 @@ from .engine.checkpoint import find_resume
 from .engine.distributed import DistContext, cleanup, init_distributed
 from .engine.trainer import Trainer
 from .errors import ConfigError, DataError
-from .models import attach_normalization, input_normalization, load_configured_weights, resolve_normalization
+from .models import (
+    attach_normalization,
+    exported_normalization,
+    input_normalization,
+    load_configured_weights,
+    resolve_normalization,
+)
 from .tasks import Task, make_task
 
 log = logging.getLogger(__name__)
@@ -64,8 +70,8 @@ def build_model(task: Task, mcfg: ModelConfig, role: str, device: torch.device) 
         for module in model.modules():
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                 module.momentum = mcfg.bn_momentum
-    recorded = load_configured_weights(model, mcfg, role)
-    norm = resolve_normalization(mcfg, recorded)
+    load_configured_weights(model, mcfg, role)
+    norm = resolve_normalization(mcfg, exported_normalization(mcfg))
     attach_normalization(model, norm)
     log.info("%s input normalisation: %s", role, f"mean {list(norm.mean)}, std {list(norm.std)}" if norm else "none")
     return model

@@ -354,6 +354,6 @@ def test_loading_errors_are_checkpoint_errors():
     with pytest.raises(CheckpointError, match="1 model tensors not in the file"):
         load_into(nn.Linear(2, 2), {"weight": torch.zeros(2, 2)}, "x", "student")
     with pytest.raises(CheckpointError, match="holds no model weights"):
-        from avatarkd.models.weights import _unwrap
+        from avatarkd.models.weights import state_dict_of
 
-        _unwrap({"epoch": 3, "lr": 0.1}, "x")
+        state_dict_of({"epoch": 3, "lr": 0.1}, "x")
