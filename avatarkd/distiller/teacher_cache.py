@@ -64,8 +64,10 @@ def on_disk(size: int) -> int:
 
 
 def directory_bytes(root: Path) -> int:
-    """What the files under ``root`` occupy, counted as ``on_disk`` does."""
-    return sum(on_disk(p.stat().st_size) for p in root.rglob("*") if p.is_file()) if root.is_dir() else 0
+    """What the files and folders under ``root`` occupy: files as ``on_disk`` counts them, a folder one block."""
+    if not root.is_dir():
+        return 0
+    return sum(on_disk(p.stat().st_size) if p.is_file() else BLOCK for p in root.rglob("*"))
 
 
 def expected_use(samples: int, draws: int, variants: int | None) -> tuple[int, float]:
@@ -199,7 +201,7 @@ class TeacherCache:
                 continue
             buffer = io.BytesIO()
             torch.save(entry, buffer)
-            size = on_disk(buffer.getbuffer().nbytes)
+            size = on_disk(buffer.getbuffer().nbytes) + (0 if path.parent.is_dir() else BLOCK)  # a new folder too
             if size > self.allowance:
                 self.unwritten += 1
                 if not self._full:
