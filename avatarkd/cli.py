@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .errors import AvatarKDError
+from .errors import AvatarKDError, message_of
 
 log = logging.getLogger("avatarkd")
 
@@ -79,8 +79,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .config import TrainConfig
     from .engine.checkpoint import load_checked, load_file
     from .engine.export import export_student
-    from .models import resolve_normalization
-    from .models.weights import recorded_normalization
+    from .models import exported_normalization, resolve_normalization
     from .tasks import make_task
 
     ckpt = load_file(Path(args.checkpoint))
@@ -92,15 +91,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
     task.num_classes = len(task.class_names)  # includes background for segmentation, as trained
     model = task.build_model(cfg.model)
     load_checked(model, ckpt["model"], Path(args.checkpoint), "student")
-    weights = cfg.model.weights
-    recorded = recorded_normalization(weights) if weights and not weights.startswith("torchvision:") else "unknown"
     export_student(
         model,
         Path(args.out),
         cfg,
         task.class_names,
         torchscript=args.torchscript,
-        normalization=resolve_normalization(cfg.model, recorded),
+        normalization=resolve_normalization(cfg.model, exported_normalization(cfg.model)),
     )
     print(f"wrote {args.out} (student only)")
     return 0
@@ -177,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except AvatarKDError as err:
-        print(f"avatarkd: error: {err}", file=sys.stderr)
+        print(f"avatarkd: error: {message_of(err)}", file=sys.stderr)
         return 2
     except Stopped as stop:
         print(f"avatarkd: stopped by signal {stop.signum}; checkpoint saved, continue with --resume", file=sys.stderr)

@@ -27,6 +27,22 @@ class DistillationError(AvatarKDError, RuntimeError):
     """A distillation point cannot be computed (bad module name, shapes, non-finite values)."""
 
 
+def message_of(err: BaseException) -> str:
+    """The one line an error was raised with, also when a DataLoader worker raised it.
+
+    torch re-raises a worker's exception in the main process as the same type, but with the
+    worker's whole traceback as its text ("Caught DataError in DataLoader worker process 0.
+    Original Traceback ..."), which ends in ``module.Type: message``: that last part is the line.
+    """
+    text = str(err)
+    if text.startswith("Caught ") and "\nOriginal Traceback" in text:
+        last = text.rstrip().splitlines()[-1]
+        name, sep, message = last.partition(": ")
+        if sep and name.rsplit(".", 1)[-1] == type(err).__name__:
+            return message
+    return text
+
+
 class AvatarKDDeprecationWarning(DeprecationWarning):
     """An old name that still works (e.g. a loss hyperparameter renamed for consistency)."""
 

@@ -7,20 +7,30 @@ the tasks never see the trainer, and the distiller never sees a config file.
 from __future__ import annotations
 
 import logging
+import shutil
+from collections.abc import Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.utils.data import Dataset, Subset
 
 from .config import ModelConfig, TrainConfig
-from .data import SplitReport, check_dataset, format_reports
+from .data import SplitReport, check_dataset, format_reports, set_epoch
+from .data.check import sample_indices
 from .distiller import Distiller, TeacherCache, build_points, missing_context
+from .distiller.teacher_cache import expected_use
 from .engine.checkpoint import find_resume
 from .engine.distributed import DistContext, cleanup, init_distributed
 from .engine.trainer import Trainer
 from .errors import ConfigError, DataError
-from .models import attach_normalization, input_normalization, load_configured_weights, resolve_normalization
+from .models import (
+    attach_normalization,
+    exported_normalization,
+    input_normalization,
+    load_configured_weights,
+    resolve_normalization,
+)
 from .tasks import Task, make_task
 
 log = logging.getLogger(__name__)
@@ -60,8 +70,8 @@ def build_model(task: Task, mcfg: ModelConfig, role: str, device: torch.device) 
         for module in model.modules():
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                 module.momentum = mcfg.bn_momentum
-    recorded = load_configured_weights(model, mcfg, role)
-    norm = resolve_normalization(mcfg, recorded)
+    load_configured_weights(model, mcfg, role)
+    norm = resolve_normalization(mcfg, exported_normalization(mcfg))
     attach_normalization(model, norm)
     log.info("%s input normalisation: %s", role, f"mean {list(norm.mean)}, std {list(norm.std)}" if norm else "none")
     return model
@@ -125,11 +135,82 @@ def build_distiller(
         # ImageNet statistics before model.normalize existed: older caches must not be read)
         norm = input_normalization(teacher)
         context.append(("normalize", norm.mean, norm.std) if norm is not None else ("normalize", "none"))
-        cache = TeacherCache(cfg.distill.teacher_cache, teacher, context)
+        gb = cfg.distill.teacher_cache_max_gb
+        cache = TeacherCache(
+            cfg.distill.teacher_cache,
+            teacher,
+            context,
+            max_bytes=None if gb is None else int(gb * 1e9),
+            dtype=getattr(torch, cfg.distill.teacher_cache_dtype),
+            writers=ctx.world_size,
+        )
         log.info("teacher cache: %s", cache.dir)
     distiller = Distiller(student, teacher, points, teacher_forward=forward, teacher_cache=cache)
     distiller.build(task.images_of(example_batch(task, example_set, device)))
     return distiller, generator
+
+
+def augmentation_variants(
+    task: Task, train_set: Dataset, cache: TeacherCache, probes: int = 3, epochs: int = 4
+) -> int | None:
+    """How many different teacher inputs the augmentation makes of one training sample, by drawing a few
+    samples in a few epochs (cache keys are input hashes): 1 for fixed data, 2 for flips, None when
+    every draw was new (random crops, scales, colour). Touches no global random stream."""
+    size = len(cast(Sized, train_set))
+    seen = []
+    for index in sample_indices(size, probes):
+        keys: set[str] = set()
+        for epoch in range(epochs):
+            set_epoch(train_set, epoch)
+            item = train_set[index]
+            if item is not None:
+                keys.update(cache.sample_keys([task.images_of(task.collate([item]))]) or [])
+        seen.append(len(keys))
+    set_epoch(train_set, 0)
+    return None if seen and min(seen) == epochs else max(seen, default=1)
+
+
+def estimate_teacher_cache(cfg: TrainConfig, task: Task, distiller: Distiller, train_set: Dataset) -> None:
+    """Log what the teacher cache will hold (bytes per sample x entries vs budget and free disk) and the
+    hit rate the augmentation allows; warn when it cannot hit or would fill the disk."""
+    cache = distiller.teacher_cache
+    size = len(cast(Sized, train_set))
+    if cache is None or size == 0:
+        return
+    first = next((item for i in range(size) if (item := train_set[i]) is not None), None)
+    if first is None:
+        return
+    device = next(distiller.student.parameters()).device
+    per_entry = cache.entry_bytes(
+        distiller.teacher_features(task.images_of(task.to_device(task.collate([first]), device)))
+    )
+    variants = augmentation_variants(task, train_set, cache)
+    entries, hit_rate = expected_use(size, cfg.train.steps * cfg.data.batch_size, variants)
+    need, free = entries * per_entry, shutil.disk_usage(cache.root).free
+    budget = cache.max_bytes
+    log.info(
+        "teacher cache estimate: %.3g MB per sample (%s), %d entries over this run = %.3g GB; expected hit rate "
+        "%.0f%%; budget %s; free disk %.3g GB",
+        per_entry / 1e6,
+        cfg.distill.teacher_cache_dtype if cfg.distill else "float32",
+        entries,
+        need / 1e9,
+        100 * hit_rate,
+        "none" if budget is None else f"{budget / 1e9:.3g} GB",
+        free / 1e9,
+    )
+    if variants is None:
+        log.warning(
+            "teacher cache: the training augmentation gives the teacher a new input at every draw (random crops, "
+            "scales or colour), so no entry is ever read back; it only costs disk: remove distill.teacher_cache"
+        )
+    if need > free and (budget is None or budget > free):
+        log.warning(
+            "teacher cache: this run would write ~%.3g GB but %.3g GB are free; set distill.teacher_cache_max_gb "
+            "(and/or distill.teacher_cache_dtype: float16)",
+            need / 1e9,
+            free / 1e9,
+        )
 
 
 def build_trainer(
@@ -159,6 +240,8 @@ def build_trainer(
     distiller = generator = None
     if cfg.distill is not None:
         distiller, generator = build_distiller(cfg, task, model, val_set, ctx)
+        if ctx.is_main:
+            estimate_teacher_cache(cfg, task, distiller, train_set)
     return Trainer(
         cfg, task, model, train_set, val_set, ctx=ctx, distiller=distiller, generator=generator, resume_from=resume_from
     )

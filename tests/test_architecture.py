@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "avatarkd"
 
 # bottom to top; a part may import parts of its own layer or below (see docs/architecture.md)
 LAYERS: list[set[str]] = [
-    {"errors", "naming", "atomic", "registry"},
+    {"errors", "naming", "atomic", "loading", "registry"},
     {"config"},
     {"losses"},
     {"avatars", "uncertainty"},

@@ -159,7 +159,13 @@ def test_training_with_the_cache_matches_training_without(task, data_root, tmp_p
     plain = _run(task, data_root, tmp_path, "plain", teacher, None)
     cached = _run(task, data_root, tmp_path, "cached", teacher, tmp_path / "cache")
     # 8 samples, batch 4, 6 steps: epoch 1 fills the cache, epochs 2 and 3 read it
-    assert cached["teacher_cache"] == {"hits": 16, "misses": 8, "hit_rate": pytest.approx(16 / 24, abs=1e-4)}
+    assert cached["teacher_cache"] == {
+        "hits": 16,
+        "misses": 8,
+        "hit_rate": pytest.approx(16 / 24, abs=1e-4),
+        "written": 8,
+        "not_written": 0,
+    }
     assert "teacher_cache" not in plain
     key = SETUPS[task][3]
 

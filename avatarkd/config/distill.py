@@ -79,6 +79,15 @@ class DistillerConfig(Strict):
         description="directory for the frozen teacher's features, reused whenever the teacher sees an input "
         "again (every epoch after the first); keyed by teacher weights, points and input content",
     )
+    teacher_cache_max_gb: float | None = Field(
+        None,
+        ge=0.0,
+        description="the most the teacher_cache directory may hold, in GB (1e9 bytes); when full, no more "
+        "entries are written (logged, and counted in metrics.json)",
+    )
+    teacher_cache_dtype: Literal["float32", "float16"] = Field(
+        "float32", description="storage of cached features; float16 halves the disk (read back as float32)"
+    )
 
     @field_validator("points")
     @classmethod

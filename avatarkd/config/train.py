@@ -42,7 +42,8 @@ class ModelConfig(Strict):
     ``fasterrcnn``; classification ``classifier``. ``backbone``: any torchvision classification
     model name, or ``timm:<name>``. ``weights`` (whole model) and ``backbone_weights`` (feature
     extractor only): a local file in any common layout or ``torchvision:<EnumClass>.<NAME>`` from
-    the hub cache under ``TORCH_HOME`` (nothing is downloaded). ``normalize``: the model's input
+    the hub cache under ``TORCH_HOME`` (nothing is downloaded); a file that needs unpickling is
+    refused unless ``allow_pickle: true`` says it is trusted. ``normalize``: the model's input
     normalisation; default ImageNet statistics when pretrained weights are used (a torchvision
     enum, or ``backbone_weights``), what an avatarkd export's ``student.json`` recorded for its
     ``weights``, else none.
@@ -57,6 +58,11 @@ class ModelConfig(Strict):
     weights: str | None = Field(None, description="whole-model weights: a file or torchvision:<EnumClass>.<NAME>")
     backbone_weights: str | None = Field(
         None, description="feature-extractor weights: a file or torchvision:<EnumClass>.<NAME>"
+    )
+    allow_pickle: bool = Field(
+        False,
+        description="load weights files that need unpickling (a whole pickled nn.Module); unpickling can run "
+        "code from the file, so set it only for files you trust",
     )
     normalize: Literal["imagenet", "none"] | NormalizeConfig | None = None
     output_stride: Literal[8, 16, 32] | None = Field(None, description="segmentation; default 16 for lraspp, else 8")
@@ -156,7 +162,9 @@ class DataConfig(Strict):
     )
     max_size: int | None = Field(None, ge=8, description="detection: longer side limit (default: the largest min_size)")
     skip_unreadable: bool = Field(
-        False, description="skip images that cannot be decoded (counted and logged) instead of stopping"
+        False,
+        description="skip images that cannot be decoded, and masks or annotations whose size disagrees with "
+        "their image (counted and logged), instead of stopping",
     )
     check_samples: int = Field(
         200,

@@ -10,6 +10,7 @@ from .classification import ImageFolderDataset
 from .coco import CocoDetection, collate_detection
 from .entry import data_root, demo_data_root, open_dataset, train_transform
 from .formats import FORMATS
+from .io import SizeMismatchError, UnreadableError
 from .labels import generic_names
 from .segmentation import SegmentationFolder, SegmentationPairs
 from .transforms import pad_to
@@ -22,8 +23,10 @@ __all__ = [
     "ImageFolderDataset",
     "SegmentationFolder",
     "SegmentationPairs",
+    "SizeMismatchError",
     "SkipUnreadable",
     "SplitReport",
+    "UnreadableError",
     "check_dataset",
     "collate_detection",
     "data_root",

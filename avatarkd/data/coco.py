@@ -20,8 +20,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..errors import DataError
+from .io import SizeMismatchError, read_json, read_rgb, require_dir, require_file
 from .io import image_size as read_size
-from .io import read_json, read_rgb, require_dir, require_file
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ class CocoDetection(Dataset):
         info = self.coco.imgs[image_id]
         height, width = image.shape[-2:]
         if "width" in info and "height" in info and (info["width"], info["height"]) != (width, height):
-            raise DataError(
+            raise SizeMismatchError(
                 f"{path}: image is {width}x{height} but {self.ann_file} says {info['width']}x{info['height']}"
             )
         boxes, labels, extra, _ = self._targets[index]

@@ -52,7 +52,16 @@ def read_json(path: Path, what: str) -> Any:
 
 
 class UnreadableError(DataError):
-    """An image or mask file is missing or cannot be decoded (what ``data.skip_unreadable`` skips)."""
+    """An item that cannot be used as stored: an image or mask file missing or undecodable, or a
+    mask (or annotation) whose size disagrees with its image. ``data.skip_unreadable`` skips these."""
+
+
+class SizeMismatchError(UnreadableError):
+    """A mask or annotation that disagrees with its image's size: the pair cannot be used as is.
+
+    An ``UnreadableError`` because the item is as unusable as an undecodable file (no crop or resize
+    could tell which of the two is right), so ``data.skip_unreadable`` skips and counts it alike.
+    """
 
 
 def _open(path: Path) -> Image.Image:

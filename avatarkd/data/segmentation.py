@@ -17,7 +17,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..errors import DataError
-from .io import IMAGE_EXTENSIONS, read_mask, read_rgb, require_dir
+from .io import IMAGE_EXTENSIONS, SizeMismatchError, read_mask, read_rgb, require_dir
 from .labels import generic_names
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class SegmentationPairs(Dataset):
         image_path, mask_path = self.pairs[index]
         image, mask = read_rgb(image_path), read_mask(mask_path)
         if tuple(image.shape[-2:]) != tuple(mask.shape):
-            raise DataError(
+            raise SizeMismatchError(
                 f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
                 f"{image_path.name} is {image.shape[2]}x{image.shape[1]}"
             )

@@ -90,7 +90,9 @@ class SkipUnreadable(_Wrapper):
     Training (``replace=True``) takes the next readable sample instead, so every batch stays full
     and the choice is deterministic (resume stays exact); evaluation (``replace=False``) yields
     ``None``, which the tasks' collate functions drop, so no image is counted twice in a metric.
-    Other data errors (a mask value out of range, sizes that disagree) still stop the run.
+    A mask or annotation whose size disagrees with its image is unusable alike (``SizeMismatchError``
+    is an ``UnreadableError``) and skipped the same way; other data errors (a mask value out of
+    range) still stop the run.
     """
 
     def __init__(self, dataset: Dataset, replace: bool) -> None:

@@ -74,6 +74,13 @@ def _slot(text: str) -> str:
 
 def _levels(output: Any, point: DistillPoint, role: str) -> dict[str, Tensor]:
     if point.key is not None:
+        if not isinstance(output, (Mapping, list, tuple)):
+            # never index a tensor with the key: torch reads a str as a sequence of indices (a
+            # deprecation warning today, another meaning in a later torch), an int as a sample
+            raise DistillationError(
+                f"point {point.name!r}: {role} output of {getattr(point, role)!r} is a "
+                f"{type(output).__name__}, which has no item {point.key!r}; remove key"
+            )
         try:
             output = output[point.key]
         except (KeyError, IndexError, TypeError) as err:

@@ -3,6 +3,10 @@
 A checkpoint holds everything needed to continue bit-exactly: student, connectors and loss
 modules (MGD generators, MasKD tokens, uncertainty estimates), optimizer, LR schedule, grad scaler,
 every RNG state (torch, CUDA, NumPy, Python, the avatar generator) and the data position.
+
+Everything in it is a tensor, a number, a string or a container of those (the NumPy RNG state is
+stored as a tensor, the config as a plain dict), so it loads with ``torch.load(weights_only=True)``:
+resuming, ``eval`` and ``export`` never need to unpickle (``avatarkd.loading``).
 """
 
 from __future__ import annotations
@@ -18,15 +22,31 @@ import torch
 
 from ..atomic import atomic_torch_save
 from ..errors import AvatarKDError, CheckpointError
+from ..loading import load_torch_file
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^step_(\d+)\.pt$")
 
 
+def _numpy_state() -> dict[str, Any]:
+    """NumPy's global RNG state as a tensor and numbers: no ndarray, so no unpickling to read it back."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    words = torch.from_numpy(np.asarray(keys, dtype=np.int64))
+    return {"bit_generator": name, "keys": words, "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)}
+
+
+def _set_numpy_state(state: Any) -> None:
+    if isinstance(state, dict):
+        keys = state["keys"].numpy().astype(np.uint32)
+        state = (state["bit_generator"], keys, state["pos"], state["has_gauss"], state["cached"])
+    np.random.set_state(state)  # a tuple: a checkpoint written before the state was stored as a tensor
+
+
 def rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
+    """Every random stream a step may draw from; ``random.getstate()`` is a tuple of ints already."""
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
+        "numpy": _numpy_state(),
         "python": random.getstate(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -38,8 +58,9 @@ def rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any], generator: torch.Generator | None = None) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    _set_numpy_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     if generator is not None and "avatars" in state:
@@ -86,16 +107,8 @@ def save_checkpoint(output_dir: Path, step: int, state: dict[str, Any], keep_las
 
 
 def load_file(path: Path) -> dict[str, Any]:
-    """torch.load with one-line errors for a missing, truncated or foreign file."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise CheckpointError(
-            f"{path}: not a readable checkpoint (truncated or corrupted?): {type(err).__name__}"
-        ) from None
+    """A training checkpoint, read without unpickling; one-line errors for a missing, truncated or foreign file."""
+    obj = load_torch_file(path)
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict checkpoint, found {type(obj).__name__}")
     return obj

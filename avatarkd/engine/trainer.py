@@ -14,33 +14,33 @@ import copy
 import hashlib
 import json
 import logging
-import math
 import signal
 import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-from ..akd import AvatarLoss
 from ..atomic import atomic_write_json
 from ..config import TrainConfig
-from ..data import set_epoch
+from ..data import UnreadableError, set_epoch
 from ..distiller import Distiller
-from ..errors import AvatarKDError, DataError
-from ..plots import plot_training_curves, plot_uncertainty
+from ..errors import AvatarKDError, DataError, message_of
 from ..tasks import Task
-from .checkpoint import load_checked, load_file, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import list_checkpoints, load_checked, load_file, rng_state, save_checkpoint, set_rng_state
 from .distributed import DistContext, all_true, barrier
 from .export import export_student
+from .loaders import eval_sampler, make_loader, training_sampler
 from .logger import MetricLogger
-from .sampling import EvalShardSampler, ResumableSampler
+from .optim import build_optimisation
+from .plotting import plot_run
+from .signals import Stopped, stop_signals
 
 log = logging.getLogger(__name__)
 
@@ -58,28 +58,6 @@ def _host_copy(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(_host_copy(v) for v in obj)
     return copy.deepcopy(obj)
-
-
-class Stopped(Exception):
-    """SIGTERM/SIGINT arrived; a checkpoint was saved."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _lr_lambda(cfg: TrainConfig):
-    total, warm = cfg.train.steps, cfg.optim.warmup_steps
-
-    def factor(step: int) -> float:
-        if warm and step < warm:
-            return (step + 1) / warm
-        if cfg.optim.schedule == "constant":
-            return 1.0
-        progress = (step - warm) / max(1, total - warm)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
 
 
 class Trainer:
@@ -111,6 +89,7 @@ class Trainer:
         self.distiller = distiller
         self.generator = generator
         self._signal: int | None = None
+        self._bar: tqdm | None = None  # the progress bar while the loop runs
         self._resume_from = resume_from
         self._first_bad = torch.zeros((), dtype=torch.long, device=ctx.device)  # first non-finite step, 0: none
         self._good: dict[str, Any] | None = None  # the state at the last check that found only finite losses
@@ -125,40 +104,28 @@ class Trainer:
 
     # ------------------------------------------------------------------ building
     def _build_data(self, train: Dataset, val: Dataset) -> None:
-        cfg, ctx = self.cfg, self.ctx
-        per_rank = cfg.data.batch_size // ctx.world_size
-        if per_rank < 1 or cfg.data.batch_size % ctx.world_size:
-            raise DataError(f"data.batch_size {cfg.data.batch_size} is not divisible by {ctx.world_size} processes")
         self.train_set = train  # augmented per (seed, epoch, index) by the data layer
         self.val_set = val
-        self.sampler = ResumableSampler(
-            self.train_set, ctx.world_size, ctx.rank, cfg.seed, shuffle=True, drop_last=True
+        self.sampler, self.batch_size, self.batches_per_epoch = training_sampler(
+            train, self.cfg.data.batch_size, self.cfg.seed, self.ctx
         )
-        self.batch_size = per_rank
-        if len(self.sampler) < per_rank:
-            raise DataError(f"{len(train)} training samples cannot fill one batch of {cfg.data.batch_size}")
-        self.batches_per_epoch = len(self.sampler) // per_rank
 
-    def _loader(self, dataset: Any, sampler: Any, batch_size: int, drop_last: bool, epoch: int = 0) -> DataLoader:
-        # Its own generator: creating an iterator would otherwise draw from the global RNG, and a
-        # resumed run creates one at a different step than an uninterrupted run.
-        # Workers are not kept across epochs: the dataset learns the epoch in the main process
-        # (its augmentation seeds depend on it), and a persistent worker would keep a stale copy.
-        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
-        return DataLoader(
+    def _loader(self, dataset: Any, sampler: Sampler, batch_size: int, drop_last: bool, epoch: int = 0) -> DataLoader:
+        return make_loader(
             dataset,
-            batch_size=batch_size,
-            sampler=sampler,
-            collate_fn=self.task.collate,
+            sampler,
+            batch_size,
+            collate=self.task.collate,
             num_workers=self.cfg.data.num_workers,
             drop_last=drop_last,
             pin_memory=self.ctx.device.type == "cuda",
-            generator=gen,
+            seed=self.cfg.seed,
+            epoch=epoch,
         )
 
     def val_loader(self) -> DataLoader:
-        sampler = EvalShardSampler(len(self.val_set), self.ctx.world_size, self.ctx.rank)
-        return self._loader(self.val_set, sampler, self.cfg.data.val_batch_size or self.cfg.data.batch_size, False)
+        batch_size = self.cfg.data.val_batch_size or self.cfg.data.batch_size
+        return self._loader(self.val_set, eval_sampler(self.val_set, self.ctx), batch_size, False)
 
     def _wrap_models(self) -> None:
         device = self.ctx.device
@@ -171,28 +138,14 @@ class Trainer:
             self.train_module = DDP(self.trainable, device_ids=ids)
 
     def _build_optim(self) -> None:
-        o = self.cfg.optim
         params = (
             self.distiller.trainable_parameters()
             if self.distiller is not None
             else [p for p in self.model.parameters() if p.requires_grad]
         )
-        if o.name == "sgd":
-            cls, kw = torch.optim.SGD, {"lr": o.lr, "momentum": o.momentum, "weight_decay": o.weight_decay}
-        else:
-            cls, kw = torch.optim.AdamW, {"lr": o.lr, "weight_decay": o.weight_decay}
-        params = list(params)
-        try:  # one fused kernel for all parameters (CPU and CUDA) instead of a Python loop over them
-            self.optimizer = cls(params, fused=True, **kw)
-        except (RuntimeError, ValueError, TypeError) as err:
-            log.debug("fused %s unavailable (%s); using the foreach implementation", cls.__name__, err)
-            self.optimizer = cls(params, foreach=True, **kw)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(self.cfg))
-        amp = self.cfg.train.amp
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-        if amp == "fp16" and self.ctx.device.type != "cuda":
-            raise AvatarKDError("train.amp: fp16 needs a CUDA device; use bf16 on CPU")
-        self.scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
+        parts = build_optimisation(self.cfg, params, self.ctx.device)
+        self.optimizer, self.scheduler, self.scaler = parts.optimizer, parts.scheduler, parts.scaler
+        self.amp_dtype = parts.amp_dtype
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict[str, Any]:
@@ -311,16 +264,14 @@ class Trainer:
             self.start_step = self.step
             log.info("resumed from %s at step %d", self._resume_from, self.step)
         logger = MetricLogger(self.out, enabled=ctx.is_main, resume_step=self.step)
-        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         start = time.perf_counter()
         try:
-            self._loop(logger)
-            metrics = self.evaluate()
-            logger.log(self.step, {f"eval/{k}": v for k, v in metrics.items()})
-            self.save()
+            with stop_signals(self._on_signal):
+                self._loop(logger)
+                metrics = self._evaluate_or_stop()
+                logger.log(self.step, {f"eval/{k}": v for k, v in metrics.items()})
+                self.save()
         finally:
-            for s, h in old.items():
-                signal.signal(s, h)
             logger.close()
         wall = time.perf_counter() - start
         result = {
@@ -337,7 +288,13 @@ class Trainer:
             result["replicas_identical"] = self._replicas_identical()
         cache = self.distiller.teacher_cache if self.distiller is not None else None
         if cache is not None:
-            result["teacher_cache"] = {"hits": cache.hits, "misses": cache.misses, "hit_rate": round(cache.hit_rate, 4)}
+            result["teacher_cache"] = cache.summary()
+            if cache.unwritten:
+                log.warning(
+                    "teacher cache: %d entries were not written (distill.teacher_cache_max_gb reached); %d were",
+                    cache.unwritten,
+                    cache.written,
+                )
         if ctx.is_main:
             self._finish(result)
         return result
@@ -423,12 +380,29 @@ class Trainer:
             mininterval=1.0 if sys.stderr.isatty() else 30.0,
             dynamic_ncols=True,
         )
+        self._bar = bar
+        try:
+            self._steps(logger, bar)
+        finally:
+            bar.close()  # before any error line: the CLI prints it below the bar, never into it
+            self._bar = None
+
+    def _steps(self, logger: MetricLogger, bar: tqdm) -> None:
+        cfg, ctx = self.cfg, self.ctx
+        every = cfg.train
         self._keep_good_state()
         while self.step < every.steps:
             epoch, in_epoch = divmod(self.step, self.batches_per_epoch)
             set_epoch(self.train_set, epoch)
             self.sampler.set_position(epoch, in_epoch * self.batch_size)
-            for batch in self._loader(self.train_set, self.sampler, self.batch_size, drop_last=True, epoch=epoch):
+            batches = iter(self._loader(self.train_set, self.sampler, self.batch_size, drop_last=True, epoch=epoch))
+            while True:
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    break
+                except DataError as err:  # a bad item the pre-flight sample missed
+                    self._stop_on_data_error(err)
                 values = self.train_step(self.task.to_device(batch, ctx.device))
                 bar.update(1)
                 log_now = self.step % every.log_every == 0 or self.step == every.steps
@@ -447,55 +421,55 @@ class Trainer:
                     logger.log(self.step, row)
                     bar.set_postfix(loss=f"{row['loss']:.4g}")
                 if eval_now:
-                    logger.log(self.step, {f"eval/{k}": v for k, v in self.evaluate().items()})
+                    logger.log(self.step, {f"eval/{k}": v for k, v in self._evaluate_or_stop().items()})
                 if save_now or stop:
                     self.save()
                 if stop:
                     raise Stopped(self._signal or signal.SIGTERM)
                 if self.step >= every.steps:
                     break
-        bar.close()
+
+    # ------------------------------------------------------------------ bad data
+    def _evaluate_or_stop(self) -> dict[str, float]:
+        """``evaluate``, saving the finished step first if a bad evaluation image stops it."""
+        try:
+            return self.evaluate()
+        except DataError as err:
+            self._stop_on_data_error(err)
+
+    def _stop_on_data_error(self, err: DataError) -> NoReturn:
+        """A data error found mid-run (``check-data`` reads only a sample): keep the work done so far.
+
+        The last completed step is checked for NaN like any checkpoint step and saved, so that after
+        the user fixes the file, ``--resume`` continues exactly where this run stopped (the data
+        order and augmentation depend only on the seed, the epoch and the index). With several
+        processes the other ranks cannot join a save from here: the newest scheduled checkpoint
+        is what a resume starts from.
+        """
+        if self._bar is not None:
+            self._bar.close()  # the save's log line and the error go below the bar
+        message = message_of(err)
+        skip = "; or set data.skip_unreadable: true to skip such items" if isinstance(err, UnreadableError) else ""
+        if self.ctx.distributed:
+            newest = list_checkpoints(self.out)
+            where = f"the newest checkpoint is step {newest[-1][0]}" if newest else "no checkpoint was saved yet"
+            raise DataError(
+                f"{message} (rank {self.ctx.rank}, at step {self.step + 1}; {where}); fix the file and continue "
+                f"with --resume{skip}"
+            ) from None
+        self.check_finite()  # never save past a NaN (that raises its own error, with the state it saved)
+        path = self.save()
+        raise DataError(
+            f"{message} (found at step {self.step + 1}; step {self.step} saved to {path}); fix the file and "
+            f"continue with --resume{skip}"
+        ) from None
 
     # ------------------------------------------------------------------ outputs
     def _finish(self, result: dict[str, Any]) -> None:
         export_student(self.model, self.out / "student.pt", self.cfg, self.task.class_names)
         atomic_write_json(self.out / "metrics.json", result)
         if self.cfg.train.plots:
-            self._plots()
-
-    def _plots(self) -> None:
-        try:
-            plot_training_curves(self.out / "metrics.jsonl", self.out / "curves.png")
-            batch = self.task.collate([self.val_set[i] for i in range(min(8, len(self.val_set)))])
-            batch = self.task.to_device(batch, self.ctx.device)
-            self.model.eval()
-            self.task.plot_predictions(batch, self.task.predict(self.model, batch), self.out / "predictions.png")
-            if self.distiller is not None:
-                self._plot_uncertainty(batch)
-        except Exception as err:
-            log.warning("plotting failed: %s", err)
-
-    def _plot_uncertainty(self, batch: Any) -> None:
-        assert self.distiller is not None
-        losses = {label: loss for label, loss in self.distiller.point_losses().items() if isinstance(loss, AvatarLoss)}
-        sigmas = {
-            label: state["sigma"]
-            for label, loss in losses.items()
-            if (state := loss.uncertainty_state())["sigma"] is not None
-        }
-        if sigmas:
-            plot_uncertainty(sigmas, self.out / "uncertainty.png", title="per-channel sigma of the avatars")
-        # the paper's picture: where, in one image, the Avatars disagree with the teacher
-        feats = self.distiller.teacher_features(self.task.images_of(batch))
-        maps = {
-            label: m[0].cpu()
-            for label, loss in losses.items()
-            if (m := loss.uncertainty_map(feats[label][:1])) is not None
-        }
-        if maps:
-            plot_uncertainty(
-                maps, self.out / "uncertainty_maps.png", title="E_k (a_k - t)^2 per position, first validation image"
-            )
+            plot_run(self.out, self.task, self.model, self.val_set, self.ctx.device, self.distiller)
 
 
 __all__ = ["Trainer", "NonFiniteLossError", "Stopped"]

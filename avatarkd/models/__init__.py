@@ -14,7 +14,7 @@ from .normalization import (
 )
 from .outputs import describe_output
 from .recipes import recipe_of, record_recipe
-from .weights import load_configured_weights, load_weights, read_weights
+from .weights import exported_normalization, load_configured_weights, load_weights, read_weights
 
 __all__ = [
     "DETECTORS",
@@ -27,6 +27,7 @@ __all__ = [
     "build_from_factory",
     "build_segmenter",
     "describe_output",
+    "exported_normalization",
     "input_normalization",
     "load_configured_weights",
     "load_weights",
