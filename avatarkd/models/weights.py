@@ -302,24 +302,37 @@ def load_into(
     return LoadReport(len(mapping), missing, unexpected)
 
 
-def backbone_target(model: nn.Module) -> tuple[nn.Module, bool]:
+def backbone_target(model: nn.Module, module: str | None = None) -> tuple[nn.Module, bool]:
     """The module ``backbone_weights`` load into, and whether a classifier head there is optional.
 
-    ``backbone.body`` (detectors, LR-ASPP, torchvision detection models), else ``backbone``
-    (FCN/DeepLabV3), else the model itself as a classifier whose head stays as built.
+    ``module`` (``model.backbone_module``) names it; else ``backbone.body`` (detectors, LR-ASPP,
+    torchvision detection models), else ``backbone`` (FCN/DeepLabV3), else ``encoder``
+    (segmentation_models_pytorch), else the model itself as a classifier whose head stays as built.
     """
+    if module is not None:
+        modules = dict(model.named_modules())
+        if module not in modules:
+            raise ConfigError(
+                f"model.backbone_module {module!r}: the model has no such module{did_you_mean(module, modules, n=3)}"
+            )
+        return modules[module], False
     backbone = getattr(model, "backbone", None)
     if isinstance(backbone, nn.Module):
         body = getattr(backbone, "body", None)
         return (body if isinstance(body, nn.Module) else backbone), False
+    encoder = getattr(model, "encoder", None)
+    if isinstance(encoder, nn.Module):
+        return encoder, False
     return model, True
 
 
-def load_weights(model: nn.Module, source: str | Path, role: str, backbone_only: bool = False) -> LoadReport:
+def load_weights(
+    model: nn.Module, source: str | Path, role: str, backbone_only: bool = False, backbone_module: str | None = None
+) -> LoadReport:
     """Read ``source`` (file or torchvision enum) and load it into the model or its feature extractor; logs one line."""
     state = read_weights(source)
     if backbone_only:
-        target, head_optional = backbone_target(model)
+        target, head_optional = backbone_target(model, backbone_module)
         what = f"{role} backbone"
     else:
         target, head_optional, what = model, False, role
@@ -343,7 +356,7 @@ def load_configured_weights(model: nn.Module, mcfg: Any, role: str) -> Any:
         if mcfg.backbone_weights is not None:
             log.info("%s: backbone_weights not read: model.weights holds the whole model", role)
     elif mcfg.backbone_weights is not None:
-        load_weights(model, mcfg.backbone_weights, role, backbone_only=True)
+        load_weights(model, mcfg.backbone_weights, role, backbone_only=True, backbone_module=mcfg.backbone_module)
     return recorded
 
 
