@@ -9,10 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-pl = pytest.importorskip("pytorch_lightning", reason="the 'lightning' extra (pytorch-lightning) is not installed")
+try:
+    import pytorch_lightning  # noqa: F401
+except ImportError:  # the unified `lightning` package serves as well
+    pytest.importorskip("lightning", reason="the 'lightning' extra (pytorch-lightning) is not installed")
 
-from avatarkd.integrations.lightning import TEACHER_PREFIX, AvatarKDModule  # noqa: E402
-from avatarkd.models import build_segmenter  # noqa: E402
+from avatarkd.integrations.lightning import TEACHER_PREFIX, AvatarKDModule, pl
+from avatarkd.models import build_segmenter
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "lightning_akd.py"
 
