@@ -59,7 +59,7 @@ class AvatarKDModule(pl.LightningModule):
 
     Args:
         student, teacher: any ``nn.Module``s; the teacher should hold its trained weights.
-        points: the ``distill.points`` list of the YAML schema (dicts), or ``DistillPoint``s.
+        points: the ``distill.points`` list of the YAML schema (dicts; saved as hyperparameters).
         input_shape: one input's shape without the batch, e.g. ``(3, H, W)``: the zero example the
             connectors are built on (the same shapes as training inputs of that size).
         akd: the ``distill.akd`` section (e.g. ``{"num_avatars": 4, "p": 0.1}``).
