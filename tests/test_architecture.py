@@ -24,7 +24,7 @@ LAYERS: list[set[str]] = [
     {"engine"},
     {"runner"},
     {"demo"},
-    {"cli", "__main__"},
+    {"cli", "__main__", "integrations"},
 ]
 LAYER_OF = {part: i for i, layer in enumerate(LAYERS) for part in layer}
 

@@ -40,8 +40,18 @@ class AKDConfig(Strict):
         return self
 
 
+# which item of a module's output a point reads: a dict key, an attribute of a ModelOutput or a list
+# index; a list is a path into nested outputs (``[hidden_states, 3]``)
+OutputKey = str | int | list[str | int]
+
+
 class PointConfig(Strict):
-    """One distillation point: student and teacher module paths, a registered loss and its weight."""
+    """One distillation point: student and teacher module paths, a registered loss and its weight.
+
+    ``key`` picks the same item of both outputs; ``student_key`` / ``teacher_key`` pick per side, for
+    pairs whose modules return different containers (a user's tensor against a ``{"out": ...}`` dict,
+    an smp encoder's list against a Hugging Face ``ModelOutput``).
+    """
 
     name: str
     student: str
@@ -49,7 +59,9 @@ class PointConfig(Strict):
     loss: str = "mse"
     loss_kwargs: dict[str, Any] = Field(default_factory=dict)
     weight: float = Field(1.0, ge=0.0)
-    key: str | int | None = None
+    key: OutputKey | None = None
+    student_key: OutputKey | None = None
+    teacher_key: OutputKey | None = None
     connector_bn: bool = False
     akd: AKDConfig | None = None  # overrides the distiller-wide setting for this point
 
@@ -63,6 +75,12 @@ class PointConfig(Strict):
                 {"expected": ", ".join(repr(n) for n in LOSSES.names()), "hint": did_you_mean(loss, LOSSES)},
             )
         return loss
+
+    @model_validator(mode="after")
+    def _one_way_to_key(self) -> PointConfig:
+        if self.key is not None and (self.student_key is not None or self.teacher_key is not None):
+            raise ValueError("give 'key' (the same item of both outputs) or 'student_key'/'teacher_key', not both")
+        return self
 
     @model_validator(mode="after")
     def _check_loss_kwargs(self) -> PointConfig:

@@ -41,9 +41,11 @@ class ModelConfig(Strict):
     ``arch``: segmentation ``fcn``/``deeplabv3``/``lraspp``; detection ``retinanet``/``fcos``/
     ``fasterrcnn``; classification ``classifier``. ``backbone``: any torchvision classification
     model name, or ``timm:<name>``. ``weights`` (whole model) and ``backbone_weights`` (feature
-    extractor only): a local file in any common layout or ``torchvision:<EnumClass>.<NAME>`` from
-    the hub cache under ``TORCH_HOME`` (nothing is downloaded); a file that needs unpickling is
-    refused unless ``allow_pickle: true`` says it is trusted. ``normalize``: the model's input
+    extractor only, into ``backbone_module``): a local file in any common layout or
+    ``torchvision:<EnumClass>.<NAME>`` from the hub cache under ``TORCH_HOME`` (nothing is
+    downloaded: third-party factories are built offline); a file that needs unpickling is refused
+    unless ``allow_pickle: true`` says it is trusted. ``output_key``: where the logits are in a
+    dict / ``ModelOutput``. ``normalize``: the model's input
     normalisation; default ImageNet statistics when pretrained weights are used (a torchvision
     enum, or ``backbone_weights``), what an avatarkd export's ``student.json`` recorded for its
     ``weights``, else none.
@@ -65,6 +67,16 @@ class ModelConfig(Strict):
         "code from the file, so set it only for files you trust",
     )
     normalize: Literal["imagenet", "none"] | NormalizeConfig | None = None
+    output_key: str | None = Field(
+        None,
+        description="the item of the model's output (dict key or attribute) holding the task's logits; "
+        "default 'out', or 'logits' when the output has that and no 'out' (Hugging Face)",
+    )
+    backbone_module: str | None = Field(
+        None,
+        description="module path that backbone_weights load into, e.g. 'encoder' (smp); default: "
+        "backbone.body, else backbone, else encoder, else the model as a classifier",
+    )
     output_stride: Literal[8, 16, 32] | None = Field(None, description="segmentation; default 16 for lraspp, else 8")
     fpn_channels: int = Field(256, ge=8)
     image_size: int = Field(128, ge=16)

@@ -41,6 +41,8 @@ def build_points(cfg: DistillerConfig, generator: torch.Generator | None = None)
             teacher=pc.teacher or pc.student,
             weight=pc.weight,
             key=pc.key,
+            student_key=pc.student_key,
+            teacher_key=pc.teacher_key,
             connector_bn=pc.connector_bn,
         )
         if spec.channels:

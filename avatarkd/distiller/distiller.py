@@ -11,6 +11,7 @@ import copy
 import logging
 import math
 import re
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 
 LossLike = Callable[..., Tensor]
 TeacherForward = Callable[..., Any]
+OutputKey = str | int | Sequence[str | int]
 
 
 @dataclass
@@ -42,8 +44,12 @@ class DistillPoint:
         loss_factory: alternatively, ``channels -> loss``, for losses whose parameters depend on
             the teacher's channel count (MGD, MasKD); called once per level at ``build``.
         weight: multiplies the point's loss.
-        key: picks one item of a dict / tuple output (e.g. ``"out"`` of a torchvision
-            segmentation model); without it every item is a level of its own.
+        key: picks one item of both outputs (e.g. ``"out"`` of a torchvision segmentation
+            model); without it every item is a level of its own. An item is a dict key, an
+            attribute (a Hugging Face ``ModelOutput``'s ``hidden_states``) or a list index; a list
+            of them is a path into nested outputs (``["hidden_states", 3]``).
+        student_key, teacher_key: the same, per side (``key`` is the shorthand for both); for
+            pairs whose modules return different containers.
         connector_bn: add a BatchNorm after a 1x1 conv connector.
     """
 
@@ -53,12 +59,20 @@ class DistillPoint:
     loss: LossLike | None = None
     loss_factory: Callable[[int], LossLike] | None = None
     weight: float = 1.0
-    key: str | int | None = None
+    key: OutputKey | None = None
     connector_bn: bool = False
+    student_key: OutputKey | None = None
+    teacher_key: OutputKey | None = None
 
     def __post_init__(self) -> None:
         if (self.loss is None) == (self.loss_factory is None):
             raise DistillationError(f"point {self.name!r}: give exactly one of loss= or loss_factory=")
+        if self.key is not None:
+            if self.student_key is not None or self.teacher_key is not None:
+                raise DistillationError(
+                    f"point {self.name!r}: give key= (both sides) or student_key=/teacher_key=, not both"
+                )
+            self.student_key = self.teacher_key = self.key
         if not (isinstance(self.weight, (int, float)) and math.isfinite(self.weight) and self.weight >= 0):
             raise DistillationError(f"point {self.name!r}: weight must be a finite number >= 0, got {self.weight!r}")
 
@@ -72,21 +86,45 @@ def _slot(text: str) -> str:
     return re.sub(r"[^0-9A-Za-z_]", "_", text)
 
 
+def _describe(obj: Any) -> str:
+    if isinstance(obj, Tensor):
+        return f"a tensor of shape {tuple(obj.shape)}"
+    if isinstance(obj, Mapping):
+        return f"a {type(obj).__name__} with keys {list(map(str, obj))[:8]}"
+    if isinstance(obj, (list, tuple)):
+        return f"a {type(obj).__name__} of {len(obj)} items"
+    return f"a {type(obj).__name__}"
+
+
+def select(output: Any, key: OutputKey | None) -> Any:
+    """The item ``key`` names in a module's output; raises KeyError naming the step that failed.
+
+    A step is a dict key, an attribute (a Hugging Face ``ModelOutput`` holds only its non-None
+    fields as items, but every field as an attribute) or a list/tuple index; a list of steps is a
+    path into nested outputs.
+    """
+    if key is None:
+        return output
+    for step in [key] if isinstance(key, (str, int)) else list(key):
+        if isinstance(output, Mapping) and step in output:
+            output = output[step]
+        elif isinstance(output, (list, tuple)) and isinstance(step, int) and -len(output) <= step < len(output):
+            output = output[step]
+        elif isinstance(step, str) and not isinstance(output, Tensor) and getattr(output, step, None) is not None:
+            output = getattr(output, step)
+        else:
+            raise KeyError(f"has no item {step!r} (it is {_describe(output)})")
+    return output
+
+
 def _levels(output: Any, point: DistillPoint, role: str) -> dict[str, Tensor]:
-    if point.key is not None:
-        if not isinstance(output, (Mapping, list, tuple)):
-            # never index a tensor with the key: torch reads a str as a sequence of indices (a
-            # deprecation warning today, another meaning in a later torch), an int as a sample
-            raise DistillationError(
-                f"point {point.name!r}: {role} output of {getattr(point, role)!r} is a "
-                f"{type(output).__name__}, which has no item {point.key!r}; remove key"
-            )
-        try:
-            output = output[point.key]
-        except (KeyError, IndexError, TypeError) as err:
-            raise DistillationError(
-                f"point {point.name!r}: {role} output of {getattr(point, role)!r} has no item {point.key!r}"
-            ) from err
+    key = point.student_key if role == "student" else point.teacher_key
+    try:
+        output = select(output, key)
+    except KeyError as err:
+        raise DistillationError(
+            f"point {point.name!r}: {role} output of {getattr(point, role)!r} {err.args[0]}; set {role}_key"
+        ) from None
     if isinstance(output, Tensor):
         return {"": output}
     if isinstance(output, Mapping):
@@ -99,7 +137,7 @@ def _levels(output: Any, point: DistillPoint, role: str) -> dict[str, Tensor]:
         )
     bad = [k for k, v in items.items() if not isinstance(v, Tensor)]
     if bad:
-        raise DistillationError(f"point {point.name!r}: {role} output items {bad} are not tensors; set key=")
+        raise DistillationError(f"point {point.name!r}: {role} output items {bad} are not tensors; set {role}_key")
     return items
 
 
@@ -154,7 +192,8 @@ class Distiller(nn.Module):
         self.connectors = nn.ModuleDict()
         self.loss_modules = nn.ModuleDict()
         self._loss_fns: dict[str, LossLike] = {}
-        self._levels: dict[str, list[str]] = {}
+        self._levels: dict[str, list[str]] = {}  # the levels each point distils
+        self._all_levels: dict[str, list[str]] = {}  # every level its modules return (incl. dropped ones)
         self.built = False
 
     # ------------------------------------------------------------------ modes and parameters
@@ -204,13 +243,16 @@ class Distiller(nn.Module):
         self.student.eval()
         try:
             t_rec = self._run_teacher(args if teacher_args is None else teacher_args)
-            with self._student_rec.recording() as s_rec:
+            # with gradients, to see which student levels carry one (an smp encoder's level 0 is the image)
+            with self._student_rec.recording() as s_rec, torch.enable_grad():
                 self.student(*args, **kwargs)
         finally:
             self.student.train(was_training)
         device = next((p.device for p in self.student.parameters()), torch.device("cpu"))
         for point in self.points:
             s_levels, t_levels = self._point_levels(point, s_rec, t_rec)
+            self._all_levels[point.name] = list(t_levels)
+            t_levels = self._drop_gradient_free(point, s_levels, t_levels)
             self._levels[point.name] = list(t_levels)
             for level, t_feat in t_levels.items():
                 label = f"{point.name}.{level}" if level else point.name
@@ -237,6 +279,32 @@ class Distiller(nn.Module):
         self.built = True
         return self
 
+    @staticmethod
+    def _drop_gradient_free(
+        point: DistillPoint, s_levels: dict[str, Tensor], t_levels: dict[str, Tensor]
+    ) -> dict[str, Tensor]:
+        """The teacher levels whose student feature carries a gradient; the others are dropped with a warning.
+
+        A level without a gradient (an smp encoder's first "feature" is the input image itself)
+        would compare two fixed tensors: compute spent, nothing learnt, and a misleading loss curve.
+        """
+        dropped = [level for level in t_levels if not s_levels[level].requires_grad]
+        if not dropped:
+            return t_levels
+        labels = [f"{point.name}.{level}" if level else point.name for level in dropped]
+        if len(dropped) == len(t_levels):
+            raise DistillationError(
+                f"point {point.name!r}: the student's {point.student!r} output carries no gradient "
+                "(a frozen module, or its input passed through); distil a module that trains"
+            )
+        message = (
+            f"point {point.name!r}: dropped levels {labels}: the student's feature there carries no gradient "
+            "(e.g. the input image, which an smp encoder returns as its first level)"
+        )
+        log.warning(message)
+        warnings.warn(message, UserWarning, stacklevel=3)
+        return {level: feat for level, feat in t_levels.items() if level not in dropped}
+
     def _point_levels(
         self, point: DistillPoint, s_rec: dict, t_rec: dict
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
@@ -249,7 +317,8 @@ class Distiller(nn.Module):
         t_levels = _levels(t_rec[point.teacher], point, "teacher")
         if list(s_levels) != list(t_levels):
             raise DistillationError(
-                f"point {point.name!r}: student levels {list(s_levels)} do not match teacher levels {list(t_levels)}"
+                f"point {point.name!r}: student levels {list(s_levels)} do not match teacher levels "
+                f"{list(t_levels)}; pick matching items with student_key / teacher_key"
             )
         return s_levels, t_levels
 
@@ -288,12 +357,13 @@ class Distiller(nn.Module):
                     f"point {point.name!r}: teacher module {point.teacher!r} did not run during the forward pass"
                 )
             levels = _levels(t_rec[point.teacher], point, "teacher")
-            if list(levels) != self._levels[point.name]:
+            if list(levels) != self._all_levels[point.name]:
                 raise DistillationError(
-                    f"point {point.name!r}: teacher levels {list(levels)} differ from those at build {self._levels[point.name]}"
+                    f"point {point.name!r}: teacher levels {list(levels)} differ from those at build "
+                    f"{self._all_levels[point.name]}"
                 )
-            for level, feat in levels.items():
-                feats[f"{point.name}.{level}" if level else point.name] = feat
+            for level in self._levels[point.name]:
+                feats[f"{point.name}.{level}" if level else point.name] = levels[level]
         return feats
 
     def _teacher_feats(self, teacher_args: Sequence[Any]) -> dict[str, Tensor]:
@@ -336,9 +406,10 @@ class Distiller(nn.Module):
                     f"point {point.name!r}: student module {point.student!r} did not run during the forward pass"
                 )
             s_levels = _levels(s_rec[point.student], point, "student")
-            if list(s_levels) != self._levels[point.name]:
+            if list(s_levels) != self._all_levels[point.name]:
                 raise DistillationError(
-                    f"point {point.name!r}: student levels {list(s_levels)} do not match teacher levels {self._levels[point.name]}"
+                    f"point {point.name!r}: student levels {list(s_levels)} do not match teacher levels "
+                    f"{self._all_levels[point.name]}"
                 )
             for level in self._levels[point.name]:
                 label = f"{point.name}.{level}" if level else point.name

@@ -12,7 +12,7 @@ from .normalization import (
     normalize_images,
     resolve_normalization,
 )
-from .outputs import describe_output
+from .outputs import describe_output, output_item
 from .recipes import recipe_of, record_recipe
 from .weights import exported_normalization, load_configured_weights, load_weights, read_weights
 
@@ -33,6 +33,7 @@ __all__ = [
     "load_weights",
     "normalization_from",
     "normalize_images",
+    "output_item",
     "read_weights",
     "recipe_of",
     "record_recipe",

@@ -25,4 +25,20 @@ def describe_output(obj: Any, depth: int = 0) -> str:
     return f"a {type(obj).__name__}"
 
 
-__all__ = ["describe_output"]
+def output_item(output: Any, key: str | None = None) -> Any:
+    """The task's logits in a model's output: the output itself when a tensor, else its item ``key``
+    (``model.output_key``; a dict key or an attribute). Without a key: ``out`` (torchvision), or
+    ``logits`` when the output has that and no ``out`` (a Hugging Face ``ModelOutput``). None when absent.
+    """
+    if isinstance(output, Tensor):
+        return output
+    if key is None:
+        if not isinstance(output, Mapping):
+            return output
+        key = "logits" if "out" not in output and "logits" in output else "out"
+    if isinstance(output, Mapping) and key in output:
+        return output[key]
+    return getattr(output, key, None)
+
+
+__all__ = ["describe_output", "output_item"]

@@ -16,15 +16,19 @@ from torch import nn
 _RECIPES: weakref.WeakKeyDictionary[nn.Module, dict[str, Any]] = weakref.WeakKeyDictionary()
 
 
-def record_recipe(model: nn.Module, factory: str, kwargs: dict[str, Any]) -> None:
-    """Remember that ``factory`` (``"package.module:callable"``) called with ``kwargs`` made ``model``."""
-    _RECIPES[model] = {"factory": factory, "kwargs": dict(kwargs)}
+def record_recipe(model: nn.Module, factory: str, kwargs: dict[str, Any], via: str | None = None) -> None:
+    """Remember that ``factory`` (``"package.module:callable"``) called with ``kwargs`` made ``model``.
+
+    ``via="config_class"``: the factory is a class taking a config object (a Hugging Face
+    ``PreTrainedModel``), rebuilt as ``cls(cls.config_class(**kwargs))``.
+    """
+    _RECIPES[model] = {"factory": factory, "kwargs": dict(kwargs), **({"via": via} if via else {})}
 
 
 def recipe_of(model: nn.Module) -> dict[str, Any] | None:
-    """``{"factory": ..., "kwargs": ...}`` for a model avatarkd built, else None."""
+    """``{"factory": ..., "kwargs": ...[, "via": ...]}`` for a model avatarkd built, else None."""
     found = _RECIPES.get(model)
-    return {"factory": found["factory"], "kwargs": dict(found["kwargs"])} if found else None
+    return {**found, "kwargs": dict(found["kwargs"])} if found else None
 
 
 __all__ = ["recipe_of", "record_recipe"]

@@ -13,7 +13,7 @@ from ..config import ModelConfig
 from ..data import SplitReport
 from ..errors import ConfigError, DataError
 from ..metrics import PredictedClasses, Top1Accuracy
-from ..models import build_classifier, describe_output
+from ..models import build_classifier, describe_output, output_item
 from .base import Batch, Task
 
 
@@ -39,13 +39,17 @@ class ClassificationTask(Task):
         return build_classifier(mcfg.backbone, self.num_classes)
 
     def logits(self, output: Any) -> Tensor:
-        """The output contract: (N, C) logits; anything else is a one-line ConfigError."""
-        if not (isinstance(output, Tensor) and output.dim() == 2 and output.shape[1] == self.num_classes):
+        """The output contract: (N, C) logits, or a dict / ModelOutput holding them under ``model.output_key``
+        (default ``out``, or ``logits`` for Hugging Face); anything else is a one-line ConfigError."""
+        key = self.cfg.model.output_key
+        out = output_item(output, key)
+        if not (isinstance(out, Tensor) and out.dim() == 2 and out.shape[1] == self.num_classes):
+            where = f" (or a dict holding them under {key!r}, model.output_key)" if key else ""
             raise ConfigError(
-                f"model output: classification expects (N, {self.num_classes}) logits; "
+                f"model output: classification expects (N, {self.num_classes}) logits{where}; "
                 f"the model returned {describe_output(output)}"
             )
-        return output
+        return out
 
     def check_eval_output(self, output: Any, batch: Batch) -> None:
         self.logits(output)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ from ..config import DataConfig, ModelConfig
 from ..data import pad_to
 from ..errors import ConfigError
 from ..metrics import SegmentationMetric
-from ..models import build_segmenter, describe_output, normalize_images
+from ..models import build_segmenter, describe_output, normalize_images, output_item
 from .base import Batch, Task, TeacherForward, same_size, stack_images
 from .drawing import plot_segmentation
 from .seg_inference import segment_logits
@@ -85,13 +85,16 @@ class SegmentationTask(Task):
         return build_segmenter(mcfg.arch, mcfg.backbone, self.num_classes, mcfg.output_stride)  # type: ignore[arg-type]
 
     def logits(self, output: Any, size: tuple[int, ...] | torch.Size) -> Tensor:
-        """The output contract: (N, C, h, w) logits, or a dict with them under ``"out"``, at any resolution;
-        upsampled (bilinear) to ``size``, the mask's. Anything else is a one-line ConfigError."""
-        out = output.get("out") if isinstance(output, Mapping) else output
+        """The output contract: (N, C, h, w) logits, or a dict / ModelOutput holding them under ``model.output_key``
+        (default ``out``, or ``logits`` for Hugging Face), at any resolution; upsampled (bilinear) to ``size``,
+        the mask's (a SegFormer's logits are at 1/4). Anything else is a one-line ConfigError."""
+        key = self.cfg.model.output_key
+        out = output_item(output, key)
         if not (isinstance(out, Tensor) and out.dim() == 4 and out.shape[1] == self.num_classes):
+            where = repr(key) if key else "'out' (or 'logits')"
             raise ConfigError(
                 f"model output: segmentation expects (N, {self.num_classes}, H, W) logits at any resolution, "
-                f"or a dict holding them under 'out'; the model returned {describe_output(output)}"
+                f"or a dict holding them under {where} (model.output_key); the model returned {describe_output(output)}"
             )
         if tuple(out.shape[-2:]) != tuple(size):
             out = F.interpolate(out, size=tuple(size), mode="bilinear", align_corners=False)
@@ -128,9 +131,10 @@ class SegmentationTask(Task):
 
     def _predictions(self, model: nn.Module, images: Tensor | list[Tensor]) -> Tensor | list[Tensor]:
         """Class ids per pixel at each image's size: one pass for a stacked batch, one per image otherwise."""
+        key = self.cfg.model.output_key
         if isinstance(images, list):
-            return [segment_logits(model, im[None], self.cfg.eval).argmax(1)[0] for im in images]
-        return segment_logits(model, images, self.cfg.eval).argmax(1)
+            return [segment_logits(model, im[None], self.cfg.eval, key).argmax(1)[0] for im in images]
+        return segment_logits(model, images, self.cfg.eval, key).argmax(1)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Iterable[Batch], device: torch.device) -> dict[str, float]:

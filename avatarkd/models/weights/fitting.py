@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
-from ...errors import CheckpointError
+from ...errors import CheckpointError, ConfigError
+from ...naming import did_you_mean
 from .alignment import align, dotted
 
 # a classifier's head: in backbone loads these may be absent, different or unused
@@ -103,16 +104,27 @@ def load_into(
     return LoadReport(len(mapping), missing, unexpected)
 
 
-def backbone_target(model: nn.Module) -> tuple[nn.Module, bool]:
+def backbone_target(model: nn.Module, module: str | None = None) -> tuple[nn.Module, bool]:
     """The module ``backbone_weights`` load into, and whether a classifier head there is optional.
 
-    ``backbone.body`` (detectors, LR-ASPP, torchvision detection models), else ``backbone``
-    (FCN/DeepLabV3), else the model itself as a classifier whose head stays as built.
+    ``module`` (``model.backbone_module``) names it; else ``backbone.body`` (detectors, LR-ASPP,
+    torchvision detection models), else ``backbone`` (FCN/DeepLabV3), else ``encoder``
+    (segmentation_models_pytorch), else the model itself as a classifier whose head stays as built.
     """
+    if module is not None:
+        modules = dict(model.named_modules())
+        if module not in modules:
+            raise ConfigError(
+                f"model.backbone_module {module!r}: the model has no such module{did_you_mean(module, modules, n=3)}"
+            )
+        return modules[module], False
     backbone = getattr(model, "backbone", None)
     if isinstance(backbone, nn.Module):
         body = getattr(backbone, "body", None)
         return (body if isinstance(body, nn.Module) else backbone), False
+    encoder = getattr(model, "encoder", None)
+    if isinstance(encoder, nn.Module):
+        return encoder, False
     return model, True
 
 

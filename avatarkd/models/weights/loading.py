@@ -30,6 +30,7 @@ def load_weights(
     backbone_only: bool = False,
     allow_pickle: bool = False,
     option: str | None = None,
+    backbone_module: str | None = None,
 ) -> LoadReport:
     """Read ``source`` (file or torchvision enum) and load it into the model or its feature extractor; logs one line.
 
@@ -37,7 +38,7 @@ def load_weights(
     """
     state = read_weights(source, allow_pickle=allow_pickle, option=option)
     if backbone_only:
-        target, head_optional = backbone_target(model)
+        target, head_optional = backbone_target(model, backbone_module)
         what = f"{role} backbone"
     else:
         target, head_optional, what = model, False, role
@@ -62,7 +63,15 @@ def load_configured_weights(model: nn.Module, mcfg: Any, role: str, section: str
         if mcfg.backbone_weights is not None:
             log.info("%s: backbone_weights not read: model.weights holds the whole model", role)
     elif mcfg.backbone_weights is not None:
-        load_weights(model, mcfg.backbone_weights, role, backbone_only=True, allow_pickle=trusted, option=option)
+        load_weights(
+            model,
+            mcfg.backbone_weights,
+            role,
+            backbone_only=True,
+            allow_pickle=trusted,
+            option=option,
+            backbone_module=getattr(mcfg, "backbone_module", None),
+        )
 
 
 __all__ = ["load_configured_weights", "load_weights", "read_weights"]
