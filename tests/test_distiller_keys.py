@@ -19,7 +19,9 @@ def test_a_key_on_a_tensor_output_is_refused_without_indexing_it(key):
     with warnings.catch_warnings():
         # torch reads tensor["out"] as a non-tuple index sequence: deprecated, another meaning later
         warnings.filterwarnings("error", message="Using a non-tuple sequence", category=UserWarning)
-        with pytest.raises(DistillationError, match=rf"student output of '0' has no item {key!r} \(it is a tensor of shape"):
+        with pytest.raises(
+            DistillationError, match=rf"student output of '0' has no item {key!r} \(it is a tensor of shape"
+        ):
             Distiller(student, teacher.eval(), [point]).build(torch.randn(2, 3, 4, 4))
 
 
