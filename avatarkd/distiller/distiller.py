@@ -8,6 +8,7 @@ point and per output level (e.g. per FPN level) compares them.
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import math
 import re
@@ -40,7 +41,8 @@ class DistillPoint:
         loss: ``f(student, teacher) -> scalar`` (e.g. an ``AvatarLoss``); deep-copied per output
             level so that each level has its own state (uncertainty estimate, generator).
         loss_factory: alternatively, ``channels -> loss``, for losses whose parameters depend on
-            the teacher's channel count (MGD, MasKD); called once per level at ``build``.
+            the teacher's channel count (MGD, MasKD); called once per level at ``build``, with
+            ``label=`` (``point[.level]``) too when it takes that parameter.
         weight: multiplies the point's loss.
         key: picks one item of a dict / tuple output (e.g. ``"out"`` of a torchvision
             segmentation model); without it every item is a level of its own.
@@ -70,6 +72,15 @@ def _default_teacher_forward(teacher: nn.Module, *args: Any) -> Any:
 def _slot(text: str) -> str:
     """A ModuleDict key (no dots) for a point/level label."""
     return re.sub(r"[^0-9A-Za-z_]", "_", text)
+
+
+def _call_factory(factory: Callable[..., LossLike], channels: int, label: str) -> LossLike:
+    """``factory(channels, label)`` when it takes the level's label (``point[.level]``), else ``factory(channels)``."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return factory(channels)
+    return factory(channels, label) if "label" in params else factory(channels)
 
 
 def _levels(output: Any, point: DistillPoint, role: str) -> dict[str, Tensor]:
@@ -215,7 +226,11 @@ class Distiller(nn.Module):
                 conn = Connector(tuple(s_feat.shape), tuple(t_feat.shape), label, point.connector_bn)
                 if not conn.is_identity:
                     self.connectors[_slot(label)] = conn.to(device)
-                loss = point.loss_factory(t_feat.shape[1]) if point.loss_factory else copy.deepcopy(point.loss)
+                loss = (
+                    _call_factory(point.loss_factory, t_feat.shape[1], label)
+                    if point.loss_factory
+                    else copy.deepcopy(point.loss)
+                )
                 if isinstance(loss, nn.Module):
                     self.loss_modules[_slot(label)] = loss.to(device)
                 else:
