@@ -118,7 +118,12 @@ def _map_levels(output: Any, fn: Callable[[str, Tensor], Tensor], prefix: str = 
     return output
 
 
-def _replace_item(output: Any, key: str | int | None, fn: Callable[[str, Tensor], Tensor]) -> Any:
+def replace_levels(output: Any, key: str | int | None, fn: Callable[[str, Tensor], Tensor]) -> Any:
+    """A module output with its ``key`` item's tensors (every tensor when ``key`` is None) replaced by ``fn(level, t)``.
+
+    Level names are the distiller's (``""`` for a tensor, the dict key or tuple index otherwise),
+    so a forward hook returning this changes exactly what a distillation point compares.
+    """
     if key is None:
         return _map_levels(output, fn)
     if isinstance(output, Mapping):
@@ -170,7 +175,7 @@ class AvatarSwitch:
     def _hook(self, _module: nn.Module, _inputs: Any, output: Any) -> Any:
         if self.current is None:
             return None
-        return _replace_item(output, self.key, self._perturb)
+        return replace_levels(output, self.key, self._perturb)
 
     @contextmanager
     def use(self, k: int) -> Iterator[None]:
@@ -455,6 +460,7 @@ __all__ = [
     "parse_rates",
     "plot_capacity",
     "plot_sigmas",
+    "replace_levels",
     "select_points",
     "select_predictions",
     "write_outputs",

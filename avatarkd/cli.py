@@ -131,6 +131,25 @@ def _cmd_avatars(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_maskd_tokens(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .maskd_tokens import DEFAULT_LR, DEFAULT_STEPS, train_tokens
+
+    cfg = load_config(args.config, list(args.set or []))
+    result = train_tokens(
+        cfg,
+        Path(args.out),
+        steps=args.steps if args.steps is not None else DEFAULT_STEPS,
+        lr=args.lr if args.lr is not None else DEFAULT_LR,
+    )
+    history = result["history"]
+    print(
+        f"maskd-tokens: {len(result['levels'])} levels of {', '.join(result['points'])}; "
+        f"loss {history[0]:.4f} -> {history[-1]:.4f} in {len(history)} steps; wrote {args.out}"
+    )
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -202,6 +221,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seeds the Avatars' draws")
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
     p.set_defaults(func=_cmd_avatars)
+
+    p = sub.add_parser(
+        "maskd-tokens",
+        help="MasKD stage 1: learn the receptive tokens of the config's maskd points on the frozen teacher",
+    )
+    p.add_argument("config", help="a distillation config with maskd points (its teacher: is used)")
+    p.add_argument("--out", required=True, help="the tokens file to write (loss_kwargs: {tokens: FILE} reads it)")
+    p.add_argument("--steps", type=int, help="training steps (default 2000)")
+    p.add_argument("--lr", type=float, help="Adam learning rate of tokens and predictor (default 1e-3)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.set_defaults(func=_cmd_maskd_tokens)
 
     p = sub.add_parser("demo", help="teacher, student alone, base KD and AKD on the bundled data; prints a table")
     p.add_argument("--output-dir", default="runs/demo")

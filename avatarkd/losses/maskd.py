@@ -138,7 +138,7 @@ def read_tokens_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"maskd tokens file {str(path)!r} does not exist; train it with `avatarkd maskd-tokens`")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is the user's input
+    except Exception as err:  # any unreadable file is the user's input
         raise ConfigError(f"maskd tokens file {str(path)!r} cannot be read: {err}".splitlines()[0]) from None
     if not isinstance(data, dict) or data.get("format") != TOKENS_FORMAT:
         raise ConfigError(f"{str(path)!r} is not a MasKD tokens file (written by `avatarkd maskd-tokens`)")
