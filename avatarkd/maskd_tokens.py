@@ -80,6 +80,7 @@ class TokenHook:
     def __init__(self, module: nn.Module, point: PointConfig, tokens: nn.ModuleDict, labels: dict[str, str]) -> None:
         self.point, self.tokens, self.labels = point, tokens, labels
         self.masks: list[Tensor] = []
+        self.outputs: dict[str, Tensor] = {}  # level -> the masked feature of the pass, for the dependency check
         self.shapes: dict[str, tuple[int, ...]] = {}
         self._handle = module.register_forward_hook(self._hook)
 
@@ -94,6 +95,7 @@ class TokenHook:
             return x
         masked, masks = self.tokens[self.labels[level]](x)
         self.masks.append(masks)
+        self.outputs[level] = masked
         return masked
 
     def _hook(self, _module: nn.Module, _inputs: Any, output: Any) -> Any:
@@ -168,11 +170,11 @@ def train_tokens(
         for step in bar:
             batch = first if step == 0 else task.to_device(next(batches), device)
             task_loss, dice = _step_loss(task, teacher, batch, hooks)
+            if step == 0:
+                _check_driven(task_loss, hooks, points)
             loss = task_loss + dice_weight * dice
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if step == 0:
-                _check_driven(tokens, hooks, points)
             optimizer.step()
             history.append(float(loss.detach()))
             bar.set_postfix(loss=f"{history[-1]:.4f}", dice=f"{float(dice.detach()):.3f}")
@@ -198,7 +200,7 @@ def train_tokens(
 
 def _step_loss(task: Task, teacher: nn.Module, batch: Any, hooks: list[TokenHook]) -> tuple[Tensor, Tensor]:
     for hook in hooks:
-        hook.masks = []
+        hook.masks, hook.outputs = [], {}
     losses = task.losses(teacher, batch)
     task_loss = torch.stack([v for k, v in losses.items() if k.startswith("loss")]).sum()
     masks = [m for hook in hooks for m in hook.masks]
@@ -206,14 +208,15 @@ def _step_loss(task: Task, teacher: nn.Module, batch: Any, hooks: list[TokenHook
     return task_loss, dice
 
 
-def _check_driven(tokens: nn.ModuleDict, hooks: list[TokenHook], points: list[PointConfig]) -> None:
-    """After the first backward: every level's tokens got a gradient from the task loss, else the head is not driven."""
+def _check_driven(task_loss: Tensor, hooks: list[TokenHook], points: list[PointConfig]) -> None:
+    """On the first step: the task loss depends on every masked level, else the head is not driven by it."""
     for hook, point in zip(hooks, points, strict=True):
-        for level, slot in hook.labels.items():
-            # the predictor (T >= 2; else the tokens: no Dice term then) reaches the loss only through the head
-            parts = tokens[slot]
-            grad = parts.predictor[0].weight.grad if parts.num_tokens > 1 else parts.tokens.grad
-            if grad is None or not bool(grad.abs().sum() > 0):
+        levels = list(hook.outputs)
+        grads = torch.autograd.grad(
+            task_loss, [hook.outputs[lv] for lv in levels], retain_graph=True, allow_unused=True
+        )
+        for level, grad in zip(levels, grads, strict=True):
+            if grad is None:
                 raise ConfigError(
                     f"maskd-tokens: point {point.name!r}: the teacher's task loss does not depend on the output "
                     f"of {point.teacher or point.student!r}{'.' + level if level else ''}, so its head cannot be "

@@ -153,3 +153,18 @@ def test_maskd_tokens_refuses_in_one_line(task, point, message, data_root, tmp_p
     err = capsys.readouterr().err.strip()
     assert err.startswith("avatarkd: error: maskd-tokens:") and message in err and "\n" not in err
     assert not (tmp_path / "t.pt").exists()
+
+
+def test_a_point_the_task_loss_does_not_read_is_refused():
+    from types import SimpleNamespace
+
+    from avatarkd.config import PointConfig
+    from avatarkd.errors import ConfigError
+    from avatarkd.maskd_tokens import _check_driven
+
+    x, other = torch.ones(1, 2, 2, 2, requires_grad=True), torch.ones(1, requires_grad=True)
+    hook = SimpleNamespace(outputs={"p6": x * 2})
+    point = PointConfig(name="p", student="neck", loss="maskd")
+    with pytest.raises(ConfigError, match="does not depend on the output of 'neck'.p6"):
+        _check_driven((other * 3).sum(), [hook], [point])  # type: ignore[list-item]
+    _check_driven(hook.outputs["p6"].sum(), [hook], [point])  # type: ignore[list-item]
