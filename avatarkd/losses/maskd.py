@@ -133,6 +133,8 @@ class ReceptiveTokens(nn.Module):
 
 def read_tokens_file(path: str | Path) -> dict[str, Any]:
     """The tokens file ``avatarkd maskd-tokens`` wrote; anything else is a one-line ConfigError."""
+    if not isinstance(path, (str, Path)):
+        raise ConfigError(f"maskd tokens: expected the path of a tokens file, got {path!r}")
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"maskd tokens file {str(path)!r} does not exist; train it with `avatarkd maskd-tokens`")
