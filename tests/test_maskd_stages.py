@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -168,3 +169,14 @@ def test_a_point_the_task_loss_does_not_read_is_refused():
     with pytest.raises(ConfigError, match="does not depend on the output of 'neck'.p6"):
         _check_driven((other * 3).sum(), [hook], [point])  # type: ignore[list-item]
     _check_driven(hook.outputs["p6"].sum(), [hook], [point])  # type: ignore[list-item]
+
+
+def test_without_a_tokens_file_the_log_says_it_is_the_simplified_form(monkeypatch, caplog):
+    import avatarkd.losses.maskd as maskd_module
+
+    monkeypatch.setattr(maskd_module, "_told_simplified", False)
+    with caplog.at_level(logging.INFO, logger="avatarkd.losses.maskd"):
+        first, second = MasKD(4), MasKD(4)
+    lines = [r.getMessage() for r in caplog.records if "simplified form" in r.getMessage()]
+    assert len(lines) == 1  # once, not once per FPN level
+    assert first.receptive is None and first.tokens.requires_grad and second.tokens.requires_grad
