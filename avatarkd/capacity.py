@@ -114,7 +114,7 @@ def _map_levels(output: Any, fn: Callable[[str, Tensor], Tensor], prefix: str = 
         return OrderedDict(items) if isinstance(output, OrderedDict) else type(output)(items)  # type: ignore[call-arg]
     if isinstance(output, (list, tuple)):
         items = [_map_levels(v, fn, f"{prefix}.{i}" if prefix else str(i)) for i, v in enumerate(output)]
-        return output._make(items) if hasattr(output, "_make") else type(output)(items)  # type: ignore[attr-defined]
+        return output._make(items) if hasattr(output, "_make") else type(output)(items)
     return output
 
 
@@ -128,12 +128,12 @@ def replace_levels(output: Any, key: str | int | None, fn: Callable[[str, Tensor
         return _map_levels(output, fn)
     if isinstance(output, Mapping):
         new = OrderedDict(output) if isinstance(output, OrderedDict) else dict(output)
-        new[key] = _map_levels(output[key], fn)  # type: ignore[index]
+        new[key] = _map_levels(output[key], fn)
         return new if isinstance(output, (dict, OrderedDict)) else type(output)(new)  # type: ignore[call-arg]
     if isinstance(output, (list, tuple)) and isinstance(key, int):
         items = list(output)
         items[key] = _map_levels(items[key], fn)
-        return output._make(items) if hasattr(output, "_make") else type(output)(items)  # type: ignore[attr-defined]
+        return output._make(items) if hasattr(output, "_make") else type(output)(items)
     raise ConfigError(f"avatars: the teacher module's output {type(output).__name__} has no item {key!r}")
 
 

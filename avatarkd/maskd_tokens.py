@@ -28,7 +28,7 @@ import itertools
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -182,7 +182,7 @@ def train_tokens(
         for hook in hooks:
             hook.remove()
     levels = {
-        _level_label(point.name, level): tokens[slot].to_file()
+        _level_label(point.name, level): cast(ReceptiveTokens, tokens[slot]).to_file()
         for hook, point in zip(hooks, points, strict=True)
         for level, slot in hook.labels.items()
     }

@@ -92,15 +92,13 @@ class ReceptiveTokens(nn.Module):
             raise ValueError(f"MasKD num_tokens must be >= 1, got {num_tokens}")
         self.channels, self.num_tokens = int(channels), int(num_tokens)
         self.tokens = nn.Parameter(torch.randn(num_tokens, channels) * 0.01)
-        self.predictor = nn.Sequential(
-            nn.Conv2d(channels, channels, 3, padding=1),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Conv2d(channels, num_tokens, 1),
-        )
-        for conv in (self.predictor[0], self.predictor[2]):
+        convs = (nn.Conv2d(channels, channels, 3, padding=1), nn.Conv2d(channels, num_tokens, 1))
+        self.predictor = nn.Sequential(convs[0], nn.AdaptiveAvgPool2d(1), convs[1])
+        for conv in convs:
             fan_out = conv.kernel_size[0] * conv.kernel_size[1] * conv.out_channels
             nn.init.normal_(conv.weight, 0.0, math.sqrt(2.0 / fan_out))
-            nn.init.zeros_(conv.bias)
+            if conv.bias is not None:
+                nn.init.zeros_(conv.bias)
 
     def masks(self, x: Tensor) -> Tensor:
         return torch.sigmoid(torch.einsum("tc,nchw->nthw", self.tokens.to(x.dtype), x))
@@ -166,6 +164,7 @@ class MasKD(nn.Module):
     """
 
     batch_separable = True
+    step: Tensor
 
     def __init__(
         self,

@@ -194,4 +194,4 @@ class _SegmentationScorer:
         }
         for name, iou in zip(self.task.class_names, result["per_class_iou"]):  # type: ignore[arg-type]
             out[f"iou/{name}"] = float(iou)
-        return out  # type: ignore[return-value]
+        return out
