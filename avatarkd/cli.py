@@ -1,4 +1,4 @@
-"""``avatarkd`` command line: train, eval, check-data, export, demo.
+"""``avatarkd`` command line: train, eval, check-data, export, avatars, maskd-tokens, demo.
 
 Input errors (config, data, checkpoint) print one line and exit with status 2; a run stopped by
 SIGTERM/SIGINT saves a checkpoint and exits with 128 + the signal number.
@@ -103,6 +103,50 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_avatars(args: argparse.Namespace) -> int:
+    from .capacity import DEFAULT_NUM_AVATARS, DEFAULT_PS, format_table, measure_avatars, parse_rates, write_outputs
+    from .config import load_config
+
+    overrides = list(args.set or [])
+    if args.split:
+        overrides.append(f"eval.split={args.split}")
+    rates = parse_rates(args.p) if args.p is not None else list(DEFAULT_PS)
+    cfg = load_config(args.config, overrides)
+    result = measure_avatars(
+        cfg,
+        points=args.points,
+        ps=rates,
+        num_avatars=args.num_avatars if args.num_avatars is not None else DEFAULT_NUM_AVATARS,
+        seed=args.seed,
+    )
+    print(format_table(result))
+    json_path = Path(args.json) if args.json else None
+    plot_path = Path(args.plot) if args.plot else (json_path.with_suffix(".png") if json_path else None)
+    for written in write_outputs(result, json_path, plot_path):
+        if written is not None:
+            print(f"wrote {written}")
+    return 0
+
+
+def _cmd_maskd_tokens(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .maskd_tokens import DEFAULT_LR, DEFAULT_STEPS, train_tokens
+
+    cfg = load_config(args.config, list(args.set or []))
+    result = train_tokens(
+        cfg,
+        Path(args.out),
+        steps=args.steps if args.steps is not None else DEFAULT_STEPS,
+        lr=args.lr if args.lr is not None else DEFAULT_LR,
+    )
+    history = result["history"]
+    print(
+        f"maskd-tokens: {len(result['levels'])} levels of {', '.join(result['points'])}; "
+        f"loss {history[0]:.4f} -> {history[-1]:.4f} in {len(history)} steps; wrote {args.out}"
+    )
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -156,6 +200,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .pt file (a plain state_dict)")
     p.add_argument("--torchscript", action="store_true", help="also write a TorchScript module (.ts)")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser(
+        "avatars",
+        help="how good the teacher's Avatars are at each distillation point and drop rate: alone, as an "
+        "ensemble and as a per-image oracle (prints a table; --json/--plot write them)",
+    )
+    p.add_argument("config", help="a distillation config (its teacher: and distill.points)")
+    p.add_argument("--points", nargs="+", metavar="NAME", help="distillation points by name (default: all)")
+    p.add_argument(
+        "--p", metavar="P,P,...", help="drop rates / noise strengths, comma-separated (default 0.05,0.1,0.2,0.3)"
+    )
+    p.add_argument("--num-avatars", type=int, metavar="K", help="single Avatars per point and p (default 4)")
+    p.add_argument("--split", choices=["val", "test"], help="the split to evaluate on (default: eval.split)")
+    p.add_argument("--json", metavar="FILE", help="write the results as JSON (and the plots beside it)")
+    p.add_argument("--plot", metavar="FILE", help="the plot's PNG (default: the JSON's name with .png)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the Avatars' draws")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.set_defaults(func=_cmd_avatars)
+
+    p = sub.add_parser(
+        "maskd-tokens",
+        help="MasKD stage 1: learn the receptive tokens of the config's maskd points on the frozen teacher",
+    )
+    p.add_argument("config", help="a distillation config with maskd points (its teacher: is used)")
+    p.add_argument("--out", required=True, help="the tokens file to write (loss_kwargs: {tokens: FILE} reads it)")
+    p.add_argument("--steps", type=int, help="training steps (default 2000)")
+    p.add_argument("--lr", type=float, help="Adam learning rate of tokens and predictor (default 1e-3)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.set_defaults(func=_cmd_maskd_tokens)
 
     p = sub.add_parser("demo", help="teacher, student alone, base KD and AKD on the bundled data; prints a table")
     p.add_argument("--output-dir", default="runs/demo")

@@ -116,6 +116,8 @@ class LossSpec:
         context: per-batch inputs the task must hand over (e.g. ``("target",)`` for the labels);
             they reach the loss through ``Distiller.forward(..., loss_context=...)``.
         renamed: deprecated hyperparameter names still accepted, mapped to the current ones.
+        label: the constructor takes ``label=``, the distillation level it is built for
+            (``point[.level]``), e.g. to read that level's learnt parts from a file.
     """
 
     name: str
@@ -124,6 +126,7 @@ class LossSpec:
     generator: bool = False
     context: tuple[str, ...] = ()
     renamed: Mapping[str, str] = field(default_factory=dict)
+    label: bool = False
 
     @property
     def summary(self) -> str:
@@ -134,7 +137,11 @@ class LossSpec:
         """Names accepted in ``loss_kwargs`` (context and construction arguments excluded)."""
         skip = 1 if self.channels else 2
         names = accepted_kwargs(self.fn, skip) or []
-        return [n for n in names if n not in self.context and not (self.generator and n == "generator")]
+        return [
+            n
+            for n in names
+            if n not in self.context and not (self.generator and n == "generator") and not (self.label and n == "label")
+        ]
 
     def defaults(self) -> dict[str, Any]:
         sig = _signature(self.fn)
@@ -172,13 +179,17 @@ class LossSpec:
             out[key] = value
         return out
 
-    def build(self, kwargs: Mapping[str, Any], channels: int | None = None, generator: Any = None) -> Any:
-        """The loss for one level: the function itself, or a fresh module for ``channels``."""
+    def build(
+        self, kwargs: Mapping[str, Any], channels: int | None = None, generator: Any = None, label: str = ""
+    ) -> Any:
+        """The loss for one level: the function itself, or a fresh module for ``channels`` (and level ``label``)."""
         if not self.channels:
             return self.fn
         if channels is None:
             raise ValueError(f"loss {self.name!r} is built per level from the teacher's channel count")
-        extra = {"generator": generator} if self.generator else {}
+        extra: dict[str, Any] = {"generator": generator} if self.generator else {}
+        if self.label:
+            extra["label"] = label
         return self.fn(channels, **self.normalise_kwargs(kwargs), **extra)
 
 
@@ -193,6 +204,7 @@ def register_loss(
     context: tuple[str, ...] = (),
     renamed: Mapping[str, str] | None = None,
     replace: bool = False,
+    label: bool = False,
 ) -> Callable[[Any], Any]:
     """Declare a loss under ``name`` (default: the function's or class's name, lower-cased).
 
@@ -203,19 +215,28 @@ def register_loss(
 
     A registered function gets ``context_keys`` and ``loss_spec`` attributes so that
     ``AvatarLoss`` and the ``Distiller`` know what to pass it; deprecated hyperparameter names in
-    ``renamed`` keep working, with a warning, in YAML and in direct calls.
+    ``renamed`` keep working, with a warning, in YAML and in direct calls. ``label=True``: a
+    ``channels`` class whose constructor takes ``label=``, the level it is built for.
     """
 
     def decorate(fn: Any) -> Any:
-        label = name or fn.__name__.lower()
+        name_ = name or fn.__name__.lower()
         renames = dict(renamed or {})
         target = fn
         if renames and not isinstance(fn, type):
-            target = functools.wraps(fn)(_renaming(fn, renames, label))
-        spec = LossSpec(label, target, channels=channels, generator=generator, context=tuple(context), renamed=renames)
+            target = functools.wraps(fn)(_renaming(fn, renames, name_))
+        spec = LossSpec(
+            name_,
+            target,
+            channels=channels,
+            generator=generator,
+            context=tuple(context),
+            renamed=renames,
+            label=label,
+        )
         target.context_keys = spec.context
         target.loss_spec = spec
-        LOSSES.add(label, spec, replace=replace)
+        LOSSES.add(name_, spec, replace=replace)
         return target
 
     return decorate

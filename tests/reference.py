@@ -80,3 +80,30 @@ def maskd(s, t, tokens, weight_logits):
         per = [(m[i, j] * sq[i]).sum() / m[i, j].sum() for i in range(n)]
         total += wts[j] * np.mean(per)
     return float(total)
+
+
+def dice_penalty(masks):
+    """Mean Dice coefficient 2<a,b>/(|a|^2+|b|^2) over every image and ordered pair of different masks."""
+    n, t = masks.shape[:2]
+    total, pairs = 0.0, 0
+    for i in range(n):
+        for a in range(t):
+            for b in range(t):
+                if a == b:
+                    continue
+                x, y = masks[i, a].ravel(), masks[i, b].ravel()
+                total += 2 * (x * y).sum() / ((x * x).sum() + 1e-12 + (y * y).sum() + 1e-12)
+                pairs += 1
+    return float(total / pairs)
+
+
+def maskd_published(s, t, masks, image_weights):
+    """Per image and token: sum over C, H, W of (m (s - t))^2 / C / sum(m), weighted per image, mean over images."""
+    n, c = s.shape[:2]
+    total = 0.0
+    for i in range(n):
+        for j in range(masks.shape[1]):
+            m = masks[i, j]
+            err = sum(((m * (s[i, k] - t[i, k])) ** 2).sum() for k in range(c)) / c / m.sum()
+            total += image_weights[i, j] * err
+    return float(total / n)

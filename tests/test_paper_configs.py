@@ -15,6 +15,7 @@ import torch
 from format_trees import write_cityscapes, write_coco
 
 from avatarkd.config import TrainConfig, apply_overrides, load_yaml, validate
+from avatarkd.maskd_tokens import train_tokens
 from avatarkd.runner import train
 from avatarkd.tasks import make_task
 
@@ -41,6 +42,7 @@ SLOW = {
     "coco_retinanet_r50_pkd_akd.yaml",
     "coco_retinanet_r101_teacher.yaml",
     "coco_fcos_r101_teacher.yaml",
+    "coco_retinanet_r50_maskd_akd.yaml",
 }
 
 
@@ -52,6 +54,7 @@ def test_the_paper_settings_are_all_there():
         "coco_retinanet_r50_cwd_akd.yaml",
         "coco_retinanet_r50_mgd_akd.yaml",
         "coco_retinanet_r50_pkd_akd.yaml",
+        "coco_retinanet_r50_maskd_akd.yaml",
         "coco_fcos_r101_teacher.yaml",
         "coco_fcos_r50_cwd_akd.yaml",
     }
@@ -89,6 +92,10 @@ def test_paper_config_trains_two_steps_on_a_tiny_tree_of_its_format(name, trees,
         task.datasets(teacher_cfg.data)
         torch.save(task.build_model(teacher_cfg.model).state_dict(), tmp_path / "teacher.pt")
         raw["teacher"]["weights"] = str(tmp_path / "teacher.pt")
+    for point in (raw.get("distill") or {}).get("points", []):
+        if "tokens" in point.get("loss_kwargs", {}):  # MasKD stage 1 first, as the config's comment says
+            point["loss_kwargs"]["tokens"] = str(tmp_path / "tokens.pt")
+            train_tokens(validate(TrainConfig, raw, name), tmp_path / "tokens.pt", steps=1, show_progress=False)
     result = train(validate(TrainConfig, raw, name))
     assert result["step"] == 2 and result["primary_metric"] in result["metrics"]
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

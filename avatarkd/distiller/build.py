@@ -47,8 +47,10 @@ def build_points(cfg: DistillerConfig, generator: torch.Generator | None = None)
         )
         if spec.channels:
 
-            def factory(channels: int, spec: LossSpec = spec, kwargs: dict = kwargs, akd: AKDConfig = akd) -> Any:
-                return wrap_loss(spec.build(kwargs, channels, generator), akd, generator, {})
+            def factory(
+                channels: int, label: str = "", spec: LossSpec = spec, kwargs: dict = kwargs, akd: AKDConfig = akd
+            ) -> Any:
+                return wrap_loss(spec.build(kwargs, channels, generator, label=label), akd, generator, {})
 
             points.append(DistillPoint(loss_factory=factory, **common))
         else:

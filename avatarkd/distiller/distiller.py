@@ -8,6 +8,7 @@ point and per output level (e.g. per FPN level) compares them.
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import math
 import re
@@ -42,7 +43,8 @@ class DistillPoint:
         loss: ``f(student, teacher) -> scalar`` (e.g. an ``AvatarLoss``); deep-copied per output
             level so that each level has its own state (uncertainty estimate, generator).
         loss_factory: alternatively, ``channels -> loss``, for losses whose parameters depend on
-            the teacher's channel count (MGD, MasKD); called once per level at ``build``.
+            the teacher's channel count (MGD, MasKD); called once per level at ``build``, with
+            ``label=`` (``point[.level]``) too when it takes that parameter.
         weight: multiplies the point's loss.
         key: picks one item of both outputs (e.g. ``"out"`` of a torchvision segmentation
             model); without it every item is a level of its own. An item is a dict key, an
@@ -115,6 +117,15 @@ def select(output: Any, key: OutputKey | None) -> Any:
         else:
             raise KeyError(f"has no item {step!r} (it is {_describe(output)})")
     return output
+
+
+def _call_factory(factory: Callable[..., LossLike], channels: int, label: str) -> LossLike:
+    """``factory(channels, label)`` when it takes the level's label (``point[.level]``), else ``factory(channels)``."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return factory(channels)
+    return factory(channels, label) if "label" in params else factory(channels)
 
 
 def _levels(output: Any, point: DistillPoint, role: str) -> dict[str, Tensor]:
@@ -264,7 +275,11 @@ class Distiller(nn.Module):
                 conn = Connector(tuple(s_feat.shape), tuple(t_feat.shape), label, point.connector_bn)
                 if not conn.is_identity:
                     self.connectors[_slot(label)] = conn.to(device)
-                loss = point.loss_factory(t_feat.shape[1]) if point.loss_factory else copy.deepcopy(point.loss)
+                loss = (
+                    _call_factory(point.loss_factory, t_feat.shape[1], label)
+                    if point.loss_factory
+                    else copy.deepcopy(point.loss)
+                )
                 if isinstance(loss, nn.Module):
                     self.loss_modules[_slot(label)] = loss.to(device)
                 else:

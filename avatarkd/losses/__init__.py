@@ -6,7 +6,7 @@ your own, usable from YAML by name.
 
 from ..registry import LOSSES, LossSpec, register_loss
 from .functional import cwd, dkd, kd, kl_div_probs, l1, mse, pkd, smooth_l1
-from .maskd import MasKD, maskd_loss
+from .maskd import MasKD, ReceptiveTokens, dice_coefficient, maskd_loss, maskd_published_loss
 from .mgd import MGD
 
 __all__ = [
@@ -24,4 +24,7 @@ __all__ = [
     "MGD",
     "MasKD",
     "maskd_loss",
+    "maskd_published_loss",
+    "ReceptiveTokens",
+    "dice_coefficient",
 ]

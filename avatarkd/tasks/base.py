@@ -11,21 +11,44 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..config import DataConfig, ModelConfig, TrainConfig
 from ..data import SplitReport, innermost, open_dataset
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..models import build_from_factory
 
 log = logging.getLogger(__name__)
 
 Batch = Any
 TeacherForward = Callable[..., Any]
+
+
+class Scorer(Protocol):
+    """A task metric fed with predictions in ``Task.predict``'s form, batch by batch.
+
+    ``Task.evaluate`` is ``predict`` + a scorer; keeping the two apart lets code that makes its
+    own predictions (the Avatars' ensemble and per-image oracle, ``avatarkd avatars``) be scored
+    by exactly the metric code that scores a model.
+    """
+
+    def update(self, batch: Batch, predictions: Any) -> None: ...
+
+    def compute(self) -> dict[str, float]: ...
+
+
+def mean_probabilities(logits: Sequence[Tensor]) -> Tensor:
+    """Log of the mean of the softmax probabilities (over dim 1) of several models' logits.
+
+    A log so that the result is still a valid logits tensor for code that argmaxes or softmaxes it.
+    """
+    probs = torch.stack([F.softmax(t.float(), dim=1) for t in logits]).mean(0)
+    return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
 
 
 class Task(ABC):
@@ -145,13 +168,32 @@ class Task(ABC):
         """The per-batch inputs named by ``context_keys``, for losses that need them (e.g. DKD's labels)."""
         return {}
 
-    @abstractmethod
+    @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Iterable[Batch], device: torch.device) -> dict[str, float]:
-        """Metrics over the validation set (gathered across ranks), keyed without prefix."""
+        """Metrics over the validation set (gathered across ranks), keyed without prefix: ``predict`` + ``scorer``."""
+        scorer = self.scorer()
+        for batch in batches:
+            if batch is None:
+                continue
+            batch = self.to_device(batch, device)
+            scorer.update(batch, self.predict(model, batch))
+        return scorer.compute()
+
+    def scorer(self) -> Scorer:
+        """A fresh metric accumulator for ``predict``'s predictions (tasks overriding ``evaluate`` may lack one)."""
+        raise ConfigError(f"the {self.name} task has no scorer for given predictions (Task.scorer)")
 
     @abstractmethod
     def predict(self, model: nn.Module, batch: Batch) -> Any:
         """Predictions on one batch, in the form the task's plot function draws."""
+
+    def image_scores(self, batch: Batch, predictions: Any) -> Tensor:
+        """One number per image, higher is better: how the per-image oracle (``avatarkd avatars``) picks."""
+        raise ConfigError(f"the {self.name} task has no per-image score (Task.image_scores)")
+
+    def ensemble(self, outputs: Sequence[Any]) -> Any:
+        """One eval-mode model output from several models' outputs on the same batch (``avatarkd avatars``)."""
+        raise ConfigError(f"the {self.name} task cannot ensemble model outputs (Task.ensemble)")
 
     def plot_predictions(self, batch: Batch, predictions: Any, out_png: Path) -> Path | None:
         """A picture of predictions vs ground truth; None where a picture says little."""

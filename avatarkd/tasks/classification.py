@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -14,7 +14,7 @@ from ..data import SplitReport
 from ..errors import ConfigError, DataError
 from ..metrics import PredictedClasses, Top1Accuracy
 from ..models import build_classifier, describe_output, output_item
-from .base import Batch, Task
+from .base import Batch, Scorer, Task, mean_probabilities
 
 
 class ClassificationTask(Task):
@@ -66,20 +66,33 @@ class ClassificationTask(Task):
     def loss_context(self, batch: Batch) -> dict[str, Any]:
         return {"target": batch[1]}
 
-    @torch.no_grad()
-    def evaluate(self, model: nn.Module, batches: Iterable[Batch], device: torch.device) -> dict[str, float]:
-        metric, predicted = Top1Accuracy(), PredictedClasses(self.num_classes)
-        for batch in batches:
-            if batch is None:
-                continue
-            images, labels = self.to_device(batch, device)
-            logits = self.logits(model(images))
-            metric.update(logits, labels)
-            predicted.update(logits.argmax(1))
-        metric.sync()
-        predicted.sync()
-        return {**{k: float(v) for k, v in metric.compute().items()}, "predicted_classes": predicted.count()}
+    def scorer(self) -> Scorer:
+        return _ClassificationScorer(self.num_classes)
+
+    def image_scores(self, batch: Batch, predictions: Any) -> Tensor:
+        """1 where the predicted class is right, else 0."""
+        return (predictions == batch[1]).double().cpu()
+
+    def ensemble(self, outputs: Sequence[Any]) -> Tensor:
+        """Mean of the softmax probabilities, as logits (their log)."""
+        return mean_probabilities([self.logits(out) for out in outputs])
 
     @torch.no_grad()
     def predict(self, model: nn.Module, batch: Batch) -> Any:
         return self.logits(model(batch[0])).argmax(1)
+
+
+class _ClassificationScorer:
+    """Top-1 accuracy and how many classes were predicted at all."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.metric, self.predicted = Top1Accuracy(), PredictedClasses(num_classes)
+
+    def update(self, batch: Batch, predictions: Any) -> None:
+        self.metric.update(predictions, batch[1])
+        self.predicted.update(predictions)
+
+    def compute(self) -> dict[str, float]:
+        self.metric.sync()
+        self.predicted.sync()
+        return {**{k: float(v) for k, v in self.metric.compute().items()}, "predicted_classes": self.predicted.count()}

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
+from torchvision.ops import batched_nms, box_iou
 
 from ..config import DataConfig, ModelConfig
 from ..data import CocoDetection, SplitReport, collate_detection, innermost
 from ..errors import ConfigError
 from ..metrics import CocoEvaluator, PredictedClasses
 from ..models import build_detector, describe_output
-from .base import Batch, Task, TeacherForward
+from .base import Batch, Scorer, Task, TeacherForward
 from .drawing import plot_detections
+
+ORACLE_SCORE = 0.5  # detections counted by the per-image oracle's score (image_scores)
 
 
 def backbone_only(teacher: nn.Module, images: list[Tensor]) -> Any:
@@ -122,23 +125,50 @@ class DetectionTask(Task):
         task, losses = distiller(images, targets, teacher_args=(images,))
         return {**self.loss_dict(task), **losses}
 
-    @torch.no_grad()
-    def evaluate(self, model: nn.Module, batches: Iterable[Batch], device: torch.device) -> dict[str, float]:
-        evaluator = CocoEvaluator(self.val_dataset.coco, self.val_dataset.label_to_cat_id)
-        predicted = PredictedClasses(self.num_classes + 1)  # labels 1..num_classes
-        for batch in batches:
-            if batch is None:
-                continue
-            images, targets = self.to_device(batch, device)
-            outputs = self.detections(model(images), len(images))
-            evaluator.update(
-                [int(t["image_id"]) for t in targets], [{k: v.cpu() for k, v in o.items()} for o in outputs]
-            )
-            for o in outputs:
-                predicted.update(o["labels"])
-        evaluator.sync()
-        predicted.sync()
-        return {**{k: float(v) for k, v in evaluator.compute().items()}, "predicted_classes": predicted.count()}
+    def scorer(self) -> Scorer:
+        return _DetectionScorer(self)
+
+    def image_scores(self, batch: Batch, predictions: Any) -> Tensor:
+        """True positives at IoU 0.5 minus false positives, per image, over detections scoring ``ORACLE_SCORE`` or more.
+
+        Greedy matching in order of score (COCO's rule): a detection is a true positive when an
+        unmatched ground-truth box of its class overlaps it by IoU >= 0.5. Low-scoring detections
+        are left out, since at the metric's full recall every image has dozens of false positives
+        and the count would only say which Avatar detects least.
+        """
+        scores = []
+        for pred, target in zip(predictions, batch[1], strict=True):
+            keep = pred["scores"] >= ORACLE_SCORE
+            boxes, labels = pred["boxes"][keep].cpu(), pred["labels"][keep].cpu()
+            order = pred["scores"][keep].cpu().argsort(descending=True)
+            gt_boxes, gt_labels = target["boxes"].cpu().reshape(-1, 4), target["labels"].cpu()
+            iou = box_iou(boxes[order], gt_boxes) if len(order) and len(gt_boxes) else torch.zeros(len(order), 0)
+            matched = torch.zeros(len(gt_boxes), dtype=torch.bool)
+            tp = 0
+            for row, label in zip(iou, labels[order], strict=True):
+                ok = (row >= 0.5) & (gt_labels == label) & ~matched
+                if bool(ok.any()):
+                    matched[torch.where(ok, row, torch.full_like(row, -1.0)).argmax()] = True
+                    tp += 1
+            scores.append(float(2 * tp - len(order)))  # tp - fp
+        return torch.tensor(scores, dtype=torch.float64)
+
+    def ensemble(self, outputs: Sequence[Any]) -> list[dict[str, Tensor]]:
+        """Every model's detections pooled per image and merged by class-wise NMS (IoU 0.5).
+
+        At most as many are kept per image as the most any one model returned (the detector's own
+        ``detections_per_img``), so identical models ensemble to exactly one of them.
+        """
+        per_model = [self.detections(out, len(outputs[0])) for out in outputs]
+        merged = []
+        for dets in zip(*per_model, strict=True):
+            boxes = torch.cat([d["boxes"] for d in dets])
+            scores = torch.cat([d["scores"] for d in dets])
+            labels = torch.cat([d["labels"] for d in dets])
+            limit = max(len(d["scores"]) for d in dets)  # as many as one model returns (its detections_per_img)
+            keep = batched_nms(boxes, scores, labels, 0.5)[:limit]
+            merged.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
+        return merged
 
     @torch.no_grad()
     def predict(self, model: nn.Module, batch: Batch) -> Any:
@@ -153,3 +183,24 @@ class DetectionTask(Task):
             out_png,
             class_names=["background"] + self.class_names,
         )
+
+
+class _DetectionScorer:
+    """COCO mAP (pycocotools) over the images seen, and how many classes were predicted at all."""
+
+    def __init__(self, task: DetectionTask) -> None:
+        self.evaluator = CocoEvaluator(task.val_dataset.coco, task.val_dataset.label_to_cat_id)
+        self.predicted = PredictedClasses(task.num_classes + 1)  # labels 1..num_classes
+
+    def update(self, batch: Batch, predictions: Any) -> None:
+        self.evaluator.update([int(t["image_id"]) for t in batch[1]], predictions)
+        for o in predictions:
+            self.predicted.update(o["labels"])
+
+    def compute(self) -> dict[str, float]:
+        self.evaluator.sync()
+        self.predicted.sync()
+        return {
+            **{k: float(v) for k, v in self.evaluator.compute().items()},
+            "predicted_classes": self.predicted.count(),
+        }

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from ..data import pad_to
 from ..errors import ConfigError
 from ..metrics import SegmentationMetric
 from ..models import build_segmenter, describe_output, normalize_images, output_item
-from .base import Batch, Task, TeacherForward, same_size, stack_images
+from .base import Batch, Scorer, Task, TeacherForward, mean_probabilities, same_size, stack_images
 from .drawing import plot_segmentation
 from .seg_inference import segment_logits
 
@@ -136,29 +136,26 @@ class SegmentationTask(Task):
             return [segment_logits(model, im[None], self.cfg.eval, key).argmax(1)[0] for im in images]
         return segment_logits(model, images, self.cfg.eval, key).argmax(1)
 
-    @torch.no_grad()
-    def evaluate(self, model: nn.Module, batches: Iterable[Batch], device: torch.device) -> dict[str, float]:
-        metric = SegmentationMetric(self.num_classes, ignore_index=self.cfg.data.ignore_index)
-        for batch in batches:
-            if batch is None:
-                continue
-            images, masks = self.to_device(batch, device)
-            preds = self._predictions(model, images)
-            if isinstance(preds, list):
-                for pred, mask in zip(preds, masks):
-                    metric.update(pred[None], mask[None])
-            else:
-                metric.update(preds, masks)
-        metric.sync()
-        result = metric.compute()
-        out = {
-            "miou": float(result["miou"]),
-            "pixel_acc": float(result["pixel_acc"]),
-            "predicted_classes": metric.predicted_classes(),
-        }
-        for name, iou in zip(self.class_names, result["per_class_iou"]):
-            out[f"iou/{name}"] = float(iou)
-        return out
+    def scorer(self) -> Scorer:
+        return _SegmentationScorer(self)
+
+    def image_scores(self, batch: Batch, predictions: Any) -> Tensor:
+        """Pixel accuracy of each image over its labelled pixels (0 for an image without any)."""
+        ignore = self.cfg.data.ignore_index
+        scores = []
+        for pred, mask in zip(predictions, batch[1], strict=True):
+            valid = mask != ignore
+            hits = ((pred == mask) & valid).sum()
+            scores.append(hits.double() / valid.sum().clamp_min(1))
+        return torch.stack(scores).cpu()
+
+    def ensemble(self, outputs: Sequence[Any]) -> Tensor:
+        """Mean of the softmax probabilities, as logits (their log)."""
+        logits = []
+        for out in outputs:
+            t = output_item(out, self.cfg.model.output_key)
+            logits.append(self.logits(out, t.shape[-2:] if isinstance(t, Tensor) else ()))
+        return mean_probabilities(logits)
 
     @torch.no_grad()
     def predict(self, model: nn.Module, batch: Batch) -> Any:
@@ -173,3 +170,32 @@ class SegmentationTask(Task):
         return plot_segmentation(
             images.cpu(), predictions.cpu(), masks.cpu(), out_png, class_names=self.class_names, ignore_index=ignore
         )
+
+
+class _SegmentationScorer:
+    """mIoU from one confusion matrix over every image's prediction at its own size."""
+
+    def __init__(self, task: SegmentationTask) -> None:
+        self.task = task
+        self.metric = SegmentationMetric(task.num_classes, ignore_index=task.cfg.data.ignore_index)
+
+    def update(self, batch: Batch, predictions: Any) -> None:
+        masks = batch[1]
+        if isinstance(predictions, list) or isinstance(masks, list):
+            for pred, mask in zip(predictions, masks, strict=True):
+                self.metric.update(pred[None], mask[None])
+        else:
+            self.metric.update(predictions, masks)
+
+    def compute(self) -> dict[str, float]:
+        metric = self.metric
+        metric.sync()
+        result = metric.compute()
+        out = {
+            "miou": float(result["miou"]),  # type: ignore[arg-type]
+            "pixel_acc": float(result["pixel_acc"]),  # type: ignore[arg-type]
+            "predicted_classes": metric.predicted_classes(),
+        }
+        for name, iou in zip(self.task.class_names, result["per_class_iou"]):  # type: ignore[arg-type]
+            out[f"iou/{name}"] = float(iou)
+        return out
