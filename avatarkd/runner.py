@@ -130,7 +130,7 @@ def build_distiller(
     cache = None
     if cfg.distill.teacher_cache is not None:
         how = f"{forward.__module__}.{forward.__qualname__}" if forward is not None else "full forward"
-        context = [(p.teacher, p.teacher_key) for p in points] + [how]
+        context: list[Any] = [(p.teacher, p.teacher_key) for p in points] + [how]
         # not part of the weights, but it changes the features (and detectors normalised with
         # ImageNet statistics before model.normalize existed: older caches must not be read)
         norm = input_normalization(teacher)

@@ -36,7 +36,9 @@ FACTORY_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
 
 
 class ModelConfig(Strict):
-    """A built-in model (``arch`` + ``backbone``) or any ``nn.Module`` (``factory`` + ``kwargs``); see ``avatarkd.models``.
+    """A built-in model (``arch`` + ``backbone``) or any ``nn.Module`` (``factory`` + ``kwargs``).
+
+    See ``avatarkd.models``.
 
     ``arch``: segmentation ``fcn``/``deeplabv3``/``lraspp``; detection ``retinanet``/``fcos``/
     ``fasterrcnn``; classification ``classifier``. ``backbone``: any torchvision classification

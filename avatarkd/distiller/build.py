@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -35,7 +36,8 @@ def build_points(cfg: DistillerConfig, generator: torch.Generator | None = None)
         spec = LOSSES.get(pc.loss)
         akd = pc.akd or cfg.akd
         kwargs = dict(pc.loss_kwargs)
-        common = dict(
+        make = functools.partial(
+            DistillPoint,
             name=pc.name,
             student=pc.student,
             teacher=pc.teacher or pc.student,
@@ -52,9 +54,9 @@ def build_points(cfg: DistillerConfig, generator: torch.Generator | None = None)
             ) -> Any:
                 return wrap_loss(spec.build(kwargs, channels, generator, label=label), akd, generator, {})
 
-            points.append(DistillPoint(loss_factory=factory, **common))
+            points.append(make(loss_factory=factory))
         else:
-            points.append(DistillPoint(loss=wrap_loss(spec.build(kwargs), akd, generator, kwargs), **common))
+            points.append(make(loss=wrap_loss(spec.build(kwargs), akd, generator, kwargs)))
     return points
 
 

@@ -471,7 +471,7 @@ class Distiller(nn.Module):
     def nonfinite_features(self, reset: bool = True) -> list[str]:
         """Points whose student or teacher feature held NaN/Inf since the last reset (``"defer"`` mode; a host sync)."""
         flags = torch.stack(list(self._nonfinite.values())).tolist() if self._nonfinite else []
-        labels = [label for label, flag in zip(self._nonfinite, flags) if flag]
+        labels = [label for label, flag in zip(self._nonfinite, flags, strict=True) if flag]
         if reset:
             self._nonfinite.clear()
         return labels

@@ -19,10 +19,10 @@ import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
@@ -183,7 +183,7 @@ class Trainer:
 
     def save(self) -> Path | None:
         """Collective: every rank contributes its RNG states, rank 0 writes."""
-        rngs = [rng_state(self.generator)]
+        rngs: list[Any] = [rng_state(self.generator)]
         if self.ctx.distributed:
             rngs = [None] * self.ctx.world_size
             torch.distributed.all_gather_object(rngs, rng_state(self.generator))
@@ -223,8 +223,8 @@ class Trainer:
                 losses = self.task.distill_losses(self.train_module, batch)
             else:
                 losses = self.task.losses(self.train_module, batch)
-        task_total = sum(v for k, v in losses.items() if k.startswith("loss_"))
-        total = task_total + losses.get("distill_total", 0.0)
+        task_total = cast(Tensor, sum(v for k, v in losses.items() if k.startswith("loss_")))
+        total = task_total + losses["distill_total"] if "distill_total" in losses else task_total
         with torch.no_grad():
             first_bad_now = (self._first_bad == 0) & ~torch.isfinite(total.detach())
             self._first_bad = torch.where(first_bad_now, self.step + 1, self._first_bad)
@@ -307,7 +307,7 @@ class Trainer:
             digest.update(
                 name.encode() + tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
             )
-        digests = [None] * self.ctx.world_size
+        digests: list[str | None] = [None] * self.ctx.world_size
         torch.distributed.all_gather_object(digests, digest.hexdigest())
         return len(set(digests)) == 1
 
@@ -364,7 +364,7 @@ class Trainer:
         """The step's values as floats: one device-to-host copy for all of them."""
         names = list(values)
         floats = torch.stack([values[k].detach().float().reshape(()) for k in names]).tolist() if names else []
-        row: dict[str, Any] = dict(zip(names, floats))
+        row: dict[str, Any] = dict(zip(names, floats, strict=True))
         row["lr"] = self.scheduler.get_last_lr()[0]
         row["epoch"] = epoch
         return row
@@ -406,7 +406,9 @@ class Trainer:
                 values = self.train_step(self.task.to_device(batch, ctx.device))
                 bar.update(1)
                 log_now = self.step % every.log_every == 0 or self.step == every.steps
-                eval_now = bool(every.eval_every) and self.step % every.eval_every == 0 and self.step < every.steps
+                eval_now = (
+                    every.eval_every is not None and self.step % every.eval_every == 0 and self.step < every.steps
+                )
                 save_now = self.step % every.checkpoint_every == 0
                 # one process: a signal is seen at the end of the step it arrived in; several: at the
                 # next logging or checkpoint step (agreeing on it is a collective, kept off the hot path)

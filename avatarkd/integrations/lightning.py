@@ -109,15 +109,15 @@ class AvatarKDModule(pl.LightningModule):
     def split_batch(self, batch: Any) -> tuple[Tensor, Any, dict[str, Any]]:
         """(inputs, target, loss_context) of a batch; default: an ``(images, target)`` pair."""
         images, target = batch[0], batch[1]
-        context = {"target": target.masked_fill(target == self.hparams.ignore_index, -1)}
+        context = {"target": target.masked_fill(target == self.hparams["ignore_index"], -1)}
         return images, target, context
 
     def task_loss(self, output: Any, target: Tensor) -> Tensor:
         """Cross-entropy of the student's logits; dense logits are upsampled to the mask's size."""
-        logits = output_item(output, self.hparams.output_key)
+        logits = output_item(output, self.hparams["output_key"])
         if logits.dim() == 4 and tuple(logits.shape[-2:]) != tuple(target.shape[-2:]):
             logits = F.interpolate(logits, size=tuple(target.shape[-2:]), mode="bilinear", align_corners=False)
-        return F.cross_entropy(logits.float(), target, ignore_index=self.hparams.ignore_index)
+        return F.cross_entropy(logits.float(), target, ignore_index=self.hparams["ignore_index"])
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         images, target, context = self.split_batch(batch)
@@ -134,7 +134,7 @@ class AvatarKDModule(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         return torch.optim.AdamW(
-            self.distiller.trainable_parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+            self.distiller.trainable_parameters(), lr=self.hparams["lr"], weight_decay=self.hparams["weight_decay"]
         )
 
     # ------------------------------------------------------------------ checkpoints without the teacher

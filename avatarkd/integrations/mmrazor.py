@@ -136,7 +136,7 @@ class AvatarLoss(nn.Module):
             momentum=momentum,
             base_kwargs=base_kwargs,
         )
-        self.forward = _Forward(self, signature)  # type: ignore[method-assign]
+        self.forward = _Forward(self, signature)
 
 
 if "AvatarLoss" not in MODELS.module_dict:

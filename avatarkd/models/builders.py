@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Literal
 
-from torch import nn
+from torch import Tensor, nn
 from torchvision.models import detection, segmentation
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import MultiScaleRoIAlign
@@ -55,7 +55,9 @@ SegHead = Literal["fcn", "deeplabv3", "lraspp"]
 SEG_HEADS = ("fcn", "deeplabv3", "lraspp")
 
 
-def build_segmenter(head: SegHead, backbone: Backbone, num_classes: int, output_stride: int | None = None) -> nn.Module:
+def build_segmenter(
+    head: SegHead | str | None, backbone: Backbone, num_classes: int, output_stride: int | None = None
+) -> nn.Module:
     """torchvision FCN / DeepLabV3 / LR-ASPP on any torchvision or timm backbone.
 
     ``output_stride`` (8, 16 or 32; default 16 for LR-ASPP, whose design reads stride-8 and
@@ -92,7 +94,7 @@ class _Rename(nn.Module):
         self.body = body
         self.rename = rename
 
-    def forward(self, x):  # type: ignore[override]
+    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
         out = self.body(x)
         return OrderedDict((self.rename.get(k, k), v) for k, v in out.items())
 
@@ -103,7 +105,7 @@ DETECTORS = ("retinanet", "fcos", "fasterrcnn")
 
 
 def build_detector(
-    arch: Detector,
+    arch: Detector | str | None,
     backbone: Backbone,
     num_classes: int,
     fpn_channels: int = 256,

@@ -72,14 +72,14 @@ class Task(ABC):
         train = open_dataset(self.name, split="train", config=data, seed=self.cfg.seed)
         split = self.cfg.eval.split
         evaluation = open_dataset(self.name, split=split, config=self.evaluation_config(data, train))
-        if evaluation.num_classes != train.num_classes:  # type: ignore[attr-defined]
+        reader, eval_reader = innermost(train), innermost(evaluation)  # wrappers share their reader's classes
+        if eval_reader.num_classes != reader.num_classes:
             raise DataError(
-                f"the {split} split has {evaluation.num_classes} classes "  # type: ignore[attr-defined]
-                f"({innermost(evaluation).class_source}) but the train split has {train.num_classes} "
-                f"({innermost(train).class_source})"
+                f"the {split} split has {eval_reader.num_classes} classes ({eval_reader.class_source}) "
+                f"but the train split has {reader.num_classes} ({reader.class_source})"
             )
-        self.num_classes = int(train.num_classes)  # type: ignore[attr-defined]
-        self.class_names = list(train.class_names)  # type: ignore[attr-defined]
+        self.num_classes = int(reader.num_classes)
+        self.class_names = list(reader.class_names)
         log.info("%s: %d classes from %s", self.name, self.num_classes, innermost(train).class_source)
         return train, evaluation
 
@@ -105,7 +105,7 @@ class Task(ABC):
         batch = [item for item in batch if item is not None]
         if not batch:
             return None
-        images, targets = zip(*batch)
+        images, targets = zip(*batch, strict=True)
         return stack_images(images), torch.stack([torch.as_tensor(t) for t in targets])
 
     def to_device(self, batch: Batch, device: torch.device) -> Batch:

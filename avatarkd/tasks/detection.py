@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -24,7 +24,8 @@ ORACLE_SCORE = 0.5  # detections counted by the per-image oracle's score (image_
 
 def backbone_only(teacher: nn.Module, images: list[Tensor]) -> Any:
     """The teacher's transform + backbone/FPN: all that FPN-level points need (no heads, no NMS)."""
-    return teacher.backbone(teacher.transform(images)[0].tensors)
+    backbone, transform = cast(nn.Module, teacher.backbone), cast(nn.Module, teacher.transform)
+    return backbone(transform(images)[0].tensors)
 
 
 def configure_resize(model: nn.Module, data: DataConfig) -> nn.Module:
@@ -77,7 +78,7 @@ class DetectionTask(Task):
             mcfg.arch,
             mcfg.backbone,
             self.num_classes,
-            mcfg.fpn_channels,  # type: ignore[arg-type]
+            mcfg.fpn_channels,
             mcfg.image_size,
             tuple(mcfg.anchor_sizes),
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..config import DataConfig, ModelConfig
-from ..data import pad_to
+from ..data import innermost, pad_to
 from ..errors import ConfigError
 from ..metrics import SegmentationMetric
 from ..models import build_segmenter, describe_output, normalize_images, output_item
@@ -26,7 +26,7 @@ def backbone_only(teacher: nn.Module, images: Tensor) -> Any:
 
     The teacher's input normalisation is a pre-hook on the whole model, so it is applied here too.
     """
-    return teacher.backbone(normalize_images(teacher, images))
+    return cast(nn.Module, teacher.backbone)(normalize_images(teacher, images))
 
 
 def pad_stack(
@@ -34,9 +34,10 @@ def pad_stack(
 ) -> tuple[Tensor, Tensor | None]:
     """Images padded (bottom/right) to the largest in the list and stacked; masks padded with ignore."""
     size = (max(im.shape[-2] for im in images), max(im.shape[-1] for im in images))
-    padded = [pad_to(im, m, size, ignore_index) for im, m in zip(images, masks or [None] * len(images))]
-    stacked = torch.stack([im for im, _ in padded])
-    return stacked, (torch.stack([m for _, m in padded]) if masks is not None else None)  # type: ignore[misc]
+    if masks is None:
+        return torch.stack([pad_to(im, None, size, ignore_index)[0] for im in images]), None
+    padded = [pad_to(im, m, size, ignore_index) for im, m in zip(images, masks, strict=True)]
+    return torch.stack([im for im, _ in padded]), torch.stack([m for _, m in padded if m is not None])
 
 
 class SegmentationTask(Task):
@@ -46,12 +47,8 @@ class SegmentationTask(Task):
 
     def evaluation_config(self, data: DataConfig, train: Dataset) -> DataConfig:
         # a scan of the training masks (or the format) decided the classes; the evaluation split uses them
-        return data.model_copy(
-            update={
-                "num_classes": train.num_classes,  # type: ignore[attr-defined]
-                "class_names": list(train.class_names),
-            }
-        )  # type: ignore[attr-defined]
+        reader = innermost(train)
+        return data.model_copy(update={"num_classes": reader.num_classes, "class_names": list(reader.class_names)})
 
     def collate(self, batch: list[Any]) -> Batch:
         """Stacked tensors when the images share a size (always in training: crops), else lists.
@@ -61,7 +58,7 @@ class SegmentationTask(Task):
         batch = [item for item in batch if item is not None]
         if not batch:
             return None
-        images, masks = zip(*batch)
+        images, masks = zip(*batch, strict=True)
         if same_size(images):
             return torch.stack(images), torch.stack(masks)
         return list(images), list(masks)
@@ -82,7 +79,7 @@ class SegmentationTask(Task):
     def build_model(self, mcfg: ModelConfig) -> nn.Module:
         if mcfg.factory is not None:
             return self.factory_model(mcfg, self.num_classes)
-        return build_segmenter(mcfg.arch, mcfg.backbone, self.num_classes, mcfg.output_stride)  # type: ignore[arg-type]
+        return build_segmenter(mcfg.arch, mcfg.backbone, self.num_classes, mcfg.output_stride)
 
     def logits(self, output: Any, size: tuple[int, ...] | torch.Size) -> Tensor:
         """The output contract: (N, C, h, w) logits, or a dict / ModelOutput holding them under ``model.output_key``
@@ -196,6 +193,6 @@ class _SegmentationScorer:
             "pixel_acc": float(result["pixel_acc"]),  # type: ignore[arg-type]
             "predicted_classes": metric.predicted_classes(),
         }
-        for name, iou in zip(self.task.class_names, result["per_class_iou"]):  # type: ignore[arg-type]
+        for name, iou in zip(self.task.class_names, result["per_class_iou"], strict=True):  # type: ignore[arg-type]
             out[f"iou/{name}"] = float(iou)
         return out
