@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from .avatars import Avatars
-from .losses.dropout import DropoutCounts, channel_view
+from .losses.dropout import DropoutCounts, channel_view, masked
 from .registry import check_kwargs
 from .uncertainty import Uncertainty, dropout_batch_var
 
@@ -144,7 +144,7 @@ class AvatarLoss(nn.Module):
         if avatars is None:
             form = self.dropout_form()
             if form is not None:
-                return getattr(self, "_" + form)(student, teacher, kw)
+                return getattr(self, "_" + form)(getattr(self.base, form), student, teacher, kw)
             avatars = self.avatars(teacher)
         elif avatars.shape[1:] != teacher.shape:
             raise ValueError(f"AvatarLoss: avatars shape {tuple(avatars.shape)} is not (K, *{tuple(teacher.shape)})")
@@ -200,11 +200,11 @@ class AvatarLoss(nn.Module):
         u = self.uncertainty
         return u.kind.keeps_estimate and (u.training or u.running_var.numel() == 0)
 
-    def _avatar_counts(self, student: Tensor, teacher: Tensor, kw: dict[str, Any]) -> Tensor:
+    def _avatar_counts(self, twin: BaseLoss, student: Tensor, teacher: Tensor, kw: dict[str, Any]) -> Tensor:
         av = self.avatars
         counts = DropoutCounts(teacher, av.keep_counts(teacher), av.num, av.keep)
         scale = self._avatar_scale(lambda: dropout_batch_var(counts), student.dtype)
-        return getattr(self.base, "avatar_counts")(student, counts, scale=scale, **kw)
+        return twin(student, counts, scale=scale, **kw)
 
     def _masks_and_sigma(self, student: Tensor, teacher: Tensor) -> tuple[Iterable[Tensor], Tensor | None]:
         """The K keep-masks and the per-channel sigma they imply (when sigma needs this batch, all drawn first)."""
@@ -219,18 +219,20 @@ class AvatarLoss(nn.Module):
         # drawn one at a time while the loss streams over them
         return av.keep_masks(teacher), self._sigma(lambda: torch.empty(0), student.dtype)
 
-    def _avatar_masks(self, student: Tensor, teacher: Tensor, kw: dict[str, Any]) -> Tensor:
+    def _avatar_masks(self, twin: BaseLoss, student: Tensor, teacher: Tensor, kw: dict[str, Any]) -> Tensor:
         av = self.avatars
         masks, sigma = self._masks_and_sigma(student, teacher)
         scale = None if sigma is None else sigma.reciprocal()
-        return getattr(self.base, "avatar_masks")(student, teacher, masks, av.num, av.keep, scale=scale, **kw)
+        return twin(student, teacher, masks, av.num, av.keep, scale=scale, **kw)
 
-    def _avatar_standardised_masks(self, student: Tensor, teacher: Tensor, kw: dict[str, Any]) -> Tensor:
+    def _avatar_standardised_masks(
+        self, twin: BaseLoss, student: Tensor, teacher: Tensor, kw: dict[str, Any]
+    ) -> Tensor:
         av = self.avatars
         s = self.uncertainty.kind.student(student)
-        return getattr(self.base, "avatar_standardised_masks")(s, teacher, av.keep_masks(teacher), av.num, av.keep, **kw)
+        return twin(s, teacher, av.keep_masks(teacher), av.num, av.keep, **kw)
 
-    def _avatar_stream(self, student: Tensor, teacher: Tensor, kw: dict[str, Any]) -> Tensor:
+    def _avatar_stream(self, twin: BaseLoss, student: Tensor, teacher: Tensor, kw: dict[str, Any]) -> Tensor:
         """The K rescaled avatars made one at a time (same draws as the explicit path) into the base's stream form."""
         av, kind = self.avatars, self.uncertainty.kind
         if kind.per_avatar:
@@ -248,11 +250,10 @@ class AvatarLoss(nn.Module):
 
         def avatars() -> Iterator[Tensor]:  # the teacher-sized `scaled` lives only while avatars are made
             scaled = teacher * (1.0 / av.keep)  # as in Avatars.__call__
-            zero = torch.zeros((), dtype=teacher.dtype, device=teacher.device)
             for mask in masks:
-                yield rescale(torch.where(mask, scaled, zero))
+                yield rescale(masked(scaled, mask))
 
-        return getattr(self.base, "avatar_stream")(s, avatars(), av.num, **kw)
+        return twin(s, avatars(), av.num, **kw)
 
 
 def _identity(x: Tensor) -> Tensor:

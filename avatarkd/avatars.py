@@ -30,6 +30,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from .losses.dropout import masked
 from .registry import PERTURBATIONS, register_perturbation
 
 _TWO32 = 2**32
@@ -282,11 +283,10 @@ class Avatars:
             return t.unsqueeze(0).expand(shape)
         if self.kind.keep_mask:
             scaled = t * (1.0 / self.keep)
-            zero = torch.zeros((), dtype=t.dtype, device=t.device)
             if k == 1:
-                return torch.where(next(self.keep_masks(t)), scaled, zero).unsqueeze(0)
-            out = torch.empty(shape, dtype=t.dtype, device=t.device)
+                return masked(scaled, next(self.keep_masks(t))).unsqueeze(0)
+            out = torch.empty(shape, dtype=scaled.dtype, device=t.device)
             for i, mask in enumerate(self.keep_masks(t)):
-                torch.where(mask, scaled, zero, out=out[i])
+                masked(scaled, mask, out=out[i])
             return out
         return self.kind.draw(t, k, self.p, self.generator, self._device(t))

@@ -73,6 +73,15 @@ def channel_dot(x: Tensor, y: Tensor) -> Tensor:
 BATCHNORM_EPS = 1e-5  # the eps of the batchnorm uncertainty mode's standardisation (F.batch_norm's default)
 
 
+def masked(x: Tensor, mask: Tensor, out: Tensor | None = None) -> Tensor:
+    """``where(mask, x, 0)`` for a boolean keep-mask (broadcast against ``x``), as a product with the mask's bytes.
+
+    The same values (a dropped negative element becomes -0.0, equal to 0), several times faster on
+    CPU than ``torch.where`` with a boolean condition, which is not vectorised there.
+    """
+    return torch.mul(x, mask.view(torch.uint8), out=out)
+
+
 def channel_sum(x: Tensor) -> Tensor:
     """Per-channel sum over every dim but dim 1: shape (C,)."""
     rows = x.unsqueeze(-1) if x.dim() == 2 else x.flatten(2)
@@ -218,13 +227,12 @@ def standardised_dropout_mean(
     c = teacher.shape[1]
     per_channel = teacher.numel() // c
     scaled = teacher * (1.0 / keep)  # as in Avatars.__call__
-    zero = torch.zeros((), dtype=teacher.dtype, device=teacher.device)
     acc: Tensor | None = None
     offset = torch.zeros(c, dtype=torch.float64, device=teacher.device)  # sum_k w_k mu_k
     square = torch.zeros((), dtype=torch.float64, device=teacher.device)  # sum_k ||a_k'||^2
     seen = 0
     for mask in masks:
-        x = torch.where(mask, scaled, zero)
+        x = masked(scaled, mask)
         mean = channel_sum(x).double().div_(per_channel)
         var = channel_dot(x, x).double().div_(per_channel).sub_(mean.square()).clamp_min_(0.0)
         w = var.add(eps).rsqrt_()
@@ -380,7 +388,7 @@ def kl_dropout_mean(
     def logits() -> Iterator[Tensor]:
         kept = held.pop()
         for mask in masks:
-            yield torch.where(mask, kept, 0.0)
+            yield masked(kept, mask)
 
     return kl_stream_mean(student, student_mult, logits(), num, dim)
 
