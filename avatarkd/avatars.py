@@ -78,8 +78,8 @@ class PackedMasks:
             bits = mask.view(torch.uint8)
             if k % 8 == 0:
                 self.planes.append(bits.clone())
-            else:
-                self.planes[-1].bitwise_or_(bits << (k % 8))
+            else:  # bit k % 8 is still 0: adding 2^(k % 8) sets it, in one pass without a shifted copy
+                self.planes[-1].add_(bits, alpha=1 << (k % 8))
             self.counts = bits.clone() if self.counts is None else self.counts.add_(bits)
 
     def __iter__(self) -> Iterator[Tensor]:

@@ -443,3 +443,26 @@ def test_a_new_mode_and_a_new_perturbation_take_the_fast_paths(rng):
     assert cfg.uncertainty == "test_relative_floor"
     with pytest.raises(ValueError, match="must be < 1"):
         AKDConfig(perturbation="test_spatial_dropout", p=1.0)
+
+
+@pytest.mark.parametrize("dim", [1, -1])
+def test_kl_shared_exp_equals_per_avatar_softmax_and_falls_back_on_large_logits(dim, rng):
+    """The one-exp form (CPU) against the per-avatar log-softmax form for the same masks, and the
+    fallback for logits whose shift could underflow a whole avatar (float32: |max| > ~79)."""
+    from avatarkd.losses.dropout import _kl_dropout_mean_shared_exp, kl_dropout_mean, kl_stream_mean, masked
+
+    kept = torch.randn(3, 5, 7, 4, generator=rng, dtype=torch.float64) * 3 - 1
+    masks = [torch.rand(3, 5, 7, 4, generator=rng) > 0.3 for _ in range(4)]
+    pbar, neg = _kl_dropout_mean_shared_exp([kept.clone()], iter(masks), 4, dim)
+    s = torch.randn(3, 5, 7, 4, generator=rng, dtype=torch.float64, requires_grad=True)
+    got = kl_dropout_mean(s, 0.5, kept.clone(), iter(masks), 4, dim)
+    want = kl_stream_mean(s, 0.5, (masked(kept, m) for m in masks), 4, dim)
+    assert _rel(got, want) < 1e-10
+    (g_got,), (g_want,) = torch.autograd.grad(got.sum(), s), torch.autograd.grad(want.sum(), s)
+    assert _rel(g_got, g_want) < 1e-10
+    big = (kept * 40).float()  # |logits| up to several hundred: the shared shift could underflow
+    assert _kl_dropout_mean_shared_exp([big], iter(masks), 4, dim) is None
+    s32 = s.detach().float()
+    got = kl_dropout_mean(s32, 0.5, big.clone(), iter(masks), 4, dim)
+    want = kl_stream_mean(s32, 0.5, (masked(big, m) for m in masks), 4, dim)
+    assert torch.equal(got, want) and torch.isfinite(got).all()

@@ -51,6 +51,7 @@ distribution against the explicit K-avatar path).
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
@@ -382,8 +383,13 @@ def kl_dropout_mean(
     ``student``.
     """
 
-    held = [kept_logits]  # the caller passes it without keeping it: freed with the exhausted generator
+    held = [kept_logits]  # the caller passes it without keeping it: freed as soon as it is used up
     del kept_logits
+    if held[0].device.type == "cpu":
+        shared = _kl_dropout_mean_shared_exp(held, masks, num, dim)
+        if shared is not None:
+            pbar, neg_entropy = shared
+            return _CrossEntropyToMean.apply(student, student_mult, pbar, dim) + neg_entropy
 
     def logits() -> Iterator[Tensor]:
         kept = held.pop()
@@ -391,6 +397,60 @@ def kl_dropout_mean(
             yield masked(kept, mask)
 
     return kl_stream_mean(student, student_mult, logits(), num, dim)
+
+
+@torch.no_grad()
+def _kl_dropout_mean_shared_exp(
+    held: list[Tensor], masks: Iterable[Tensor], num: int, dim: int
+) -> tuple[Tensor, Tensor] | None:
+    """``pbar`` and the per-row ``mean_k sum p_k log p_k`` of K dropout avatars with one ``exp`` for all of them.
+
+    An avatar's logit is the kept one or 0, so with one shift ``c`` per row for every avatar
+    (``c = max(0, max_row kept)``, an upper bound of every avatar's row maximum),
+    ``exp(z_k - c) = e0 + m_k (E - e0)``, ``E = exp(kept - c)``, ``e0 = exp(-c)``: the exponentials
+    are computed once, and each avatar costs a few multiply-adds and two row sums, no ``exp`` or
+    ``log`` per element. Per row, ``S_k = sum exp(z_k - c)``, ``p_k = exp(z_k - c) / S_k`` and
+    ``sum p_k log p_k = <p_k, z_k> - c - log S_k`` with ``<exp(z_k - c), z_k> = <m_k, E kept>``.
+    Exact (the same softmax written with another shift) as long as no avatar's largest term can
+    underflow: ``c - max_row z_k <= |max_row kept|`` must stay clear of the dtype's exponent range
+    (about 80 for float32). None when it does not (``kl_stream_mean`` then shifts each avatar by
+    its own maximum), or on CUDA, where the check would wait for the device. ``held`` holds the
+    kept logits; they are taken out (freed) once used, unless None is returned.
+    """
+    kept_logits = held[0]
+    top = kept_logits.amax(dim, keepdim=True)
+    if top.numel() == 0 or not bool(top.abs().amax() < -math.log(torch.finfo(kept_logits.dtype).tiny) - 8.0):
+        return None
+    held.clear()
+    shift = top.clamp_min_(0.0)
+    exp_kept = torch.exp(kept_logits - shift)
+    exp_dropped = torch.exp(-shift)
+    gap = exp_kept - exp_dropped  # exp(z_k - c) = exp_dropped + m_k * gap
+    weighted = exp_kept.mul_(kept_logits)  # E * kept: <exp(z_k - c), z_k> = <m_k, weighted>
+    del exp_kept, kept_logits
+    # exp(z_k - c) is never written out: S_k = L e0 + <m_k, gap>, and sum_k exp(z_k - c) / S_k
+    # = e0 sum_k 1/S_k + sum_k (m_k gap) / S_k (one full-size broadcast at the end, not one per avatar)
+    length = gap.shape[dim]
+    acc: Tensor | None = None
+    inv_total: Tensor | None = None
+    neg_entropy: Tensor | None = None
+    seen = 0
+    for mask in masks:
+        keep = mask.to(gap.dtype)
+        dot = (keep * weighted).sum(dim, keepdim=True)  # <exp(z_k - c), z_k>
+        kept_gap = keep.mul_(gap) if keep.shape == gap.shape else keep * gap
+        total = kept_gap.sum(dim, keepdim=True).add_(exp_dropped * length)  # S_k
+        inv = total.reciprocal()
+        row = dot.mul_(inv).sub_(shift).sub_(total.log_())  # <p_k, z_k> - c - log S_k
+        neg_entropy = row if neg_entropy is None else neg_entropy.add_(row)
+        acc = kept_gap.mul_(inv) if acc is None else acc.addcmul_(kept_gap, inv)
+        inv_total = inv if inv_total is None else inv_total.add_(inv)
+        seen += 1
+        del keep, kept_gap
+    if seen != num or acc is None or inv_total is None or neg_entropy is None:
+        raise ValueError(f"kl_dropout_mean: expected {num} masks, got {seen}")
+    pbar = acc.add_(exp_dropped * inv_total).div_(num)
+    return pbar, neg_entropy.squeeze(dim).div_(num)
 
 
 def kl_stream_mean(
