@@ -25,8 +25,11 @@ each avatar's softmax is needed; but only two things of it are kept,
     mean_k KL(p_k || q_s) = mean_k sum p_k log p_k  -  sum pbar log q_s,
 
 the per-row mean negative entropy and the mean probability ``pbar``. The avatars are visited one at a
-time (one mask, one log-softmax, one exp), so memory does not grow with K, and the student is seen
-once: its gradient is ``(q_s - pbar)`` times the logit scale, written out in ``_CrossEntropyToMean``.
+time, so memory does not grow with K, and the student is seen once. An avatar's logit is the
+teacher's or 0, so with one shift per row for all avatars the exponentials are computed once and
+each avatar costs a few multiply-adds and row sums (``_kl_dropout_mean_shared_exp``, on CPU; the
+per-avatar log-softmax where that shift could underflow, and on CUDA). The student's gradient is
+``(q_s - pbar)`` times the logit scale, written out in ``_CrossEntropyToMean``.
 The value is a difference of two sums of the size of ``log(positions)``, so in float32 its relative
 rounding grows as the divergence gets small (the gradient has no such difference); the tests bound
 it at 1e-5 against float64 at their sizes.
