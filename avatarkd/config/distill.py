@@ -7,6 +7,7 @@ code is accepted like a built-in one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,9 @@ Perturbation = str
 UncertaintyMode = str
 
 
-def _choices(table: Registry[Any]) -> dict[str, Any]:
+def _choices(table: Registry[Any]) -> Callable[[dict[str, Any]], None]:
     """JSON-schema ``enum`` of a registry's names, read when the schema is generated (registered kinds included)."""
-    return {"json_schema_extra": lambda schema: schema.update(enum=table.names())}
+    return lambda schema: schema.update(enum=table.names())
 
 
 def _registered_name(table: Registry[Any], name: str) -> str:
@@ -43,10 +44,10 @@ class AKDConfig(Strict):
 
     enabled: bool = True
     num_avatars: int = Field(1, ge=1, le=64)
-    perturbation: Perturbation = Field("dropout", **_choices(PERTURBATIONS))
+    perturbation: Perturbation = Field("dropout", json_schema_extra=_choices(PERTURBATIONS))
     p: float = Field(0.1, ge=0.0)
     # "relative" was adopted from the evidence study (docs/results.md)
-    uncertainty: UncertaintyMode = Field("relative", **_choices(UNCERTAINTY_MODES))
+    uncertainty: UncertaintyMode = Field("relative", json_schema_extra=_choices(UNCERTAINTY_MODES))
     momentum: float = Field(0.1, gt=0.0, le=1.0)
 
     @field_validator("perturbation")

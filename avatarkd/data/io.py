@@ -55,7 +55,7 @@ class UnreadableError(DataError):
     """An image or mask file is missing or cannot be decoded (what ``data.skip_unreadable`` skips)."""
 
 
-def _open(path: Path) -> Image.Image:
+def _open(path: Path | str) -> Image.Image:
     """A fully decoded PIL image; truncated or corrupt files fail here rather than deep in a model.
 
     ``load()`` closes the file that ``Image.open`` opened once the pixels are read, so the image

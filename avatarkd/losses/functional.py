@@ -442,8 +442,10 @@ def _dkd_avatar_stream(
     s, _, rows_target = _dkd_rows(student, target)
     n = max(len(rows_target), 1)
     with torch.no_grad():
-        b_sum = o_sum = None
-        b_neg_entropy = o_neg_entropy = 0.0
+        b_sum: Tensor | None = None
+        o_sum: Tensor | None = None
+        b_neg_entropy: Tensor | float = 0.0
+        o_neg_entropy: Tensor | float = 0.0
         seen = 0
         for a in avatars:
             a_rows, _, _ = _dkd_rows(a, target)
