@@ -217,7 +217,7 @@ class AvatarLoss(nn.Module):
             )
             return packed, sigma
         # drawn one at a time while the loss streams over them
-        return av.keep_masks(teacher), self._sigma(lambda: torch.empty(0), student.dtype)
+        return av.keep_masks(teacher, teacher.dtype), self._sigma(lambda: torch.empty(0), student.dtype)
 
     def _avatar_masks(self, twin: BaseLoss, student: Tensor, teacher: Tensor, kw: dict[str, Any]) -> Tensor:
         av = self.avatars
@@ -230,14 +230,14 @@ class AvatarLoss(nn.Module):
     ) -> Tensor:
         av = self.avatars
         s = self.uncertainty.kind.student(student)
-        return twin(s, teacher, av.keep_masks(teacher), av.num, av.keep, **kw)
+        return twin(s, teacher, av.keep_masks(teacher, teacher.dtype), av.num, av.keep, **kw)
 
     def _avatar_stream(self, twin: BaseLoss, student: Tensor, teacher: Tensor, kw: dict[str, Any]) -> Tensor:
         """The K rescaled avatars made one at a time (same draws as the explicit path) into the base's stream form."""
         av, kind = self.avatars, self.uncertainty.kind
         if kind.per_avatar:
             s = kind.student(student)
-            masks: Iterable[Tensor] = av.keep_masks(teacher)
+            masks: Iterable[Tensor] = av.keep_masks(teacher, teacher.dtype)
             rescale: Callable[[Tensor], Tensor] = kind.avatar
         else:
             masks, sigma = self._masks_and_sigma(student, teacher)

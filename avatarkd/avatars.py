@@ -232,21 +232,27 @@ class Avatars:
     def _device(self, like: Tensor) -> torch.device:
         return self.generator.device if self.generator is not None else like.device
 
-    def _keep_mask(self, shape: tuple[int, ...], like: Tensor) -> Tensor:
+    def _keep_mask(self, shape: tuple[int, ...], like: Tensor, dtype: torch.dtype = torch.bool) -> Tensor:
         u = uniform_bits(shape, self._device(like), self.generator)
-        return (u >= int32_threshold(self.p)).to(like.device)
+        if dtype == torch.bool:
+            return (u >= int32_threshold(self.p)).to(like.device)
+        # 0/1 written in the wanted dtype by the comparison itself: no conversion pass later
+        return torch.ge(u, int32_threshold(self.p), out=torch.empty(shape, dtype=dtype, device=u.device)).to(
+            like.device
+        )
 
-    def keep_masks(self, t: Tensor) -> Iterator[Tensor]:
-        """The K boolean keep-masks of the dropout avatars, drawn lazily, one per ``next``.
+    def keep_masks(self, t: Tensor, dtype: torch.dtype = torch.bool) -> Iterator[Tensor]:
+        """The K keep-masks of the dropout avatars, drawn lazily, one per ``next``.
 
         The same generator calls in the same order as ``__call__``: for one generator state,
-        avatar k is ``t * mask_k / (1 - p)`` in both.
+        avatar k is ``t * mask_k / (1 - p)`` in both. Boolean, or 0/1 in ``dtype`` (e.g. the
+        teacher's, so that applying a mask is a plain product).
         """
         if not self.is_dropout:
             raise ValueError(f"Avatars: keep masks exist for dropout with p > 0, not {self!r}")
         shape = self.mask_shape(t)
         for _ in range(self.num):
-            yield self._keep_mask(shape, t)
+            yield self._keep_mask(shape, t, dtype)
 
     def packed_masks(self, t: Tensor) -> PackedMasks:
         """All K keep-masks drawn now (as ``keep_masks``), kept as bits with their per-element count."""
