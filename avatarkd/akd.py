@@ -230,7 +230,8 @@ class AvatarLoss(nn.Module):
     ) -> Tensor:
         av = self.avatars
         s = self.uncertainty.kind.student(student)
-        return twin(s, teacher, av.keep_masks(teacher, teacher.dtype), av.num, av.keep, **kw)
+        eps = self.uncertainty.kind.eps  # type: ignore[attr-defined]  # a mode offering this form has one
+        return twin(s, teacher, av.keep_masks(teacher, teacher.dtype), av.num, av.keep, eps, **kw)
 
     def _avatar_stream(self, twin: BaseLoss, student: Tensor, teacher: Tensor, kw: dict[str, Any]) -> Tensor:
         """The K rescaled avatars made one at a time (same draws as the explicit path) into the base's stream form."""

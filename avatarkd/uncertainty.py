@@ -33,7 +33,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .losses.dropout import DropoutCounts, channel_dot, channel_view
+from .losses.dropout import BATCHNORM_EPS, DropoutCounts, channel_dot, channel_view
 from .registry import UNCERTAINTY_MODES, register_uncertainty
 
 
@@ -167,12 +167,13 @@ class BatchNormMode(UncertaintyKind):
     per_avatar = True
     # each avatar has its own statistics, so no count form: the masks are streamed, one avatar live
     fast_forms = ("avatar_standardised_masks", "avatar_stream")
+    eps: ClassVar[float] = BATCHNORM_EPS  # F.batch_norm's; the standardised-masks twins are given it
 
     def student(self, x: Tensor) -> Tensor:
-        return batch_standardise(x, 1)
+        return batch_standardise(x, 1, self.eps)
 
     def avatar(self, a: Tensor) -> Tensor:
-        return standardise_avatar(a)
+        return standardise_avatar(a, self.eps)
 
 
 @register_uncertainty("none")

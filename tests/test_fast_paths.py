@@ -30,7 +30,7 @@ from avatarkd.config import AKDConfig
 from avatarkd.losses import MGD, MasKD
 from avatarkd.losses.dropout import DropoutCounts
 from avatarkd.registry import register_perturbation, register_uncertainty
-from avatarkd.uncertainty import RelativeMode, Uncertainty, dropout_batch_var
+from avatarkd.uncertainty import BatchNormMode, RelativeMode, Uncertainty, dropout_batch_var
 
 Z_LIMIT = 5.0  # two-sided normal tail beyond 5 standard errors: 5.7e-7 per statistic
 
@@ -399,6 +399,13 @@ class RelativeWithHigherFloor(RelativeMode):
         return super().sigma(var, 0.2)
 
 
+@register_uncertainty("test_batchnorm_eps", replace=True)
+class BatchNormLargeEps(BatchNormMode):
+    """``batchnorm`` with a larger eps: the standardised-masks form must use the mode's own."""
+
+    eps = 0.05
+
+
 @register_perturbation("test_spatial_dropout", replace=True)
 class SpatialDropout(Dropout):
     """A keep-mask perturbation that drops whole positions (every channel at once)."""
@@ -419,6 +426,8 @@ def test_a_new_mode_and_a_new_perturbation_take_the_fast_paths(rng):
         (L.cwd, "test_relative_floor", "dropout", "avatar_masks"),
         (L.cwd, "relative", "test_spatial_dropout", "avatar_masks"),
         (L.mse, "batchnorm", "test_spatial_dropout", "avatar_standardised_masks"),
+        (L.mse, "test_batchnorm_eps", "dropout", "avatar_standardised_masks"),
+        (L.cwd, "test_batchnorm_eps", "dropout", "avatar_stream"),
         (L.pkd, "none", "test_spatial_dropout", "avatar_stream"),
     ]
     for base, mode, perturbation, form in cases:

@@ -158,14 +158,14 @@ def _mse_avatar_counts(student: Tensor, counts: DropoutCounts, scale: Tensor | N
 
 @_twin_of(mse, "avatar_standardised_masks")
 def _mse_avatar_standardised_masks(
-    student: Tensor, teacher: Tensor, masks: Iterable[Tensor], num: int, keep: float
+    student: Tensor, teacher: Tensor, masks: Iterable[Tensor], num: int, keep: float, eps: float
 ) -> Tensor:
     """mean_k mse(student, BN(t * m_k / keep)), each avatar with its own batch statistics (``dropout.py``).
 
-    ``student`` is already standardised (the ``batchnorm`` mode did it, with autograd).
+    ``student`` is already standardised (the ``batchnorm`` mode did it, with autograd, with ``eps``).
     """
     _check_same_shape("mse", student, teacher)
-    return squared_error_standardised_masks(student, teacher.detach(), masks, num, keep) / student.shape[0]
+    return squared_error_standardised_masks(student, teacher.detach(), masks, num, keep, eps) / student.shape[0]
 
 
 @_twin_of(mse, "avatar_stream")

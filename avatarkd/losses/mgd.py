@@ -70,11 +70,11 @@ class MGD(nn.Module):
         return self.alpha * squared_error_counts(generated, counts, None, scale) / generated.shape[0]
 
     def avatar_standardised_masks(
-        self, student: Tensor, teacher: Tensor, masks: Iterable[Tensor], num: int, keep: float
+        self, student: Tensor, teacher: Tensor, masks: Iterable[Tensor], num: int, keep: float, eps: float
     ) -> Tensor:
         """Mean over K batch-standardised dropout avatars (``batchnorm`` mode), one generator pass."""
         generated = self.generate(student)
-        return self.alpha * mse.avatar_standardised_masks(generated, teacher, masks, num, keep)
+        return self.alpha * mse.avatar_standardised_masks(generated, teacher, masks, num, keep, eps)
 
     def avatar_stream(self, student: Tensor, avatars: Iterable[Tensor], num: int) -> Tensor:
         """Mean over K avatars consumed one at a time, one generator pass."""
