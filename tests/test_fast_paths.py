@@ -475,3 +475,21 @@ def test_kl_shared_exp_equals_per_avatar_softmax_and_falls_back_on_large_logits(
     got = kl_dropout_mean(s32, 0.5, big.clone(), iter(masks), 4, dim)
     want = kl_stream_mean(s32, 0.5, (masked(big, m) for m in masks), 4, dim)
     assert torch.equal(got, want) and torch.isfinite(got).all()
+
+
+@pytest.mark.parametrize("length", [1, 2, 7])
+def test_kl_shared_exp_on_short_rows_of_large_logits_stays_finite_and_close(length, rng):
+    """Rows of one or two positions (a 1x1 FPN level) with logits far below 0: an avatar that keeps
+    everything has its largest term far below the shared shift. Regression: e0 + (E - e0) lost E
+    (NaN). The float32 value stays within |logit| * eps per row of the float64 per-avatar form."""
+    from avatarkd.losses.dropout import _kl_dropout_mean_shared_exp, kl_dropout_mean, kl_stream_mean, masked
+
+    kept = (torch.randn(4, 64, length, generator=rng, dtype=torch.float64) * 5).clamp(-29, 29)
+    kept[:, :8] = -25.0  # far below the shared shift (0) wherever nothing is dropped
+    masks = [torch.rand(4, 64, length, generator=rng) > 0.1 for _ in range(4)]
+    assert _kl_dropout_mean_shared_exp([kept.float()], iter(masks), 4, -1) is not None  # the shared form runs
+    s = torch.randn(4, 64, length, generator=rng, dtype=torch.float64)
+    want = kl_stream_mean(s, 1.0, (masked(kept, m) for m in masks), 4, -1)
+    got = kl_dropout_mean(s.float(), 1.0, kept.float(), iter(masks), 4, -1)
+    assert torch.isfinite(got).all()
+    assert (got.double() - want).abs().max() < 30 * 1e-6

@@ -54,7 +54,6 @@ distribution against the explicit K-avatar path).
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
@@ -402,6 +401,16 @@ def kl_dropout_mean(
     return kl_stream_mean(student, student_mult, logits(), num, dim)
 
 
+def _shared_shift_limit(dtype: torch.dtype) -> float:
+    """Largest ``|max_row kept|`` for which one shift serves every avatar of a row.
+
+    Each row's value then carries a rounding of about ``|max_row kept| * eps`` (the shift is
+    subtracted back), as a log-softmax of logits that size does anyway; 30 keeps it within a few
+    1e-6 in float32 and far from underflow (``exp(-30)``); float64's range allows far more.
+    """
+    return 30.0 if torch.finfo(dtype).bits <= 32 else 600.0
+
+
 @torch.no_grad()
 def _kl_dropout_mean_shared_exp(
     held: list[Tensor], masks: Iterable[Tensor], num: int, dim: int
@@ -410,50 +419,45 @@ def _kl_dropout_mean_shared_exp(
 
     An avatar's logit is the kept one or 0, so with one shift ``c`` per row for every avatar
     (``c = max(0, max_row kept)``, an upper bound of every avatar's row maximum),
-    ``exp(z_k - c) = e0 + m_k (E - e0)``, ``E = exp(kept - c)``, ``e0 = exp(-c)``: the exponentials
-    are computed once, and each avatar costs a few multiply-adds and two row sums, no ``exp`` or
-    ``log`` per element. Per row, ``S_k = sum exp(z_k - c)``, ``p_k = exp(z_k - c) / S_k`` and
+    ``exp(z_k - c) = lerp(e0, E, m_k)``, ``E = exp(kept - c)``, ``e0 = exp(-c)`` (exact: never
+    ``e0 + (E - e0)``, which loses a small ``E`` next to ``e0``): the exponentials are computed
+    once, and each avatar costs a blend, a product and two row sums, no ``exp`` or ``log`` per
+    element. Per row, ``S_k = sum exp(z_k - c)``, ``p_k = exp(z_k - c) / S_k`` and
     ``sum p_k log p_k = <p_k, z_k> - c - log S_k`` with ``<exp(z_k - c), z_k> = <m_k, E kept>``.
     Exact (the same softmax written with another shift) as long as no avatar's largest term can
-    underflow: ``c - max_row z_k <= |max_row kept|`` must stay clear of the dtype's exponent range
-    (about 80 for float32). None when it does not (``kl_stream_mean`` then shifts each avatar by
+    underflow and the shift stays small: ``c - max_row z_k <= |max_row kept|`` must stay below
+    ``_shared_shift_limit``. None when it does not (``kl_stream_mean`` then shifts each avatar by
     its own maximum), or on CUDA, where the check would wait for the device. ``held`` holds the
     kept logits; they are taken out (freed) once used, unless None is returned.
     """
     kept_logits = held[0]
     top = kept_logits.amax(dim, keepdim=True)
-    if top.numel() == 0 or not bool(top.abs().amax() < -math.log(torch.finfo(kept_logits.dtype).tiny) - 8.0):
+    if top.numel() == 0 or not bool(top.abs().amax() < _shared_shift_limit(kept_logits.dtype)):
         return None
     held.clear()
     shift = top.clamp_min_(0.0)
     exp_kept = torch.exp(kept_logits - shift)
-    exp_dropped = torch.exp(-shift)
-    gap = exp_kept - exp_dropped  # exp(z_k - c) = exp_dropped + m_k * gap
-    weighted = exp_kept.mul_(kept_logits)  # E * kept: <exp(z_k - c), z_k> = <m_k, weighted>
-    del exp_kept, kept_logits
-    # exp(z_k - c) is never written out: S_k = L e0 + <m_k, gap>, and sum_k exp(z_k - c) / S_k
-    # = e0 sum_k 1/S_k + sum_k (m_k gap) / S_k (one full-size broadcast at the end, not one per avatar)
-    length = gap.shape[dim]
-    acc: Tensor | None = None
-    inv_total: Tensor | None = None
+    exp_dropped = torch.exp(-shift).expand_as(exp_kept)
+    weighted = kept_logits.mul_(exp_kept)  # E * kept: <exp(z_k - c), z_k> = <m_k, weighted>; kept is ours
+    del kept_logits
+    pbar: Tensor | None = None
     neg_entropy: Tensor | None = None
     seen = 0
     for mask in masks:
-        keep = mask if mask.dtype == gap.dtype else mask.to(gap.dtype)  # ours: overwritten below
-        dot = (keep * weighted).sum(dim, keepdim=True)  # <exp(z_k - c), z_k>
-        kept_gap = keep.mul_(gap) if keep.shape == gap.shape else keep * gap
-        total = kept_gap.sum(dim, keepdim=True).add_(exp_dropped * length)  # S_k
+        keep = mask if mask.dtype == exp_kept.dtype else mask.to(exp_kept.dtype)  # ours: overwritten below
+        # exp(z_k - c): lerp is exact at weight 0 and 1 (E where kept, e0 where dropped), never e0 + (E - e0)
+        e = torch.lerp(exp_dropped, exp_kept, keep)
+        total = e.sum(dim, keepdim=True)  # S_k, a sum of positive terms
+        dot = (keep.mul_(weighted) if keep.shape == weighted.shape else keep * weighted).sum(dim, keepdim=True)
         inv = total.reciprocal()
         row = dot.mul_(inv).sub_(shift).sub_(total.log_())  # <p_k, z_k> - c - log S_k
         neg_entropy = row if neg_entropy is None else neg_entropy.add_(row)
-        acc = kept_gap.mul_(inv) if acc is None else acc.addcmul_(kept_gap, inv)
-        inv_total = inv if inv_total is None else inv_total.add_(inv)
+        pbar = e.mul_(inv) if pbar is None else pbar.addcmul_(e, inv)
         seen += 1
-        del keep, kept_gap
-    if seen != num or acc is None or inv_total is None or neg_entropy is None:
+        del keep, e
+    if seen != num or pbar is None or neg_entropy is None:
         raise ValueError(f"kl_dropout_mean: expected {num} masks, got {seen}")
-    pbar = acc.add_(exp_dropped * inv_total).div_(num)
-    return pbar, neg_entropy.squeeze(dim).div_(num)
+    return pbar.div_(num), neg_entropy.squeeze(dim).div_(num)
 
 
 def kl_stream_mean(
