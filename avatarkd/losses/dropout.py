@@ -431,8 +431,11 @@ def _kl_dropout_mean_shared_exp(
     kept logits; they are taken out (freed) once used, unless None is returned.
     """
     kept_logits = held[0]
+    if kept_logits.device.type != "cpu" or kept_logits.numel() == 0:
+        return None
     top = kept_logits.amax(dim, keepdim=True)
-    if top.numel() == 0 or not bool(top.abs().amax() < _shared_shift_limit(kept_logits.dtype)):
+    # read through NumPy's view of the CPU tensor: no device exists to wait for (this form is CPU-only)
+    if not top.abs().amax().float().numpy() < _shared_shift_limit(kept_logits.dtype):
         return None
     held.clear()
     shift = top.clamp_min_(0.0)
