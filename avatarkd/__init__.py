@@ -6,7 +6,7 @@ from .avatars import Avatars
 from .config import DistillerConfig
 from .distiller import Distiller, DistillPoint, build_points
 from .errors import AvatarKDError, CheckpointError, ConfigError, DataError, DistillationError
-from .registry import LOSSES, register_loss
+from .registry import LOSSES, register_loss, register_perturbation, register_uncertainty
 from .uncertainty import Uncertainty
 
 __version__ = "0.1.0"
@@ -20,6 +20,8 @@ __all__ = [
     "build_points",
     "LOSSES",
     "register_loss",
+    "register_perturbation",
+    "register_uncertainty",
     "Uncertainty",
     "AvatarKDError",
     "CheckpointError",

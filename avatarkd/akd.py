@@ -7,28 +7,38 @@ has one (one student-side evaluation whatever K is), else by stacking avatars in
 the loss is ``batch_separable``, else with ``torch.func.vmap``; a Python loop over avatars is only
 the last resort.
 
-When the avatars are drawn here (not passed in) and are dropout avatars, the K copies are not made
-at all where the base loss has an exact dropout form (``losses/dropout.py``): ``avatar_counts``
-(squared errors: one Binomial keep count per element instead of K masks) or ``avatar_masks``
-(KL losses: the K masks streamed one at a time). The uncertainty estimate then comes from the
-same counts (``uncertainty.dropout_batch_var``). Set ``fast_paths = False`` on an instance to
-force the explicit K-avatar path (benchmarks and tests compare the two).
+When the avatars are drawn here (not passed in) and are keep-mask avatars (dropout kinds), the K
+copies are not made at all where the base loss has an exact dropout form (``losses/dropout.py``)
+that the uncertainty mode allows (the mode's ``fast_forms``; modes and perturbations are asked
+what they support, never matched by name):
+
+- ``avatar_counts`` (squared errors: one Binomial keep count per element instead of K masks);
+- ``avatar_masks`` (KL losses: the K masks streamed one at a time);
+- ``avatar_standardised_masks`` (squared error under ``batchnorm``: each avatar's own batch
+  statistics from per-channel sums over its mask, and the mean standardised avatar, accumulated
+  one mask at a time);
+- ``avatar_stream`` (any loss with a streaming mean: the K rescaled avatars made one at a time,
+  one alive, e.g. ``batchnorm`` with cwd, kd, pkd, dkd).
+
+The uncertainty estimate then comes from the keep counts (``uncertainty.dropout_batch_var``). Set
+``fast_paths = False`` on an instance to force the explicit K-avatar path (benchmarks and tests
+compare the two).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .avatars import Avatars, Perturbation
-from .losses.dropout import DropoutCounts
+from .avatars import Avatars
+from .losses.dropout import DropoutCounts, channel_view, masked
 from .registry import check_kwargs
-from .uncertainty import Uncertainty, UncertaintyMode, dropout_batch_var
+from .uncertainty import Uncertainty, dropout_batch_var
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +70,9 @@ class AvatarLoss(nn.Module):
         self,
         base: BaseLoss,
         num_avatars: int = 1,
-        perturbation: Perturbation = "dropout",
+        perturbation: str = "dropout",
         p: float = 0.1,
-        uncertainty: UncertaintyMode = "relative",
+        uncertainty: str = "relative",
         momentum: float = 0.1,
         generator: torch.Generator | None = None,
         base_kwargs: Mapping[str, Any] | None = None,
@@ -133,10 +143,8 @@ class AvatarLoss(nn.Module):
         kw = {**self.base_kwargs, **kw}
         if avatars is None:
             form = self.dropout_form()
-            if form == "avatar_counts":
-                return self._from_counts(student, teacher, kw)
-            if form == "avatar_masks":
-                return self._from_masks(student, teacher, kw)
+            if form is not None:
+                return getattr(self, "_" + form)(getattr(self.base, form), student, teacher, kw)
             avatars = self.avatars(teacher)
         elif avatars.shape[1:] != teacher.shape:
             raise ValueError(f"AvatarLoss: avatars shape {tuple(avatars.shape)} is not (K, *{tuple(teacher.shape)})")
@@ -164,46 +172,94 @@ class AvatarLoss(nn.Module):
 
     # ------------------------------------------------------------------ exact dropout forms
     def dropout_form(self) -> str | None:
-        """Which exact dropout form drawn avatars go through: ``"avatar_counts"``, ``"avatar_masks"`` or None.
+        """Which exact dropout form drawn avatars go through (a twin's name, e.g. ``"avatar_counts"``) or None.
 
-        None (the explicit K-avatar path) when ``fast_paths`` is off, the avatars are not dropout
-        (or p = 0), the uncertainty mode is ``batchnorm`` (each avatar has its own statistics) or
-        the base loss has no such form.
+        None (the explicit K-avatar path) when ``fast_paths`` is off, the perturbation has no keep
+        mask (or p = 0), or the base loss has none of the forms the uncertainty mode allows
+        (``UncertaintyKind.fast_forms``, best first).
         """
-        if not self.fast_paths or not self.avatars.is_dropout or self.uncertainty.mode == "batchnorm":
+        if not self.fast_paths or not self.avatars.is_dropout:
             return None
-        for form in ("avatar_counts", "avatar_masks"):
+        for form in self.uncertainty.kind.fast_forms:
             if callable(getattr(self.base, form, None)):
                 return form
         return None
 
-    def _avatar_scale(self, batch_var: Callable[[], Tensor], dtype: torch.dtype) -> Tensor | None:
-        """1/sigma per channel for both sides (None in mode ``none``); ``batch_var`` only runs when needed."""
-        if self.uncertainty.mode == "none":
+    def _sigma(self, batch_var: Callable[[], Tensor], dtype: torch.dtype) -> Tensor | None:
+        """Sigma per channel for both sides (None without an estimate); ``batch_var`` only runs when needed."""
+        if not self.uncertainty.kind.keeps_estimate:
             return None
-        return self.uncertainty.sigma_from(batch_var).to(dtype).reciprocal()
+        return self.uncertainty.sigma_from(batch_var).to(dtype)
+
+    def _avatar_scale(self, batch_var: Callable[[], Tensor], dtype: torch.dtype) -> Tensor | None:
+        """1/sigma per channel for both sides (None without an estimate); ``batch_var`` only runs when needed."""
+        sigma = self._sigma(batch_var, dtype)
+        return None if sigma is None else sigma.reciprocal()
 
     def _needs_batch_var(self) -> bool:
         u = self.uncertainty
-        return u.mode in ("variance", "relative") and (u.training or u.running_var.numel() == 0)
+        return u.kind.keeps_estimate and (u.training or u.running_var.numel() == 0)
 
-    def _from_counts(self, student: Tensor, teacher: Tensor, kw: dict[str, Any]) -> Tensor:
+    def _avatar_counts(self, twin: BaseLoss, student: Tensor, teacher: Tensor, kw: dict[str, Any]) -> Tensor:
         av = self.avatars
         counts = DropoutCounts(teacher, av.keep_counts(teacher), av.num, av.keep)
         scale = self._avatar_scale(lambda: dropout_batch_var(counts), student.dtype)
-        return self.base.avatar_counts(student, counts, scale=scale, **kw)
+        return twin(student, counts, scale=scale, **kw)
 
-    def _from_masks(self, student: Tensor, teacher: Tensor, kw: dict[str, Any]) -> Tensor:
+    def _masks_and_sigma(self, student: Tensor, teacher: Tensor) -> tuple[Iterable[Tensor], Tensor | None]:
+        """The K keep-masks and the per-channel sigma they imply (when sigma needs this batch, all drawn first)."""
         av = self.avatars
-        masks: Iterable[Tensor]
         if self._needs_batch_var():  # sigma depends on this batch's masks: draw them all first, as bits
             packed = av.packed_masks(teacher)
             counts = packed.counts
-            scale = self._avatar_scale(
+            sigma = self._sigma(
                 lambda: dropout_batch_var(DropoutCounts(teacher, counts, av.num, av.keep)), student.dtype
             )
-            masks = packed
-        else:  # drawn one at a time while the loss streams over them
-            scale = self._avatar_scale(lambda: torch.empty(0), student.dtype)
-            masks = av.keep_masks(teacher)
-        return self.base.avatar_masks(student, teacher, masks, av.num, av.keep, scale=scale, **kw)
+            return packed, sigma
+        # drawn one at a time while the loss streams over them
+        return av.keep_masks(teacher, teacher.dtype), self._sigma(lambda: torch.empty(0), student.dtype)
+
+    def _avatar_masks(self, twin: BaseLoss, student: Tensor, teacher: Tensor, kw: dict[str, Any]) -> Tensor:
+        av = self.avatars
+        masks, sigma = self._masks_and_sigma(student, teacher)
+        scale = None if sigma is None else sigma.reciprocal()
+        return twin(student, teacher, masks, av.num, av.keep, scale=scale, **kw)
+
+    def _avatar_standardised_masks(
+        self, twin: BaseLoss, student: Tensor, teacher: Tensor, kw: dict[str, Any]
+    ) -> Tensor:
+        av = self.avatars
+        s = self.uncertainty.kind.student(student)
+        eps = self.uncertainty.kind.eps  # type: ignore[attr-defined]  # a mode offering this form has one
+        return twin(s, teacher, av.keep_masks(teacher, teacher.dtype), av.num, av.keep, eps, **kw)
+
+    def _avatar_stream(self, twin: BaseLoss, student: Tensor, teacher: Tensor, kw: dict[str, Any]) -> Tensor:
+        """The K rescaled avatars made one at a time (same draws as the explicit path) into the base's stream form."""
+        av, kind = self.avatars, self.uncertainty.kind
+        if kind.per_avatar:
+            s = kind.student(student)
+            masks: Iterable[Tensor] = av.keep_masks(teacher, teacher.dtype)
+            rescale: Callable[[Tensor], Tensor] = kind.avatar
+        else:
+            masks, sigma = self._masks_and_sigma(student, teacher)
+            if sigma is None:
+                s, rescale = student, _identity
+            else:  # as the explicit path: both sides divided by sigma
+                view = channel_view(sigma, student.dim())
+                s = student / view
+                rescale = functools.partial(_divide_, by=view)
+
+        def avatars() -> Iterator[Tensor]:  # the teacher-sized `scaled` lives only while avatars are made
+            scaled = teacher * (1.0 / av.keep)  # as in Avatars.__call__
+            for mask in masks:
+                yield rescale(masked(scaled, mask))
+
+        return twin(s, avatars(), av.num, **kw)
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
+def _divide_(x: Tensor, by: Tensor) -> Tensor:
+    return x.div_(by)

@@ -25,11 +25,13 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Iterator
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from .config.distill import PERTURBATIONS, Perturbation
+from .losses.dropout import masked
+from .registry import PERTURBATIONS, register_perturbation
 
 _TWO32 = 2**32
 
@@ -76,8 +78,8 @@ class PackedMasks:
             bits = mask.view(torch.uint8)
             if k % 8 == 0:
                 self.planes.append(bits.clone())
-            else:
-                self.planes[-1].bitwise_or_(bits << (k % 8))
+            else:  # bit k % 8 is still 0: adding 2^(k % 8) sets it, in one pass without a shifted copy
+                self.planes[-1].add_(bits, alpha=1 << (k % 8))
             self.counts = bits.clone() if self.counts is None else self.counts.add_(bits)
 
     def __iter__(self) -> Iterator[Tensor]:
@@ -85,18 +87,96 @@ class PackedMasks:
             yield ((self.planes[k // 8] >> (k % 8)) & 1).view(torch.bool)
 
 
+class PerturbationKind:
+    """One kind of avatar: what it is, which strengths ``p`` are valid, and how it is drawn.
+
+    Subclass it and register it with ``@register_perturbation("name")``: the config then accepts
+    ``perturbation: name``, ``Avatars`` draws it, and ``AvatarLoss`` picks its code path by asking
+    the class, never by the name. A keep-mask kind (``keep_mask = True``) is ``t * mask / (1 - p)``
+    with a Bernoulli(1 - p) mask of shape ``mask_shape(t)`` (broadcast over ``t``): it gets the exact
+    dropout fast paths (keep counts, streamed masks) and needs no ``draw``. Any other kind
+    implements ``draw`` and goes through the explicit K-avatar path.
+    """
+
+    name: ClassVar[str] = ""
+    keep_mask: ClassVar[bool] = False
+    p_max: ClassVar[float] = math.inf  # exclusive upper bound of p (1 for a drop probability)
+    p_meaning: ClassVar[str] = "noise strength"
+
+    @classmethod
+    def check_p(cls, p: float) -> str | None:
+        """Why ``p`` is not a valid strength for this kind, or None when it is."""
+        if p < 0:
+            return f"{cls.p_meaning} p must be >= 0 (perturbation {cls.name!r}), got {p}"
+        if p >= cls.p_max:
+            return f"{cls.p_meaning} p must be < {cls.p_max:g} (in [0, {cls.p_max:g}) for {cls.name!r}), got {p}"
+        return None
+
+    def mask_shape(self, t: Tensor) -> tuple[int, ...]:
+        """Shape of one keep-mask (keep-mask kinds), broadcastable to ``t``."""
+        raise NotImplementedError(f"perturbation {self.name!r} has no keep mask")
+
+    def draw(self, t: Tensor, num: int, p: float, generator: torch.Generator | None, device: torch.device) -> Tensor:
+        """``num`` avatars of ``t`` (p > 0) as one (num, *t.shape) tensor; noise drawn on ``device``."""
+        raise NotImplementedError(f"perturbation {self.name!r} must implement draw()")
+
+
+def _noise(t: Tensor, num: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
+    dtype = t.dtype if t.is_floating_point() else torch.float32
+    return torch.randn((num, *t.shape), device=device, dtype=dtype, generator=generator).to(t.device)
+
+
+@register_perturbation("dropout")
+class Dropout(PerturbationKind):
+    """Element-wise Bernoulli mask with the 1/(1-p) rescale (the reference)."""
+
+    keep_mask = True
+    p_max = 1.0
+    p_meaning = "drop probability"
+
+    def mask_shape(self, t: Tensor) -> tuple[int, ...]:
+        return tuple(t.shape)
+
+
+@register_perturbation("channel_dropout")
+class ChannelDropout(Dropout):
+    """The same mask for a whole (sample, channel)."""
+
+    def mask_shape(self, t: Tensor) -> tuple[int, ...]:
+        return (*t.shape[:2], *(1,) * (t.dim() - 2))
+
+
+@register_perturbation("gaussian")
+class Gaussian(PerturbationKind):
+    """``t + p * rms_c(t) * eps``: noise relative to each channel's RMS, so that it is scale-equivariant."""
+
+    def draw(self, t: Tensor, num: int, p: float, generator: torch.Generator | None, device: torch.device) -> Tensor:
+        noise = _noise(t, num, generator, device)
+        dims = tuple(d for d in range(t.dim()) if d != 1)
+        rms = t.pow(2).mean(dim=dims, keepdim=True).sqrt()
+        return t + p * rms * noise
+
+
+@register_perturbation("multiplicative")
+class Multiplicative(PerturbationKind):
+    """``t * (1 + p * eps)``."""
+
+    def draw(self, t: Tensor, num: int, p: float, generator: torch.Generator | None, device: torch.device) -> Tensor:
+        return t * (1.0 + p * _noise(t, num, generator, device))
+
+
 class Avatars:
     """Draws ``num`` avatars of a teacher tensor.
 
     Args:
         num: K, the number of avatars per call (>= 1).
-        perturbation: how an avatar is made from the teacher tensor ``t``:
-            ``"dropout"`` element-wise Bernoulli mask with 1/(1-p) rescale (the reference);
-            ``"channel_dropout"`` the same mask per (sample, channel);
+        perturbation: how an avatar is made from the teacher tensor ``t``, a registered
+            ``PerturbationKind`` name: ``"dropout"`` element-wise Bernoulli mask with 1/(1-p)
+            rescale (the reference); ``"channel_dropout"`` the same mask per (sample, channel);
             ``"gaussian"`` ``t + p * rms_c(t) * eps``, noise relative to each channel's RMS so
             that it is scale-equivariant; ``"multiplicative"`` ``t * (1 + p * eps)``.
         p: the perturbation strength: drop probability for the dropout kinds (in [0, 1)),
-            relative noise std for the noise kinds (>= 0).
+            relative noise std for the noise kinds (>= 0); the kind checks its range.
         generator: optional ``torch.Generator`` so that a run is reproducible; its device is
             where the noise is drawn.
 
@@ -106,18 +186,20 @@ class Avatars:
     def __init__(
         self,
         num: int = 1,
-        perturbation: Perturbation = "dropout",
+        perturbation: str = "dropout",
         p: float = 0.1,
         generator: torch.Generator | None = None,
     ) -> None:
         if not isinstance(num, int) or isinstance(num, bool) or num < 1:
             raise ValueError(f"Avatars: num must be an integer >= 1, got {num!r}")
         if perturbation not in PERTURBATIONS:
-            raise ValueError(f"Avatars: unknown perturbation {perturbation!r}; choose one of {PERTURBATIONS}")
-        if perturbation.endswith("dropout") and not 0.0 <= p < 1.0:
-            raise ValueError(f"Avatars: drop probability p must be in [0, 1), got {p}")
-        if p < 0:
-            raise ValueError(f"Avatars: noise strength p must be >= 0, got {p}")
+            raise ValueError(
+                f"Avatars: unknown perturbation {perturbation!r}; choose one of {', '.join(PERTURBATIONS.names())}"
+            )
+        self.kind: PerturbationKind = PERTURBATIONS.get(perturbation)()
+        problem = self.kind.check_p(p)
+        if problem:
+            raise ValueError(f"Avatars: {problem}")
         self.num = num
         self.perturbation = perturbation
         self.p = float(p)
@@ -136,7 +218,7 @@ class Avatars:
     @property
     def is_dropout(self) -> bool:
         """Dropout kinds with something to drop: the ones with mask/count draws."""
-        return self.perturbation.endswith("dropout") and self.p > 0
+        return self.kind.keep_mask and self.p > 0
 
     @property
     def keep(self) -> float:
@@ -145,28 +227,32 @@ class Avatars:
 
     def mask_shape(self, t: Tensor) -> tuple[int, ...]:
         """Shape of one keep-mask: ``t``'s for element dropout, (N, C, 1, ...) for channel dropout."""
-        if self.perturbation == "channel_dropout":
-            return (*t.shape[:2], *(1,) * (t.dim() - 2))
-        return tuple(t.shape)
+        return self.kind.mask_shape(t)
 
     def _device(self, like: Tensor) -> torch.device:
         return self.generator.device if self.generator is not None else like.device
 
-    def _keep_mask(self, shape: tuple[int, ...], like: Tensor) -> Tensor:
+    def _keep_mask(self, shape: tuple[int, ...], like: Tensor, dtype: torch.dtype = torch.bool) -> Tensor:
         u = uniform_bits(shape, self._device(like), self.generator)
-        return (u >= int32_threshold(self.p)).to(like.device)
+        if dtype == torch.bool:
+            return (u >= int32_threshold(self.p)).to(like.device)
+        # 0/1 written in the wanted dtype by the comparison itself: no conversion pass later
+        return torch.ge(u, int32_threshold(self.p), out=torch.empty(shape, dtype=dtype, device=u.device)).to(
+            like.device
+        )
 
-    def keep_masks(self, t: Tensor) -> Iterator[Tensor]:
-        """The K boolean keep-masks of the dropout avatars, drawn lazily, one per ``next``.
+    def keep_masks(self, t: Tensor, dtype: torch.dtype = torch.bool) -> Iterator[Tensor]:
+        """The K keep-masks of the dropout avatars, drawn lazily, one per ``next``.
 
         The same generator calls in the same order as ``__call__``: for one generator state,
-        avatar k is ``t * mask_k / (1 - p)`` in both.
+        avatar k is ``t * mask_k / (1 - p)`` in both. Boolean, or 0/1 in ``dtype`` (e.g. the
+        teacher's, so that applying a mask is a plain product).
         """
         if not self.is_dropout:
             raise ValueError(f"Avatars: keep masks exist for dropout with p > 0, not {self!r}")
         shape = self.mask_shape(t)
         for _ in range(self.num):
-            yield self._keep_mask(shape, t)
+            yield self._keep_mask(shape, t, dtype)
 
     def packed_masks(self, t: Tensor) -> PackedMasks:
         """All K keep-masks drawn now (as ``keep_masks``), kept as bits with their per-element count."""
@@ -201,21 +287,12 @@ class Avatars:
         shape = (k, *t.shape)
         if self.p == 0:  # every perturbation is the identity: no noise to draw
             return t.unsqueeze(0).expand(shape)
-        if self.perturbation.endswith("dropout"):
+        if self.kind.keep_mask:
             scaled = t * (1.0 / self.keep)
-            zero = torch.zeros((), dtype=t.dtype, device=t.device)
             if k == 1:
-                return torch.where(next(self.keep_masks(t)), scaled, zero).unsqueeze(0)
-            out = torch.empty(shape, dtype=t.dtype, device=t.device)
+                return masked(scaled, next(self.keep_masks(t))).unsqueeze(0)
+            out = torch.empty(shape, dtype=scaled.dtype, device=t.device)
             for i, mask in enumerate(self.keep_masks(t)):
-                torch.where(mask, scaled, zero, out=out[i])
+                masked(scaled, mask, out=out[i])
             return out
-        device = self._device(t)
-        noise = torch.randn(
-            shape, device=device, dtype=t.dtype if t.is_floating_point() else torch.float32, generator=self.generator
-        ).to(t.device)
-        if self.perturbation == "multiplicative":
-            return t * (1.0 + self.p * noise)
-        dims = tuple(d for d in range(t.dim()) if d != 1)
-        rms = t.pow(2).mean(dim=dims, keepdim=True).sqrt()
-        return t + self.p * rms * noise
+        return self.kind.draw(t, k, self.p, self.generator, self._device(t))

@@ -257,6 +257,33 @@ def _renaming(fn: Callable[..., Any], renames: Mapping[str, str], label: str) ->
     return call
 
 
+# ----------------------------------------------------------------------------- avatars and uncertainty
+# Filled by ``avatarkd.avatars`` (``register_perturbation``) and ``avatarkd.uncertainty``
+# (``register_uncertainty``) with one class per kind; kept here so that the config schema can check
+# the names users write (``perturbation: dropout``, ``uncertainty: relative``) without importing them.
+PERTURBATIONS: Registry[Any] = Registry("perturbation")
+UNCERTAINTY_MODES: Registry[Any] = Registry("uncertainty mode")
+
+
+def _register_class(table: Registry[Any], name: str, replace: bool) -> Callable[[type[T]], type[T]]:
+    def decorate(cls: type[T]) -> type[T]:
+        cls.name = name  # type: ignore[attr-defined]
+        table.add(name, cls, replace=replace)
+        return cls
+
+    return decorate
+
+
+def register_perturbation(name: str, *, replace: bool = False) -> Callable[[type[T]], type[T]]:
+    """Declare a ``avatars.PerturbationKind`` subclass under the name configs use (``perturbation: name``)."""
+    return _register_class(PERTURBATIONS, name, replace)
+
+
+def register_uncertainty(name: str, *, replace: bool = False) -> Callable[[type[T]], type[T]]:
+    """Declare a ``uncertainty.UncertaintyKind`` subclass under the name configs use (``uncertainty: name``)."""
+    return _register_class(UNCERTAINTY_MODES, name, replace)
+
+
 def loss_table(names: list[str] | None = None) -> str:
     """The registered losses as a Markdown table (what README/docs show; a test keeps them equal)."""
     lines = ["| loss | hyperparameters (default) | needs | what |", "|---|---|---|---|"]

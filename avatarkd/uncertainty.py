@@ -1,6 +1,6 @@
 """The uncertainty-aware factor: how much each channel's Avatars are trusted.
 
-Four modes:
+Four modes, one class each (``UncertaintyKind`` subclasses, registered by the names users write):
 
 ``"variance"`` (our reading of the paper; see docs): per channel,
     ``sigma_c^2 = mean over avatars, batch and positions of (a_k - t)^2``,
@@ -26,15 +26,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config.distill import UNCERTAINTY_MODES, UncertaintyMode
-from .losses.dropout import DropoutCounts
+from .losses.dropout import BATCHNORM_EPS, DropoutCounts, channel_dot, channel_view
+from .registry import UNCERTAINTY_MODES, register_uncertainty
 
 
 def _reduce_dims(ndim: int, channel_dim: int, first: int) -> tuple[int, ...]:
@@ -61,6 +61,27 @@ def batch_standardise(x: Tensor, channel_dim: int = 1, eps: float = 1e-5) -> Ten
     return (x - mean) * torch.rsqrt(var + eps)
 
 
+@torch.no_grad()
+def standardise_avatar(x: Tensor, eps: float = 1e-5) -> Tensor:
+    """``batch_standardise(x)`` for a tensor that needs no gradient (an avatar), in place when it can.
+
+    Two passes (the channel means, then the centred squares), like a textbook two-pass variance, so
+    it stays exact to rounding whatever the mean; on CPU several times faster than ``F.batch_norm``'s
+    fused kernel, which is what makes per-avatar statistics cheap for K avatars. ``x`` may be
+    overwritten: pass a tensor the caller owns.
+    """
+    if x.dim() < 2:
+        raise ValueError(f"standardise_avatar: expected (N, C, ...), got shape {tuple(x.shape)}")
+    if x.requires_grad or x.is_inference():
+        x = x.detach().clone()
+    per_channel = x.numel() // x.shape[1]
+    rows = x.unsqueeze(-1) if x.dim() == 2 else x.flatten(2)
+    mean = rows.sum(-1).sum(0).div_(per_channel)
+    x.sub_(channel_view(mean, x.dim()))
+    var = channel_dot(x, x).div_(per_channel)
+    return x.mul_(channel_view(var.add_(eps).rsqrt_(), x.dim()))
+
+
 def _estimate_dtype(x: Tensor) -> torch.dtype:
     """Float32 at least (half-precision features), float64 for float64 features."""
     return torch.promote_types(x.dtype, torch.float32)
@@ -81,24 +102,104 @@ def dropout_batch_var(counts: DropoutCounts) -> Tensor:
     return var.to(_estimate_dtype(t)).div_(k * per_channel).clamp_min_(0.0)
 
 
+class UncertaintyKind:
+    """One uncertainty mode: how student and avatars are rescaled, and what that allows.
+
+    Subclass it and register it with ``@register_uncertainty("name")``: the config accepts
+    ``uncertainty: name``, ``AvatarLoss(..., uncertainty="name")`` uses it, and ``AvatarLoss`` picks
+    its code path by asking the class (``fast_forms``), never by the name. Three shapes of mode:
+
+    - ``keeps_estimate``: one per-channel ``sigma`` (``sigma()`` of the running variance estimate
+      of the avatars around the teacher) divides the student and every avatar alike;
+    - ``per_avatar``: the student and each avatar are rescaled by their own statistics
+      (``student()``, ``avatar()``);
+    - neither: no rescaling.
+    """
+
+    name: ClassVar[str] = ""
+    keeps_estimate: ClassVar[bool] = False
+    per_avatar: ClassVar[bool] = False
+    # The exact dropout twins of a base loss this mode can use, best first (``AvatarLoss.dropout_form``).
+    # A common per-channel factor commutes with keep counts and streamed masks: all three apply.
+    fast_forms: ClassVar[tuple[str, ...]] = ("avatar_counts", "avatar_masks", "avatar_stream")
+
+    def sigma(self, var: Tensor, rel_floor: float) -> Tensor:
+        """Per-channel sigma (C,) from the running variance estimate (``keeps_estimate`` modes)."""
+        raise NotImplementedError(f"uncertainty mode {self.name!r} keeps no estimate")
+
+    def student(self, x: Tensor) -> Tensor:
+        """The rescaled student (``per_avatar`` modes), differentiable."""
+        raise NotImplementedError(f"uncertainty mode {self.name!r} has no per-avatar rescaling")
+
+    def avatar(self, a: Tensor) -> Tensor:
+        """One rescaled avatar (N, C, ...) (``per_avatar`` modes); ``a`` is the caller's to overwrite."""
+        raise NotImplementedError(f"uncertainty mode {self.name!r} has no per-avatar rescaling")
+
+
+@register_uncertainty("variance")
+class VarianceMode(UncertaintyKind):
+    """Our reading of the paper: sigma^2 per channel = running mean of (a_k - t)^2."""
+
+    keeps_estimate = True
+
+    def sigma(self, var: Tensor, rel_floor: float) -> Tensor:
+        mean = var.mean()
+        # no perturbation at all (p = 0): nothing to weigh by. Decided on the device: no host sync.
+        var = self.normalise(var.clamp_min(rel_floor * mean))
+        return torch.where(mean > 0, var.sqrt(), torch.ones_like(var))
+
+    def normalise(self, var: Tensor) -> Tensor:
+        return var
+
+
+@register_uncertainty("relative")
+class RelativeMode(VarianceMode):
+    """The variance mode's sigma divided by its RMS over channels: reweighting without a change of scale."""
+
+    def normalise(self, var: Tensor) -> Tensor:
+        return var / var.mean()
+
+
+@register_uncertainty("batchnorm")
+class BatchNormMode(UncertaintyKind):
+    """The reference code: non-affine batch standardisation of the student and of each avatar."""
+
+    per_avatar = True
+    # each avatar has its own statistics, so no count form: the masks are streamed, one avatar live
+    fast_forms = ("avatar_standardised_masks", "avatar_stream")
+    eps: ClassVar[float] = BATCHNORM_EPS  # F.batch_norm's; the standardised-masks twins are given it
+
+    def student(self, x: Tensor) -> Tensor:
+        return batch_standardise(x, 1, self.eps)
+
+    def avatar(self, a: Tensor) -> Tensor:
+        return standardise_avatar(a, self.eps)
+
+
+@register_uncertainty("none")
+class NoneMode(UncertaintyKind):
+    """No rescaling, for ablations."""
+
+
 class Uncertainty(nn.Module):
     """Rescales student and avatars by the uncertainty factor before the base loss.
 
     Args:
-        mode: ``"variance"``, ``"relative"``, ``"batchnorm"`` or ``"none"``.
+        mode: a registered mode name: ``"variance"``, ``"relative"``, ``"batchnorm"`` or ``"none"``.
         momentum: EMA weight of the newest batch in ``"variance"`` and ``"relative"`` modes.
         rel_floor: ``sigma^2`` is floored at ``rel_floor * mean_c(sigma^2)`` so that a channel the
             teacher never activates (sigma = 0 under dropout) cannot blow the student up; being
             relative, the floor keeps the mode scale-invariant.
     """
 
-    def __init__(self, mode: UncertaintyMode = "relative", momentum: float = 0.1, rel_floor: float = 1e-2) -> None:
+    def __init__(self, mode: str = "relative", momentum: float = 0.1, rel_floor: float = 1e-2) -> None:
         super().__init__()
         if mode not in UNCERTAINTY_MODES:
-            raise ValueError(f"unknown uncertainty mode {mode!r}; choose one of {UNCERTAINTY_MODES}")
+            raise ValueError(f"unknown uncertainty mode {mode!r}; choose one of {', '.join(UNCERTAINTY_MODES.names())}")
         if not 0.0 < momentum <= 1.0:
             raise ValueError(f"uncertainty momentum must be in (0, 1], got {momentum}")
-        self.mode = mode
+        self.mode = mode  # the name users write; the behaviour is the kind's
+        self.kind: UncertaintyKind = UNCERTAINTY_MODES.get(mode)()
         self.momentum = momentum
         self.rel_floor = rel_floor
         self.register_buffer("running_var", torch.empty(0))
@@ -147,24 +248,21 @@ class Uncertainty(nn.Module):
         """
         if self.training or self.running_var.numel() == 0:
             self.update(batch_var())
-        var = self.running_var
-        mean = var.mean()
-        # no perturbation at all (p = 0): nothing to weigh by. Decided on the device: no host sync.
-        var = var.clamp_min(self.rel_floor * mean)
-        if self.mode == "relative":
-            var = var / var.mean()
-        return torch.where(mean > 0, var.sqrt(), torch.ones_like(var))
+        return self.kind.sigma(self.running_var, self.rel_floor)
 
     def sigma(self, teacher: Tensor, avatars: Tensor) -> Tensor:
-        """Per-channel sigma, shape (C,) (RMS 1 in ``"relative"`` mode). Updates the running estimate in training mode."""
+        """Per-channel sigma (C,) (RMS 1 in ``"relative"`` mode); updates the running estimate in training mode."""
         return self.sigma_from(lambda: self._batch_var(teacher, avatars))
 
     def forward(self, student: Tensor, teacher: Tensor, avatars: Tensor) -> tuple[Tensor, Tensor]:
         """Returns ``(student', avatars')`` ready for the base loss."""
-        if self.mode == "none":
+        kind = self.kind
+        if kind.per_avatar:
+            with torch.no_grad():
+                rescaled = torch.stack([kind.avatar(a.clone()) for a in avatars.unbind(0)])
+            return kind.student(student), rescaled
+        if not kind.keeps_estimate:
             return student, avatars
-        if self.mode == "batchnorm":
-            return batch_standardise(student, 1), batch_standardise(avatars, 2)
         sigma = self.sigma(teacher, avatars).to(student.dtype)
         view = (1, -1) + (1,) * (student.dim() - 2)
         sigma = sigma.view(view)

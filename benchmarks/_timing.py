@@ -86,6 +86,48 @@ def medians(times: dict[str, list[float]]) -> dict[str, float]:
     return {name: statistics.median(v) for name, v in times.items()}
 
 
+def quantile(values: list[float], q: float) -> float:
+    """Linear-interpolated quantile (0 <= q <= 1) of a non-empty list."""
+    ordered = sorted(values)
+    pos = q * (len(ordered) - 1)
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def paired_ratios(times: dict[str, list[float]], arm: str, ref: str) -> list[float]:
+    """Per-round ratios ``arm / ref`` of interleaved timings (round i of both arms ran side by side)."""
+    return [a / b for a, b in zip(times[arm], times[ref], strict=True)]
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    """Median and spread (quartiles, extremes) of repeated measurements."""
+    return {
+        "median": statistics.median(values),
+        "p25": quantile(values, 0.25),
+        "p75": quantile(values, 0.75),
+        "min": min(values),
+        "max": max(values),
+    }
+
+
+def tune_allocator() -> bool:
+    """Keep freed memory for reuse (glibc): no ``mmap`` per large tensor and no trimming.
+
+    By default glibc serves each allocation above 32 MiB (and, after its threshold adapts, some
+    below) with a fresh ``mmap``, so every call of a loss on a large feature map pays page faults
+    on new memory, in amounts that vary from call to call: that, not the arithmetic, made a base
+    loss's timing swing 3x between runs. With ``mmap`` off and trimming off, freed buffers are
+    reused, as a caching allocator does on GPU. Applied to every arm alike. False when not glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**30))
+
+
 def peak_tensor_bytes(fn: Callable[[], Any], device: str | torch.device) -> int | None:
     """Highest sum of live tensor bytes allocated during ``fn`` (tensors alive before it excluded).
 

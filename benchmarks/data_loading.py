@@ -10,7 +10,7 @@ horizontal flip (p 0.5), the same ``--workers``, ``--batches`` batches per timed
   shuffle=True)``.
 
 Passes alternate (avatarkd, torchvision, ...) ``--repeats`` times after one warm-up pass each (file
-cache); the table shows medians of the time per batch and the ratio. Target (issue 12): avatarkd
+cache); the table shows medians of the time per batch and the ratio. Target (issues 12, 19): avatarkd
 <= 1.1x torchvision.
 
     python benchmarks/data_loading.py                   # 30 batches x 9 repeats, no workers

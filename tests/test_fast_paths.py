@@ -17,6 +17,7 @@ Three kinds of evidence (``losses/dropout.py`` has the derivations):
 from __future__ import annotations
 
 import copy
+import functools
 import math
 
 import pytest
@@ -24,10 +25,12 @@ import torch
 
 from avatarkd import AvatarLoss, Avatars
 from avatarkd import losses as L
-from avatarkd.avatars import binomial_thresholds, int32_threshold
+from avatarkd.avatars import Dropout, binomial_thresholds, int32_threshold
+from avatarkd.config import AKDConfig
 from avatarkd.losses import MGD, MasKD
 from avatarkd.losses.dropout import DropoutCounts
-from avatarkd.uncertainty import Uncertainty, dropout_batch_var
+from avatarkd.registry import register_perturbation, register_uncertainty
+from avatarkd.uncertainty import BatchNormMode, RelativeMode, Uncertainty, dropout_batch_var
 
 Z_LIMIT = 5.0  # two-sided normal tail beyond 5 standard errors: 5.7e-7 per statistic
 
@@ -53,11 +56,15 @@ def test_dropout_form_is_chosen_per_base_loss_and_setting():
     assert AvatarLoss(L.smooth_l1, 4).dropout_form() == "avatar_counts"
     assert AvatarLoss(L.cwd, 4).dropout_form() == "avatar_masks"
     assert AvatarLoss(L.kd, 4, perturbation="channel_dropout").dropout_form() == "avatar_masks"
+    assert AvatarLoss(L.pkd, 4).dropout_form() == "avatar_stream"
+    assert AvatarLoss(L.dkd, 4).dropout_form() == "avatar_stream"
+    # per-avatar statistics: no count or mask form, but standardised masks or a stream
+    assert AvatarLoss(L.mse, 4, uncertainty="batchnorm").dropout_form() == "avatar_standardised_masks"
+    assert AvatarLoss(MGD(3), 4, uncertainty="batchnorm").dropout_form() == "avatar_standardised_masks"
+    assert AvatarLoss(L.cwd, 4, uncertainty="batchnorm").dropout_form() == "avatar_stream"
     for akd in (
-        AvatarLoss(L.pkd, 4),
-        AvatarLoss(MasKD(3), 4),
-        AvatarLoss(L.dkd, 4),  # no exact dropout form
-        AvatarLoss(L.mse, 4, uncertainty="batchnorm"),  # per-avatar statistics
+        AvatarLoss(MasKD(3), 4),  # no exact dropout form
+        AvatarLoss(L.l1, 4, uncertainty="batchnorm"),  # counts need one common factor
         AvatarLoss(L.mse, 4, perturbation="gaussian"),
         AvatarLoss(L.mse, 4, p=0.0),
     ):
@@ -311,3 +318,178 @@ def test_akd_with_four_avatars_needs_at_most_one_feature_map_more_than_its_base(
     explicit = copy.deepcopy(akd)
     explicit.fast_paths = False
     assert _peak_tensor_bytes(step(explicit)) - peaks["base"] > 3 * feature_map  # the K copies the fast path avoids
+
+
+# ------------------------------------------------------------------ streamed forms: same random state
+def _stream_case(name: str, shape: tuple[int, ...], rng: torch.Generator):
+    s = torch.randn(*shape, generator=rng, dtype=torch.float64, requires_grad=True)
+    t = (torch.randn(*shape, generator=rng, dtype=torch.float64) * 2 + 0.3).relu()
+    kw: dict = {}
+    if name == "dkd":
+        target = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=rng)
+        if target.dim() > 1:
+            target[0, 0] = -1  # an ignored pixel
+        kw["target"] = target
+    base = MGD(shape[1], alpha=1.0, generator=torch.Generator().manual_seed(7)).double() if name == "mgd" else None
+    return s, t, kw, base or getattr(L, name)
+
+
+STREAM_SHAPES = [(3, 5, 6, 7), (2, 4, 9, 3), (6, 7)]
+
+
+@pytest.mark.parametrize("k", [1, 2, 4, 5])
+@pytest.mark.parametrize("uncertainty", ["batchnorm", "relative", "none"])
+@pytest.mark.parametrize("name", ["mse", "mgd", "cwd", "kd", "pkd", "dkd"])
+def test_streamed_forms_equal_explicit_avatars_for_the_same_seed(name, uncertainty, k, rng):
+    """``avatar_standardised_masks`` and ``avatar_stream`` draw the explicit path's masks (same generator
+    calls, same order): value and gradient agree to rounding (float64) at every K, shape and mode."""
+    for shape in STREAM_SHAPES:
+        if len(shape) == 2 and name in ("cwd", "mgd"):
+            continue  # spatial losses
+        s, t, kw, base = _stream_case(name, shape, rng)
+        fast, slow = _pair(base, num_avatars=k, p=0.25, uncertainty=uncertainty)
+        form = fast.dropout_form()
+        if uncertainty == "batchnorm":
+            assert form == ("avatar_standardised_masks" if name in ("mse", "mgd") else "avatar_stream")
+        elif name in ("pkd", "dkd"):
+            assert form == "avatar_stream"
+        else:
+            assert form in ("avatar_counts", "avatar_masks")
+            continue  # covered above
+        for training in (True, False):
+            fast.train(training)
+            slow.train(training)
+            if name == "mgd":
+                fast.base.rng.manual_seed(7)
+                slow.base.rng.manual_seed(7)
+            got, want = fast(s, t, **kw), slow(s, t, **kw)
+            (g_got,), (g_want,) = torch.autograd.grad(got, s), torch.autograd.grad(want, s)
+            assert _rel(got, want) < 1e-10, (name, shape, got.item(), want.item())
+            assert _rel(g_got, g_want) < 1e-10, (name, shape)
+
+
+@pytest.mark.parametrize("name", ["mse", "cwd", "pkd"])
+def test_batchnorm_fast_paths_in_float32_stay_within_float32_rounding(name, rng):
+    s = torch.randn(2, 8, 20, 30, generator=rng)
+    t = (s + 0.5 * torch.randn(2, 8, 20, 30, generator=rng) + 1.0).relu()
+    fast, slow = _pair(getattr(L, name), num_avatars=4, uncertainty="batchnorm")
+    slow.double()
+    s32 = s.clone().requires_grad_()
+    s64 = s.double().requires_grad_()
+    got, want = fast(s32, t), slow(s64, t.double())
+    (g_got,), (g_want,) = torch.autograd.grad(got, s32), torch.autograd.grad(want, s64)
+    assert _rel(got.double(), want) < 1e-5 and _rel(g_got.double(), g_want) < 1e-4, name
+
+
+def test_standardised_masks_are_exact_for_a_teacher_far_from_zero(rng):
+    """The per-avatar variance comes from raw moments; a dropout avatar bounds their cancellation."""
+    t = torch.randn(2, 3, 8, 8, generator=rng, dtype=torch.float64) * 0.01 + 50.0
+    s = torch.randn(2, 3, 8, 8, generator=rng, dtype=torch.float64, requires_grad=True)
+    fast, slow = _pair(L.mse, num_avatars=4, p=0.1, uncertainty="batchnorm")
+    got, want = fast(s, t), slow(s, t)
+    assert _rel(got, want) < 1e-10
+
+
+# ------------------------------------------------------------------ new modes and perturbations, declared here
+@register_uncertainty("test_relative_floor", replace=True)
+class RelativeWithHigherFloor(RelativeMode):
+    """``relative`` with sigma^2 floored at 20% of its channel mean instead of 1%."""
+
+    def sigma(self, var: torch.Tensor, rel_floor: float) -> torch.Tensor:
+        return super().sigma(var, 0.2)
+
+
+@register_uncertainty("test_batchnorm_eps", replace=True)
+class BatchNormLargeEps(BatchNormMode):
+    """``batchnorm`` with a larger eps: the standardised-masks form must use the mode's own."""
+
+    eps = 0.05
+
+
+@register_perturbation("test_spatial_dropout", replace=True)
+class SpatialDropout(Dropout):
+    """A keep-mask perturbation that drops whole positions (every channel at once)."""
+
+    def mask_shape(self, t: torch.Tensor) -> tuple[int, ...]:
+        return (t.shape[0], 1, *t.shape[2:])
+
+
+def test_a_new_mode_and_a_new_perturbation_take_the_fast_paths(rng):
+    s = torch.randn(2, 6, 5, 7, generator=rng, dtype=torch.float64, requires_grad=True)
+    t = (torch.randn(2, 6, 5, 7, generator=rng, dtype=torch.float64) + 0.5).relu() * torch.arange(
+        1, 7, dtype=torch.float64
+    ).view(1, 6, 1, 1)
+    t[:, 0] = 0.0  # a dead channel: the floor decides its sigma
+    # the new mode keeps an estimate and rescales by one factor: counts for mse, masks for cwd
+    cases = [
+        (L.mse, "test_relative_floor", "dropout", "avatar_counts"),
+        (L.cwd, "test_relative_floor", "dropout", "avatar_masks"),
+        (L.cwd, "relative", "test_spatial_dropout", "avatar_masks"),
+        (L.mse, "batchnorm", "test_spatial_dropout", "avatar_standardised_masks"),
+        (L.mse, "test_batchnorm_eps", "dropout", "avatar_standardised_masks"),
+        (L.cwd, "test_batchnorm_eps", "dropout", "avatar_stream"),
+        (L.pkd, "none", "test_spatial_dropout", "avatar_stream"),
+    ]
+    for base, mode, perturbation, form in cases:
+        fast, slow = _pair(base, num_avatars=4, p=0.3, uncertainty=mode, perturbation=perturbation)
+        assert fast.dropout_form() == form, (base.__name__, mode, perturbation)
+        if form == "avatar_counts":  # another random stream: compare for the same counts
+            avatars = Avatars(4, perturbation, 0.3, rng)(t)
+            counts = DropoutCounts(t, _counts_of(avatars, "dropout"), 4, 0.7)
+            want = slow(s, t, avatars=avatars)
+            scale = fast._avatar_scale(functools.partial(dropout_batch_var, counts), s.dtype)
+            got = fast.base.avatar_counts(s, counts, scale=scale)
+        else:
+            got, want = fast(s, t), slow(s, t)
+        (g_got,), (g_want,) = torch.autograd.grad(got, s), torch.autograd.grad(want, s)
+        assert _rel(got, want) < 1e-10 and _rel(g_got, g_want) < 1e-10, (base.__name__, mode, perturbation)
+    # the new mode is not relative: the floor changes sigma of the dead channel
+    floor = Uncertainty("test_relative_floor").sigma(t, Avatars(4, p=0.3, generator=rng)(t))
+    plain = Uncertainty("relative").sigma(t, Avatars(4, p=0.3, generator=rng)(t))
+    assert floor[0] > 2 * plain[0]
+    # and the config accepts both names
+    cfg = AKDConfig(uncertainty="test_relative_floor", perturbation="test_spatial_dropout", p=0.5)
+    assert cfg.uncertainty == "test_relative_floor"
+    with pytest.raises(ValueError, match="must be < 1"):
+        AKDConfig(perturbation="test_spatial_dropout", p=1.0)
+
+
+@pytest.mark.parametrize("dim", [1, -1])
+def test_kl_shared_exp_equals_per_avatar_softmax_and_falls_back_on_large_logits(dim, rng):
+    """The one-exp form (CPU) against the per-avatar log-softmax form for the same masks, and the
+    fallback for logits whose shift could underflow a whole avatar (float32: |max| > ~79)."""
+    from avatarkd.losses.dropout import _kl_dropout_mean_shared_exp, kl_dropout_mean, kl_stream_mean, masked
+
+    kept = torch.randn(3, 5, 7, 4, generator=rng, dtype=torch.float64) * 3 - 1
+    masks = [torch.rand(3, 5, 7, 4, generator=rng) > 0.3 for _ in range(4)]
+    pbar, neg = _kl_dropout_mean_shared_exp([kept.clone()], iter(masks), 4, dim)
+    s = torch.randn(3, 5, 7, 4, generator=rng, dtype=torch.float64, requires_grad=True)
+    got = kl_dropout_mean(s, 0.5, kept.clone(), iter(masks), 4, dim)
+    want = kl_stream_mean(s, 0.5, (masked(kept, m) for m in masks), 4, dim)
+    assert _rel(got, want) < 1e-10
+    (g_got,), (g_want,) = torch.autograd.grad(got.sum(), s), torch.autograd.grad(want.sum(), s)
+    assert _rel(g_got, g_want) < 1e-10
+    big = (kept * 40).float()  # |logits| up to several hundred: the shared shift could underflow
+    assert _kl_dropout_mean_shared_exp([big], iter(masks), 4, dim) is None
+    s32 = s.detach().float()
+    got = kl_dropout_mean(s32, 0.5, big.clone(), iter(masks), 4, dim)
+    want = kl_stream_mean(s32, 0.5, (masked(big, m) for m in masks), 4, dim)
+    assert torch.equal(got, want) and torch.isfinite(got).all()
+
+
+@pytest.mark.parametrize("length", [1, 2, 7])
+def test_kl_shared_exp_on_short_rows_of_large_logits_stays_finite_and_close(length, rng):
+    """Rows of one or two positions (a 1x1 FPN level) with logits far below 0: an avatar that keeps
+    everything has its largest term far below the shared shift. Regression: e0 + (E - e0) lost E
+    (NaN). The float32 value stays within |logit| * eps per row of the float64 per-avatar form."""
+    from avatarkd.losses.dropout import _kl_dropout_mean_shared_exp, kl_dropout_mean, kl_stream_mean, masked
+
+    kept = (torch.randn(4, 64, length, generator=rng, dtype=torch.float64) * 5).clamp(-29, 29)
+    kept[:, :8] = -25.0  # far below the shared shift (0) wherever nothing is dropped
+    masks = [torch.rand(4, 64, length, generator=rng) > 0.1 for _ in range(4)]
+    assert _kl_dropout_mean_shared_exp([kept.float()], iter(masks), 4, -1) is not None  # the shared form runs
+    s = torch.randn(4, 64, length, generator=rng, dtype=torch.float64)
+    want = kl_stream_mean(s, 1.0, (masked(kept, m) for m in masks), 4, -1)
+    got = kl_dropout_mean(s.float(), 1.0, kept.float(), iter(masks), 4, -1)
+    assert torch.isfinite(got).all()
+    assert (got.double() - want).abs().max() < 30 * 1e-6

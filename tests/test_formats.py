@@ -22,7 +22,8 @@ from avatarkd.tasks import make_task
 
 
 def mask_of(ds, index: int = 0) -> torch.Tensor:
-    return ds[index][1]
+    """The reader's mask, before the training split's random augmentation (which may flip it)."""
+    return innermost(ds)[index][1]
 
 
 def test_every_config_format_has_a_reader():

@@ -211,3 +211,34 @@ def test_dense_dkd_equals_dkd_over_labelled_pixels(rng):
     assert L.dkd(s, t, target=big, tau=2.0).item() == pytest.approx(L.dkd(s, t, target=y, tau=2.0).item(), rel=1e-6)
     with pytest.raises(ValueError, match="label 7 is not a class of the 4-channel logits"):
         L.dkd(s, t, target=torch.full((2, 3, 5), 7))
+
+
+TWIN_FORMS = ("avatar_mean", "avatar_counts", "avatar_masks", "avatar_standardised_masks", "avatar_stream")
+
+
+def test_twins_take_their_defaults_from_the_base_loss():
+    """One source of defaults: a twin's hyperparameters have no default of its own; the base's fill them."""
+    import inspect
+
+    from avatarkd.registry import LOSSES
+
+    seen = 0
+    for name in LOSSES.names():
+        fn = LOSSES.get(name).fn
+        if isinstance(fn, type):
+            continue  # modules keep hyperparameters on the instance
+        base_defaults = {
+            n: p.default
+            for n, p in inspect.signature(fn).parameters.items()
+            if p.default is not inspect.Parameter.empty
+        }
+        for form in TWIN_FORMS:
+            twin = getattr(fn, form, None)
+            if twin is None:
+                continue
+            seen += 1
+            assert twin.defaults == base_defaults, (name, form)
+            own = inspect.signature(twin.__wrapped__).parameters
+            for hp in base_defaults:
+                assert own[hp].kind is inspect.Parameter.KEYWORD_ONLY and own[hp].default is inspect.Parameter.empty
+    assert seen >= 12

@@ -45,4 +45,4 @@ class ImageFolderDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         path, label = self.samples[index]
-        return read_rgb(Path(path)), label
+        return read_rgb(path), label

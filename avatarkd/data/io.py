@@ -64,15 +64,22 @@ class SizeMismatchError(UnreadableError):
     """
 
 
-def _open(path: Path) -> Image.Image:
-    """A fully decoded PIL image; truncated or corrupt files fail here rather than deep in a model."""
-    if not path.is_file():
-        raise UnreadableError(f"{path}: image file not found")
+def _open(path: Path | str) -> Image.Image:
+    """A fully decoded PIL image; truncated or corrupt files fail here rather than deep in a model.
+
+    ``load()`` closes the file that ``Image.open`` opened once the pixels are read, so the image
+    is returned as it is (no copy, no separate existence check: one ``open`` per read).
+    """
+    im = None
     try:
-        with Image.open(path) as im:
-            im.load()
-            return im.copy()
+        im = Image.open(path)
+        im.load()
+        return im
+    except FileNotFoundError as exc:
+        raise UnreadableError(f"{path}: image file not found") from exc
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        if im is not None:
+            im.close()
         raise UnreadableError(f"{path}: cannot read image ({one_line(exc)})") from exc
 
 
@@ -97,10 +104,12 @@ def _rgb_array(im: Image.Image) -> np.ndarray:
     return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
 
 
-def read_rgb(path: Path) -> Tensor:
+def read_rgb(path: Path | str) -> Tensor:
     """A float32 3xHxW tensor in [0, 1], the input format of torchvision models."""
-    path = Path(path)
     im = _open(path)
+    if im.mode == "RGB":  # the common case: bytes to CHW float in one pass, as torchvision's ToTensor
+        pixels = torch.from_numpy(np.array(im)).permute(2, 0, 1)
+        return pixels.to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
     try:
         array = _rgb_array(im)
     except (OSError, ValueError) as exc:

@@ -25,20 +25,36 @@ each avatar's softmax is needed; but only two things of it are kept,
     mean_k KL(p_k || q_s) = mean_k sum p_k log p_k  -  sum pbar log q_s,
 
 the per-row mean negative entropy and the mean probability ``pbar``. The avatars are visited one at a
-time (one mask, one log-softmax, one exp), so memory does not grow with K, and the student is seen
-once: its gradient is ``(q_s - pbar)`` times the logit scale, written out in ``_CrossEntropyToMean``.
+time, so memory does not grow with K, and the student is seen once. An avatar's logit is the
+teacher's or 0, so with one shift per row for all avatars the exponentials are computed once and
+each avatar costs a few multiply-adds and row sums (``_kl_dropout_mean_shared_exp``, on CPU; the
+per-avatar log-softmax where that shift could underflow, and on CUDA). The student's gradient is
+``(q_s - pbar)`` times the logit scale, written out in ``_CrossEntropyToMean``.
 The value is a difference of two sums of the size of ``log(positions)``, so in float32 its relative
 rounding grows as the divergence gets small (the gradient has no such difference); the tests bound
 it at 1e-5 against float64 at their sizes.
 
-All three are exact rewrites of the K-avatar mean (``tests/test_fast_paths.py`` checks value, gradient and
+**Batch-standardised avatars: per-channel sums.** The reference mode (``batchnorm``) standardises
+each avatar with its own batch statistics, ``a_k' = (x_k - mu_k) w_k``, ``x_k = t m_k / q``,
+``w_k = 1 / sqrt(var_k + eps)``. A squared error needs only the mean standardised avatar and
+``mean_k ||a_k'||^2``: per channel ``mu_k`` and ``var_k`` come from the sums of ``x_k`` and
+``x_k^2``, ``||a_k'||^2 = M var_k / (var_k + eps)`` (M elements per channel), and
+``abar' = (sum_k w_k x_k - sum_k w_k mu_k) / K``: one masked copy alive, a few passes per avatar, no
+standardised avatar ever written (``standardised_dropout_mean``). The variance comes from the raw
+moments, whose cancellation is bounded for a dropout avatar: ``mu^2 / var <= q / p`` (9 at p = 0.1).
+
+**Any loss with a streaming mean.** ``squared_error_stream`` and ``kl_stream_mean`` take the K
+(rescaled) avatars one at a time from an iterator, so that a mode that rescales each avatar on its
+own (``batchnorm``) never holds K copies.
+
+All of these are exact rewrites of the K-avatar mean (``tests/test_fast_paths.py`` checks value, gradient and
 distribution against the explicit K-avatar path).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import Tensor
@@ -55,6 +71,24 @@ def channel_dot(x: Tensor, y: Tensor) -> Tensor:
         return torch.linalg.vector_norm(rows, dim=-1).square_().sum(0)
     other = y.unsqueeze(-1) if y.dim() == 2 else y.flatten(2)
     return (rows * other).sum(-1).sum(0)
+
+
+BATCHNORM_EPS = 1e-5  # the eps of the batchnorm uncertainty mode's standardisation (F.batch_norm's default)
+
+
+def masked(x: Tensor, mask: Tensor, out: Tensor | None = None) -> Tensor:
+    """``where(mask, x, 0)`` for a keep-mask (boolean, or 0/1 in x's dtype; broadcast against ``x``), as a product.
+
+    The same values (a dropped negative element becomes -0.0, equal to 0), several times faster on
+    CPU than ``torch.where`` with a boolean condition, which is not vectorised there.
+    """
+    return torch.mul(x, mask.view(torch.uint8) if mask.dtype == torch.bool else mask, out=out)
+
+
+def channel_sum(x: Tensor) -> Tensor:
+    """Per-channel sum over every dim but dim 1: shape (C,)."""
+    rows = x.unsqueeze(-1) if x.dim() == 2 else x.flatten(2)
+    return rows.sum(-1).sum(0)
 
 
 def channel_view(v: Tensor, ndim: int) -> Tensor:
@@ -150,6 +184,90 @@ def squared_error_counts(
         target = norm * (avatar_scale if avatar_scale is not None else torch.ones_like(student_scale))
         coef, weight = channel_view(target / student_scale, ndim), student_scale.pow(2)
     return _SquaredDistance.apply(student, counts.kept, coef, weight) + spread
+
+
+@torch.no_grad()
+def _streamed_mean_and_square(avatars: Iterable[Tensor], num: int, what: str) -> tuple[Tensor, Tensor]:
+    """``mean_k a_k`` (in the first avatar's memory) and ``mean_k ||a_k||^2`` of K avatars consumed one at a time."""
+    total: Tensor | None = None
+    square: Tensor | None = None
+    seen = 0
+    for a in avatars:
+        flat = a.reshape(-1)
+        sq = torch.dot(flat, flat)
+        square = sq if square is None else square.add_(sq)
+        total = a if total is None else total.add_(a)
+        seen += 1
+    if seen != num or total is None or square is None:
+        raise ValueError(f"{what}: expected {num} avatars, got {seen}")
+    return total.div_(num), square.div_(num)
+
+
+def squared_error_stream(student: Tensor, avatars: Iterable[Tensor], num: int) -> Tensor:
+    """``mean_k sum (student - a_k)^2`` over K avatars yielded one at a time (the iterator's tensors are overwritten).
+
+    ``= sum (student - abar)^2 + mean_k ||a_k||^2 - ||abar||^2``: one avatar alive at a time, one
+    student-side pass. With one avatar the spread is exactly 0.
+    """
+    abar, square = _streamed_mean_and_square(avatars, num, "squared_error_stream")
+    with torch.no_grad():
+        flat = abar.reshape(-1)
+        spread = square - torch.dot(flat, flat) if num > 1 else torch.zeros_like(square)
+    return _SquaredDistance.apply(student, abar, 1.0, None) + spread
+
+
+@torch.no_grad()
+def standardised_dropout_mean(
+    teacher: Tensor, masks: Iterable[Tensor], num: int, keep: float, eps: float = BATCHNORM_EPS
+) -> tuple[Tensor, Tensor]:
+    """Mean over the K dropout avatars of their batch-standardised versions, and ``mean_k ||a_k'||^2``.
+
+    ``a_k' = (x_k - mu_k) / sqrt(var_k + eps)`` per channel (biased variance, over every dim but 1),
+    ``x_k = where(m_k, t / q, 0)``: what ``batch_standardise`` gives each explicit avatar. Per mask:
+    the masked copy, its per-channel sum and squared norm, and one multiply-add into the running
+    ``sum_k w_k x_k``; see the module docstring.
+    """
+    c = teacher.shape[1]
+    per_channel = teacher.numel() // c
+    scaled = teacher * (1.0 / keep)  # as in Avatars.__call__
+    acc: Tensor | None = None
+    offset = torch.zeros(c, dtype=torch.float64, device=teacher.device)  # sum_k w_k mu_k
+    square = torch.zeros((), dtype=torch.float64, device=teacher.device)  # sum_k ||a_k'||^2
+    seen = 0
+    for mask in masks:
+        x = masked(scaled, mask)
+        mean = channel_sum(x).double().div_(per_channel)
+        var = channel_dot(x, x).double().div_(per_channel).sub_(mean.square()).clamp_min_(0.0)
+        w = var.add(eps).rsqrt_()
+        square += (var * w.square()).sum() * per_channel
+        offset += w * mean
+        w_view = channel_view(w.to(teacher.dtype), teacher.dim())
+        acc = x.mul_(w_view) if acc is None else acc.addcmul_(x, w_view)
+        seen += 1
+        del x
+    if seen != num or acc is None:
+        raise ValueError(f"standardised_dropout_mean: expected {num} masks, got {seen}")
+    mean_avatar = acc.sub_(channel_view(offset.to(teacher.dtype), teacher.dim())).div_(num)
+    return mean_avatar, square.div_(num).to(_acc_dtype(teacher))
+
+
+def _acc_dtype(x: Tensor) -> torch.dtype:
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def squared_error_standardised_masks(
+    student: Tensor, teacher: Tensor, masks: Iterable[Tensor], num: int, keep: float, eps: float = BATCHNORM_EPS
+) -> Tensor:
+    """``mean_k sum (student - a_k')^2``, ``a_k'`` the k-th dropout avatar batch-standardised with its own statistics.
+
+    ``student`` is already standardised (it carries the gradient through that). Exact for the same
+    masks as the explicit path (``standardised_dropout_mean``); with one avatar the spread is 0.
+    """
+    abar, square = standardised_dropout_mean(teacher, masks, num, keep, eps)
+    with torch.no_grad():
+        flat = abar.reshape(-1)
+        spread = square - torch.dot(flat, flat).to(square.dtype) if num > 1 else torch.zeros_like(square)
+    return _SquaredDistance.apply(student, abar, 1.0, None) + spread.to(student.dtype)
 
 
 class ElementwiseLoss:
@@ -266,12 +384,95 @@ def kl_dropout_mean(
     K masks are consumed one at a time. Returns the rows (``dim`` reduced), differentiable in
     ``student``.
     """
+
+    held = [kept_logits]  # the caller passes it without keeping it: freed as soon as it is used up
+    del kept_logits
+    if held[0].device.type == "cpu":
+        shared = _kl_dropout_mean_shared_exp(held, masks, num, dim)
+        if shared is not None:
+            pbar, neg_entropy = shared
+            return _CrossEntropyToMean.apply(student, student_mult, pbar, dim) + neg_entropy
+
+    def logits() -> Iterator[Tensor]:
+        kept = held.pop()
+        for mask in masks:
+            yield masked(kept, mask)
+
+    return kl_stream_mean(student, student_mult, logits(), num, dim)
+
+
+def _shared_shift_limit(dtype: torch.dtype) -> float:
+    """Largest ``|max_row kept|`` for which one shift serves every avatar of a row.
+
+    Each row's value then carries a rounding of about ``|max_row kept| * eps`` (the shift is
+    subtracted back), as a log-softmax of logits that size does anyway; 30 keeps it within a few
+    1e-6 in float32 and far from underflow (``exp(-30)``); float64's range allows far more.
+    """
+    return 30.0 if torch.finfo(dtype).bits <= 32 else 600.0
+
+
+@torch.no_grad()
+def _kl_dropout_mean_shared_exp(
+    held: list[Tensor], masks: Iterable[Tensor], num: int, dim: int
+) -> tuple[Tensor, Tensor] | None:
+    """``pbar`` and the per-row ``mean_k sum p_k log p_k`` of K dropout avatars with one ``exp`` for all of them.
+
+    An avatar's logit is the kept one or 0, so with one shift ``c`` per row for every avatar
+    (``c = max(0, max_row kept)``, an upper bound of every avatar's row maximum),
+    ``exp(z_k - c) = lerp(e0, E, m_k)``, ``E = exp(kept - c)``, ``e0 = exp(-c)`` (exact: never
+    ``e0 + (E - e0)``, which loses a small ``E`` next to ``e0``): the exponentials are computed
+    once, and each avatar costs a blend, a product and two row sums, no ``exp`` or ``log`` per
+    element. Per row, ``S_k = sum exp(z_k - c)``, ``p_k = exp(z_k - c) / S_k`` and
+    ``sum p_k log p_k = <p_k, z_k> - c - log S_k`` with ``<exp(z_k - c), z_k> = <m_k, E kept>``.
+    Exact (the same softmax written with another shift) as long as no avatar's largest term can
+    underflow and the shift stays small: ``c - max_row z_k <= |max_row kept|`` must stay below
+    ``_shared_shift_limit``. None when it does not (``kl_stream_mean`` then shifts each avatar by
+    its own maximum), or on CUDA, where the check would wait for the device. ``held`` holds the
+    kept logits; they are taken out (freed) once used, unless None is returned.
+    """
+    kept_logits = held[0]
+    if kept_logits.device.type != "cpu" or kept_logits.numel() == 0:
+        return None
+    top = kept_logits.amax(dim, keepdim=True)
+    # read through NumPy's view of the CPU tensor: no device exists to wait for (this form is CPU-only)
+    if not top.abs().amax().float().numpy() < _shared_shift_limit(kept_logits.dtype):
+        return None
+    held.clear()
+    shift = top.clamp_min_(0.0)
+    exp_kept = torch.exp(kept_logits - shift)
+    exp_dropped = torch.exp(-shift).expand_as(exp_kept)
+    weighted = kept_logits.mul_(exp_kept)  # E * kept: <exp(z_k - c), z_k> = <m_k, weighted>; kept is ours
+    del kept_logits
+    pbar: Tensor | None = None
+    neg_entropy: Tensor | None = None
+    seen = 0
+    for mask in masks:
+        keep = mask if mask.dtype == exp_kept.dtype else mask.to(exp_kept.dtype)  # ours: overwritten below
+        # exp(z_k - c): lerp is exact at weight 0 and 1 (E where kept, e0 where dropped), never e0 + (E - e0)
+        e = torch.lerp(exp_dropped, exp_kept, keep)
+        total = e.sum(dim, keepdim=True)  # S_k, a sum of positive terms
+        dot = (keep.mul_(weighted) if keep.shape == weighted.shape else keep * weighted).sum(dim, keepdim=True)
+        inv = total.reciprocal()
+        row = dot.mul_(inv).sub_(shift).sub_(total.log_())  # <p_k, z_k> - c - log S_k
+        neg_entropy = row if neg_entropy is None else neg_entropy.add_(row)
+        pbar = e.mul_(inv) if pbar is None else pbar.addcmul_(e, inv)
+        seen += 1
+        del keep, e
+    if seen != num or pbar is None or neg_entropy is None:
+        raise ValueError(f"kl_dropout_mean: expected {num} masks, got {seen}")
+    return pbar.div_(num), neg_entropy.squeeze(dim).div_(num)
+
+
+def kl_stream_mean(
+    student: Tensor, student_mult: Tensor | float, logits: Iterable[Tensor], num: int, dim: int
+) -> Tensor:
+    """Per row, ``mean_k KL(softmax(z_k) || softmax(student_mult * student))`` along ``dim``, the K avatar
+    logits ``z_k`` yielded one at a time (each is overwritten). Returns the rows, differentiable in ``student``."""
     with torch.no_grad():
         pbar: Tensor | None = None
         p_log_p: Tensor | None = None  # sum over avatars of p_k log p_k, element-wise: summed once at the end
         seen = 0
-        for mask in masks:
-            z = torch.where(mask, kept_logits, 0.0)
+        for z in logits:
             log_p = torch.log_softmax(z, dim)
             p = torch.exp(log_p, out=z)
             if p_log_p is None:
@@ -282,9 +483,8 @@ def kl_dropout_mean(
                 pbar.add_(p)  # type: ignore[union-attr]
             seen += 1
             del z, log_p, p
-        del kept_logits  # the caller passes it without keeping it: it is freed before the student side
         if seen != num or pbar is None or p_log_p is None:
-            raise ValueError(f"kl_dropout_mean: expected {num} masks, got {seen}")
+            raise ValueError(f"kl_stream_mean: expected {num} avatars, got {seen}")
         pbar.div_(num)
         neg_entropy = p_log_p.sum(dim).div_(num)
         del p_log_p

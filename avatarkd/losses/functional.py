@@ -14,8 +14,15 @@ smooth L1) are marked ``batch_separable`` instead: their value on a batch of K*N
 mean of their K per-avatar values, so all avatars go through one call.
 
 For drawn dropout avatars, ``mse``, ``l1`` and ``smooth_l1`` also have an ``avatar_counts`` twin (the
-mean over K avatars from the per-element keep counts) and ``cwd``/``kd`` an ``avatar_masks`` twin (the K avatars streamed one
-mask at a time); both are exact, see ``dropout.py``.
+mean over K avatars from the per-element keep counts) and ``cwd``/``kd`` an ``avatar_masks`` twin (the K
+avatars streamed one mask at a time); ``mse`` an ``avatar_standardised_masks`` twin (each avatar
+batch-standardised with its own statistics, from per-channel sums); ``mse``, ``cwd``, ``kd``, ``dkd``
+and ``pkd`` an ``avatar_stream`` twin (the K rescaled avatars consumed one at a time); all exact, see
+``dropout.py``.
+
+Every twin is attached with ``_twin_of(base, form)``, which fills the hyperparameters the caller
+leaves out from the base function's own signature: the defaults live in one place, so a default
+changed there holds at every K and on every path (``tests/test_losses.py`` checks it).
 
 Reductions (stated because papers differ):
 - ``mse``: sum of squared differences over all non-batch dims, divided by N (FitNet/MGD style).
@@ -34,7 +41,10 @@ temperature is ``tau`` in every loss (``T`` is still accepted by ``kd``/``dkd``,
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -47,8 +57,11 @@ from .dropout import (
     channel_view,
     elementwise_counts,
     kl_dropout_mean,
+    kl_stream_mean,
     smooth_l1_elementwise,
     squared_error_counts,
+    squared_error_standardised_masks,
+    squared_error_stream,
 )
 
 __all__ = ["mse", "cwd", "kd", "dkd", "pkd", "l1", "smooth_l1", "kl_div_probs"]
@@ -84,6 +97,36 @@ def _log_mean_probs(p_k: Tensor, log_p_k: Tensor) -> tuple[Tensor, Tensor]:
     return p_bar, p_bar.clamp_min(torch.finfo(p_bar.dtype).tiny).log()
 
 
+def _twin_of(base: Callable[..., Tensor], form: str) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
+    """Attach the decorated function as ``base.<form>``, its hyperparameter defaults read from ``base``.
+
+    The twin declares its hyperparameters keyword-only and without defaults; the attached wrapper
+    fills those the caller leaves out from ``base``'s signature (``wrapper.defaults``), so that
+    there is one source of defaults per loss.
+    """
+    params = inspect.signature(base).parameters
+    defaults = {n: p.default for n, p in params.items() if p.default is not inspect.Parameter.empty}
+
+    def attach(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        own = inspect.signature(fn).parameters
+        kw_only = {n for n, p in own.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        if kw_only != set(defaults) or any(own[n].default is not inspect.Parameter.empty for n in kw_only):
+            raise TypeError(
+                f"{fn.__name__}: a twin of {base.__name__} takes exactly its hyperparameters "
+                f"{sorted(defaults)} keyword-only, without defaults (they come from {base.__name__})"
+            )
+
+        @functools.wraps(fn)
+        def twin(*args: Any, **kw: Any) -> Tensor:
+            return fn(*args, **{**defaults, **kw})
+
+        twin.defaults = dict(defaults)  # type: ignore[attr-defined]
+        setattr(base, form, twin)
+        return fn
+
+    return attach
+
+
 def _mean_gap(per_avatar: Callable[[Tensor], Tensor], avatars: Tensor) -> Tensor:
     """mean_k of a student-independent term, evaluated without autograd."""
     with torch.no_grad():
@@ -98,6 +141,7 @@ def mse(student: Tensor, teacher: Tensor) -> Tensor:
     return (student - teacher).pow(2).sum() / student.shape[0]
 
 
+@_twin_of(mse, "avatar_mean")
 def _mse_avatar_mean(student: Tensor, avatars: Tensor) -> Tensor:
     abar = avatars.mean(0)
     n = student.shape[0]
@@ -105,10 +149,29 @@ def _mse_avatar_mean(student: Tensor, avatars: Tensor) -> Tensor:
     return mse(student, abar) + gap
 
 
+@_twin_of(mse, "avatar_counts")
 def _mse_avatar_counts(student: Tensor, counts: DropoutCounts, scale: Tensor | None = None) -> Tensor:
     """mean_k mse(scale * student, scale * a_k) over K dropout avatars given by their keep counts (``dropout.py``)."""
     _check_same_shape("mse", student, counts.teacher)
     return squared_error_counts(student, counts, scale, scale) / student.shape[0]
+
+
+@_twin_of(mse, "avatar_standardised_masks")
+def _mse_avatar_standardised_masks(
+    student: Tensor, teacher: Tensor, masks: Iterable[Tensor], num: int, keep: float, eps: float
+) -> Tensor:
+    """mean_k mse(student, BN(t * m_k / keep)), each avatar with its own batch statistics (``dropout.py``).
+
+    ``student`` is already standardised (the ``batchnorm`` mode did it, with autograd, with ``eps``).
+    """
+    _check_same_shape("mse", student, teacher)
+    return squared_error_standardised_masks(student, teacher.detach(), masks, num, keep, eps) / student.shape[0]
+
+
+@_twin_of(mse, "avatar_stream")
+def _mse_avatar_stream(student: Tensor, avatars: Iterable[Tensor], num: int) -> Tensor:
+    """mean_k mse(student, a_k), the K avatars consumed one at a time."""
+    return squared_error_stream(student, avatars, num) / student.shape[0]
 
 
 def _avatar_logits(teacher: Tensor, keep: float, scale: Tensor | None, tau: float) -> Tensor:
@@ -142,7 +205,8 @@ def cwd(student: Tensor, teacher: Tensor, tau: float = 1.0) -> Tensor:
     return kl_div_probs(p_t, log_p_s, dim=-1, log_p=F.log_softmax(z_t, dim=-1)).sum() * tau**2 / (n * c)
 
 
-def _cwd_avatar_mean(student: Tensor, avatars: Tensor, tau: float = 1.0) -> Tensor:
+@_twin_of(cwd, "avatar_mean")
+def _cwd_avatar_mean(student: Tensor, avatars: Tensor, *, tau: float) -> Tensor:
     s = _cwd_flat(student)
     n, c = s.shape[:2]
     with torch.no_grad():
@@ -155,6 +219,7 @@ def _cwd_avatar_mean(student: Tensor, avatars: Tensor, tau: float = 1.0) -> Tens
     return main + gap
 
 
+@_twin_of(cwd, "avatar_masks")
 def _cwd_avatar_masks(
     student: Tensor,
     teacher: Tensor,
@@ -162,7 +227,8 @@ def _cwd_avatar_masks(
     num: int,
     keep: float,
     scale: Tensor | None = None,
-    tau: float = 1.0,
+    *,
+    tau: float,
 ) -> Tensor:
     """mean_k cwd(scale * student, scale * t * m_k / keep), the K masks streamed (see ``dropout.py``)."""
     _check_same_shape("cwd", student, teacher)
@@ -180,6 +246,15 @@ def _cwd_avatar_masks(
     return rows.sum() * tau**2 / (n * c)
 
 
+@_twin_of(cwd, "avatar_stream")
+def _cwd_avatar_stream(student: Tensor, avatars: Iterable[Tensor], num: int, *, tau: float) -> Tensor:
+    """mean_k cwd(student, a_k), the K avatars consumed one at a time (one softmax alive)."""
+    s = _cwd_flat(student)
+    n, c = s.shape[:2]
+    logits = (_cwd_flat(a) if tau == 1.0 else _cwd_flat(a).mul_(1.0 / tau) for a in avatars)
+    return kl_stream_mean(s, 1.0 / tau, logits, num, dim=-1).sum() * tau**2 / (n * c)
+
+
 # --------------------------------------------------------------------------- KD
 def _kd_reduce(kl: Tensor) -> Tensor:
     # kl has the class dim summed away: (N, *positions); batch (and position) mean.
@@ -195,7 +270,8 @@ def kd(student: Tensor, teacher: Tensor, tau: float = 4.0) -> Tensor:
     return _kd_reduce(kl_div_probs(p_t, F.log_softmax(student / tau, dim=1), dim=1, log_p=log_p_t)) * tau**2
 
 
-def _kd_avatar_mean(student: Tensor, avatars: Tensor, tau: float = 4.0) -> Tensor:
+@_twin_of(kd, "avatar_mean")
+def _kd_avatar_mean(student: Tensor, avatars: Tensor, *, tau: float) -> Tensor:
     with torch.no_grad():
         z_k = avatars / tau
         p_k, log_p_k = F.softmax(z_k, dim=2), F.log_softmax(z_k, dim=2)
@@ -205,6 +281,7 @@ def _kd_avatar_mean(student: Tensor, avatars: Tensor, tau: float = 4.0) -> Tenso
     return main + gap
 
 
+@_twin_of(kd, "avatar_masks")
 def _kd_avatar_masks(
     student: Tensor,
     teacher: Tensor,
@@ -212,7 +289,8 @@ def _kd_avatar_masks(
     num: int,
     keep: float,
     scale: Tensor | None = None,
-    tau: float = 4.0,
+    *,
+    tau: float,
 ) -> Tensor:
     """mean_k kd(scale * student, scale * t * m_k / keep), the K masks streamed (see ``dropout.py``)."""
     _check_same_shape("kd", student, teacher)
@@ -225,6 +303,13 @@ def _kd_avatar_masks(
         dim=1,
     )
     return _kd_reduce(rows) * tau**2
+
+
+@_twin_of(kd, "avatar_stream")
+def _kd_avatar_stream(student: Tensor, avatars: Iterable[Tensor], num: int, *, tau: float) -> Tensor:
+    """mean_k kd(student, a_k), the K avatars consumed one at a time."""
+    logits = (a if tau == 1.0 else a.mul_(1.0 / tau) for a in avatars)
+    return _kd_reduce(kl_stream_mean(student, 1.0 / tau, logits, num, dim=1)) * tau**2
 
 
 # --------------------------------------------------------------------------- DKD
@@ -298,13 +383,28 @@ def dkd(
     return (alpha * tckd + beta * nckd) * tau**2
 
 
+def _dkd_from_means(
+    s: Tensor,
+    target: Tensor,
+    b_bar: Tensor,
+    o_bar: Tensor,
+    gaps: tuple[Tensor, Tensor],
+    alpha: float,
+    beta: float,
+    tau: float,
+) -> Tensor:
+    """The student side of mean_k dkd: KL to the mean avatar's (binary, non-target) distributions plus the gaps."""
+    n = max(len(target), 1)
+    tiny = torch.finfo(s.dtype).tiny
+    b_s, log_o_s = _dkd_parts(s, target, tau)
+    tckd = kl_div_probs(b_bar, b_s.clamp_min(tiny).log(), dim=-1).sum() / n + gaps[0]
+    nckd = kl_div_probs(o_bar, log_o_s, dim=-1).sum() / n + gaps[1]
+    return (alpha * tckd + beta * nckd) * tau**2
+
+
+@_twin_of(dkd, "avatar_mean")
 def _dkd_avatar_mean(
-    student: Tensor,
-    avatars: Tensor,
-    target: Tensor | None = None,
-    alpha: float = 1.0,
-    beta: float = 8.0,
-    tau: float = 4.0,
+    student: Tensor, avatars: Tensor, *, target: Tensor | None, alpha: float, beta: float, tau: float
 ) -> Tensor:
     s, a, target = _dkd_rows(student, target, avatars)
     n = max(len(target), 1)
@@ -315,10 +415,53 @@ def _dkd_avatar_mean(
         b_bar, o_bar = b_k.mean(0), o_k.mean(0)
         gap_b = kl_div_probs(b_k, b_bar.clamp_min(tiny).log(), dim=-1).sum() / (n * len(a))
         gap_o = kl_div_probs(o_k, o_bar.clamp_min(tiny).log(), dim=-1).sum() / (n * len(a))
-    b_s, log_o_s = _dkd_parts(s, target, tau)
-    tckd = kl_div_probs(b_bar, b_s.clamp_min(tiny).log(), dim=-1).sum() / n + gap_b
-    nckd = kl_div_probs(o_bar, log_o_s, dim=-1).sum() / n + gap_o
-    return (alpha * tckd + beta * nckd) * tau**2
+    return _dkd_from_means(s, target, b_bar, o_bar, (gap_b, gap_o), alpha, beta, tau)
+
+
+def _p_log_p(p: Tensor) -> Tensor:
+    """``sum p log p`` with 0 log 0 = 0 (as ``kl_div_probs`` without ``log_p``)."""
+    return (p * p.clamp_min(torch.finfo(p.dtype).tiny).log()).sum()
+
+
+@_twin_of(dkd, "avatar_stream")
+def _dkd_avatar_stream(
+    student: Tensor,
+    avatars: Iterable[Tensor],
+    num: int,
+    *,
+    target: Tensor | None,
+    alpha: float,
+    beta: float,
+    tau: float,
+) -> Tensor:
+    """mean_k dkd(student, a_k), the K avatars consumed one at a time.
+
+    Per avatar only its (binary, non-target) distributions' sums and ``sum p log p`` are kept:
+    ``mean_k KL(p_k || q) = KL(pbar || q) + mean_k sum p_k log p_k - sum pbar log pbar``.
+    """
+    s, _, rows_target = _dkd_rows(student, target)
+    n = max(len(rows_target), 1)
+    with torch.no_grad():
+        b_sum: Tensor | None = None
+        o_sum: Tensor | None = None
+        b_neg_entropy: Tensor | float = 0.0
+        o_neg_entropy: Tensor | float = 0.0
+        seen = 0
+        for a in avatars:
+            a_rows, _, _ = _dkd_rows(a, target)
+            b_k, log_o_k = _dkd_parts(a_rows, rows_target, tau)
+            o_k = log_o_k.exp_()
+            b_neg_entropy = b_neg_entropy + _p_log_p(b_k)
+            o_neg_entropy = o_neg_entropy + _p_log_p(o_k)
+            b_sum = b_k if b_sum is None else b_sum.add_(b_k)
+            o_sum = o_k if o_sum is None else o_sum.add_(o_k)
+            seen += 1
+        if seen != num or b_sum is None or o_sum is None:
+            raise ValueError(f"dkd avatar_stream: expected {num} avatars, got {seen}")
+        b_bar, o_bar = b_sum.div_(num), o_sum.div_(num)
+        gap_b = (b_neg_entropy / num - _p_log_p(b_bar)) / n
+        gap_o = (o_neg_entropy / num - _p_log_p(o_bar)) / n
+    return _dkd_from_means(s, rows_target, b_bar, o_bar, (gap_b, gap_o), alpha, beta, tau)
 
 
 # --------------------------------------------------------------------------- PKD
@@ -352,7 +495,8 @@ def pkd(student: Tensor, teacher: Tensor, eps: float = 1e-6) -> Tensor:
     return (s - t).pow(2).mean() / 2
 
 
-def _pkd_avatar_mean(student: Tensor, avatars: Tensor, eps: float = 1e-6) -> Tensor:
+@_twin_of(pkd, "avatar_mean")
+def _pkd_avatar_mean(student: Tensor, avatars: Tensor, *, eps: float) -> Tensor:
     if student.dim() == 4:
         student = _resize_like(student, avatars.shape[3:])
     with torch.no_grad():
@@ -361,6 +505,26 @@ def _pkd_avatar_mean(student: Tensor, avatars: Tensor, eps: float = 1e-6) -> Ten
         gap = (n_k - n_bar).pow(2).mean() / 2
     s = _standardise(student, 1, eps)
     return (s - n_bar).pow(2).mean() / 2 + gap
+
+
+@_twin_of(pkd, "avatar_stream")
+def _pkd_avatar_stream(student: Tensor, avatars: Iterable[Tensor], num: int, *, eps: float) -> Tensor:
+    """mean_k pkd(student, a_k), the K avatars consumed one at a time (each standardised on its own)."""
+    avatars = iter(avatars)
+    first = next(avatars, None)
+    if first is None:
+        raise ValueError(f"pkd avatar_stream: expected {num} avatars, got 0")
+    if student.dim() == 4:
+        student = _resize_like(student, first.shape[2:])
+    _check_same_shape("pkd", student, first)
+
+    def standardised() -> Iterable[Tensor]:
+        yield _standardise(first, 1, eps)
+        for a in avatars:
+            yield _standardise(a, 1, eps)
+
+    s = _standardise(student, 1, eps)
+    return squared_error_stream(s, standardised(), num) / (2 * s.numel())
 
 
 # --------------------------------------------------------------------------- head losses
@@ -378,31 +542,21 @@ def smooth_l1(student: Tensor, teacher: Tensor, beta: float = 1.0) -> Tensor:
     return F.smooth_l1_loss(student, teacher, beta=beta)
 
 
+@_twin_of(l1, "avatar_counts")
 def _l1_avatar_counts(student: Tensor, counts: DropoutCounts, scale: Tensor | None = None) -> Tensor:
     """mean_k l1(scale * student, scale * a_k) over K dropout avatars given by their keep counts (``dropout.py``)."""
     _check_same_shape("l1", student, counts.teacher)
     return elementwise_counts(L1, student, counts, scale) / student.numel()
 
 
+@_twin_of(smooth_l1, "avatar_counts")
 def _smooth_l1_avatar_counts(
-    student: Tensor, counts: DropoutCounts, scale: Tensor | None = None, beta: float = 1.0
+    student: Tensor, counts: DropoutCounts, scale: Tensor | None = None, *, beta: float
 ) -> Tensor:
     """mean_k smooth_l1(scale * student, scale * a_k) from the keep counts (``dropout.py``)."""
     _check_same_shape("smooth_l1", student, counts.teacher)
     return elementwise_counts(smooth_l1_elementwise(beta), student, counts, scale) / student.numel()
 
 
-mse.avatar_mean = _mse_avatar_mean  # type: ignore[attr-defined]
-cwd.avatar_mean = _cwd_avatar_mean  # type: ignore[attr-defined]
-kd.avatar_mean = _kd_avatar_mean  # type: ignore[attr-defined]
-dkd.avatar_mean = _dkd_avatar_mean  # type: ignore[attr-defined]
-pkd.avatar_mean = _pkd_avatar_mean  # type: ignore[attr-defined]
-mse.avatar_counts = _mse_avatar_counts  # type: ignore[attr-defined]
-cwd.avatar_masks = _cwd_avatar_masks  # type: ignore[attr-defined]
-kd.avatar_masks = _kd_avatar_masks  # type: ignore[attr-defined]
-l1.batch_separable = True  # type: ignore[attr-defined]
-l1.avatar_counts = _l1_avatar_counts  # type: ignore[attr-defined]
-smooth_l1.avatar_counts = _smooth_l1_avatar_counts  # type: ignore[attr-defined]
-smooth_l1.batch_separable = True  # type: ignore[attr-defined]
-l1.avatar_counts = _l1_avatar_counts  # type: ignore[attr-defined]
-smooth_l1.avatar_counts = _smooth_l1_avatar_counts  # type: ignore[attr-defined]
+l1.batch_separable = True
+smooth_l1.batch_separable = True

@@ -6,6 +6,8 @@ after generation is the plain ``mse`` formula scaled by ``alpha``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import Tensor, nn
 
@@ -58,7 +60,7 @@ class MGD(nn.Module):
 
     def avatar_mean(self, student: Tensor, avatars: Tensor) -> Tensor:
         """Mean over avatars with one mask and one generator pass (see ``functional``)."""
-        return self.alpha * mse.avatar_mean(self.generate(student), avatars)  # type: ignore[attr-defined]
+        return self.alpha * mse.avatar_mean(self.generate(student), avatars)
 
     def avatar_counts(self, student: Tensor, counts: DropoutCounts, scale: Tensor | None = None) -> Tensor:
         """Mean over K dropout avatars from their keep counts (see ``dropout.py``), one generator pass."""
@@ -66,3 +68,14 @@ class MGD(nn.Module):
             student = student * channel_view(scale, student.dim())
         generated = self.generate(student)
         return self.alpha * squared_error_counts(generated, counts, None, scale) / generated.shape[0]
+
+    def avatar_standardised_masks(
+        self, student: Tensor, teacher: Tensor, masks: Iterable[Tensor], num: int, keep: float, eps: float
+    ) -> Tensor:
+        """Mean over K batch-standardised dropout avatars (``batchnorm`` mode), one generator pass."""
+        generated = self.generate(student)
+        return self.alpha * mse.avatar_standardised_masks(generated, teacher, masks, num, keep, eps)
+
+    def avatar_stream(self, student: Tensor, avatars: Iterable[Tensor], num: int) -> Tensor:
+        """Mean over K avatars consumed one at a time, one generator pass."""
+        return self.alpha * mse.avatar_stream(self.generate(student), avatars, num)
