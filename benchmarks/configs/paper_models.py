@@ -21,10 +21,9 @@ key ``out`` (the last feature stage).
 from __future__ import annotations
 
 import torchvision
+from study_models import FPNSegmenter, ResizingBackbone, TopDownHead  # beside this file (model.factory's lookup)
 from torch import Tensor, nn
 from torchvision.models._utils import IntermediateLayerGetter
-
-from study_models import FPNSegmenter, ResizingBackbone, TopDownHead  # beside this file (model.factory's lookup)
 
 
 class NamedFeatures(nn.Module):
