@@ -8,6 +8,7 @@ noncentral t distribution (not the normal approximation, which is too optimistic
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -87,6 +88,7 @@ def t_cdf(x: float, df: int) -> float:
     return 0.5 + _simpson(_t_pdf(grid, df), 0.0, x)
 
 
+@functools.lru_cache(maxsize=256)
 def t_quantile(q: float, df: int) -> float:
     """The ``q`` quantile of Student's t (bisection on :func:`t_cdf`)."""
     if not 0 < q < 1:

@@ -154,8 +154,8 @@ def round2(x: float) -> float:
 
 
 def grid(centre: float) -> list[float]:
-    """Three weights x3 apart, centred on ``centre``."""
-    return [round2(centre / 3), round2(centre), round2(centre * 3)]
+    """Three weights exactly x3 apart, centred on ``centre`` (which :func:`centres` rounds to two digits)."""
+    return [centre / 3, centre, centre * 3]
 
 
 def centres(design: TaskDesign, grad_norms: Mapping[str, float]) -> dict[str, float]:
@@ -182,7 +182,7 @@ class RunKey:
     def run_id(self) -> str:
         if self.weight is None:
             return f"{self.task}-{self.arm}-s{self.seed}"
-        return f"{self.task}-{self.arm}-w{self.weight:g}-s{self.seed}"
+        return f"{self.task}-{self.arm}-w{self.weight:.4g}-s{self.seed}"
 
 
 @dataclass
@@ -469,7 +469,7 @@ def table(res: StudyResult, designs: Mapping[str, TaskDesign]) -> str:
             w = res.selected[task].get(row["arm"])
             ci = row["vs_base_ci95"]
             out.append(
-                f"| {row['arm']} | {'-' if w is None else f'{w:g}'} | {row['n']} | "
+                f"| {row['arm']} | {'-' if w is None else f'{w:.4g}'} | {row['n']} | "
                 f"{100 * row['test_mean']:.2f} ± {100 * row['test_std']:.2f} | "
                 + (
                     f"{100 * row['vs_base_mean']:+.2f} | [{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}] | "
@@ -483,7 +483,7 @@ def table(res: StudyResult, designs: Mapping[str, TaskDesign]) -> str:
         g = res.grad_norms[task]
         for arm, weights in res.grids[task].items():
             cells = [
-                f"{w:g}: "
+                f"{w:.4g}: "
                 + mean_std(
                     [
                         r.value
