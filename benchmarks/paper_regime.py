@@ -1037,6 +1037,28 @@ def plan(designs: Mapping[str, TaskDesign], settings: Settings, probe_steps: int
     return {"tasks": rows, "estimated_hours_one_worker": total / 3600, "estimated_hours_two_workers": total / 7200}
 
 
+def check_schema(doc: Mapping[str, Any]) -> None:
+    """The issue's Output schema, field by field (what external checks read); raises on a difference."""
+    problems = []
+    if set(doc["protocol"]) != {"select_on", "report_on", "selection_seeds", "confirmation_seeds"}:
+        problems.append(f"protocol keys {sorted(doc['protocol'])}")
+    for task, pair in doc["pairs"].items():
+        if set(pair) != {"teacher", "student"} or set(pair["teacher"]) != {
+            "backbone",
+            "pretrained",
+            "metric",
+            "val",
+            "test",
+        }:
+            problems.append(f"pairs.{task} keys")
+        if set(pair["student"]) != {"backbone", "pretrained"}:
+            problems.append(f"pairs.{task}.student keys")
+    problems += [f"runs row keys {sorted(r)}" for r in doc["runs"] if set(r) != set(RUN_FIELDS)][:1]
+    problems += [f"summary row keys {sorted(r)}" for r in doc["summary"] if set(r) != set(SUMMARY_FIELDS)][:1]
+    if problems:
+        raise ValueError("paper_regime output schema: " + "; ".join(problems))
+
+
 # ----------------------------------------------------------------------------- main
 def smoke_settings(tmp: Path) -> Settings:
     """Tiny everything, in a temp dir: the whole pipeline in a few minutes, for checking it runs."""
@@ -1069,6 +1091,7 @@ def main() -> None:
     ap.add_argument(
         "--smoke", action="store_true", help="the whole pipeline with tiny schedules and 2 seeds in a temp dir"
     )
+    ap.add_argument("--keep", action="store_true", help="with --smoke: keep the temp dir (its path is printed)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("avatarkd").setLevel(logging.WARNING)
@@ -1118,8 +1141,12 @@ def main() -> None:
         plot(res, docs / "paper_regime.png")
         print(f"wrote {docs / 'results.json'}, {docs / 'paper_regime_table.md'}, {docs / 'paper_regime.png'}")
     if tmp_ctx is not None:
-        print(f"smoke: OK ({wall['this_call']:.0f} s)")
-        tmp_ctx.cleanup()
+        check_schema(json.loads((settings.out / "docs" / "results.json").read_text())["paper_regime"])
+        print(f"smoke: OK ({wall['this_call']:.0f} s); schema checked")
+        if args.keep:
+            print(f"smoke output kept in {tmp_ctx.name}")
+        else:
+            tmp_ctx.cleanup()
 
 
 if __name__ == "__main__":

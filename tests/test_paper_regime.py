@@ -233,3 +233,32 @@ def test_config_hash_ignores_paths_but_not_settings(tmp_path):
     assert be.config_hash(cfg, "t") != be.config_hash(cfg, "another teacher")
     assert all(p.weight == 1.5 for p in cfg.distill.points)  # the study's weight reaches every point
     assert cfg.distill.akd.num_avatars == 4 and cfg.distill.akd.uncertainty == "relative"
+
+
+def test_check_schema_accepts_the_payload_and_names_a_difference():
+    res = _result()
+    doc = json.loads(json.dumps(P.payload(res, DESIGN, (0, 1, 2), tuple(range(10)), {}, {})))
+    P.check_schema(doc)
+    doc["runs"][0]["extra"] = 1
+    with pytest.raises(ValueError, match="runs row keys"):
+        P.check_schema(doc)
+
+
+@pytest.mark.slow
+def test_smoke_runs_the_whole_pipeline_end_to_end():
+    """About 6 min on 2 shared cores: teachers, gradient norms, both stages, test, docs and plot, tiny."""
+    import subprocess
+
+    from benchmarks import pretrained
+
+    if not all(pretrained.available(n) for n in ("mobilenet_v2", "efficientnet_lite2")):
+        pytest.skip("ImageNet files not fetched (python benchmarks/pretrained.py --fetch)")
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "paper_regime.py"), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "smoke: OK" in done.stdout and "schema checked" in done.stdout
