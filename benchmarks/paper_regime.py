@@ -328,7 +328,7 @@ def run_study(
         raise ValueError("the confirmation seeds must include the selection seeds")
     res = StudyResult()
     tasks = list(designs)
-    for task in tasks:
+    for task in reversed(tasks) if reverse else tasks:  # a helper trains the other task's teacher meanwhile
         res.teachers_val[task] = backend.teacher(task)
         backend.events.append(("teacher-val", task))
         if enforce_acceptance and res.teachers_val[task] < designs[task].accept:
@@ -338,6 +338,7 @@ def run_study(
             )
         res.grad_norms[task] = {a.name: backend.grad_norm(task, a.name) for a in ARMS if a.distilled}
         res.grids[task] = {arm: grid(c) for arm, c in centres(designs[task], res.grad_norms[task]).items()}
+    res.grids = {task: res.grids[task] for task in tasks}  # the designs' order, whichever order they were made in
     # stage 1: selection runs, val only
     jobs = stage1_jobs(tasks, res.grids, selection_seeds)
     for key in reversed(jobs) if reverse else jobs:
