@@ -967,7 +967,7 @@ def write_docs(payload_: Mapping[str, Any], avatars: Mapping[str, Any], text: st
 
 
 # ----------------------------------------------------------------------------- the plan
-def plan(designs: Mapping[str, TaskDesign], settings: Settings, probe_steps: int = 3) -> dict[str, Any]:
+def plan(designs: Mapping[str, TaskDesign], settings: Settings, probe_steps: int = 6) -> dict[str, Any]:
     """The jobs and an estimate of their cost: seconds per training step and per evaluation from a
     tiny timing of each model (teacher alone; student alone; a distilled student whose teacher runs
     every step, an upper bound since the teacher cache removes it after the first epochs)."""
@@ -997,7 +997,7 @@ def plan(designs: Mapping[str, TaskDesign], settings: Settings, probe_steps: int
                         "distill.akd.enabled=true",
                         "distill.akd.num_avatars=4",
                     ]
-                cfg = _config(name, [*over, f"output_dir={tmp}/run", "data.check_samples=0", "data.limit_val=32"])
+                cfg = _config(name, [*over, f"output_dir={tmp}/run", "data.check_samples=0", "data.limit_val=64"])
                 tr = build_trainer(cfg)
                 loader = DataLoader(
                     tr.train_set, batch_size=cfg.data.batch_size, shuffle=True, collate_fn=tr.task.collate
@@ -1006,13 +1006,15 @@ def plan(designs: Mapping[str, TaskDesign], settings: Settings, probe_steps: int
                     tr.task.to_device(b, tr.ctx.device) for _, b in zip(range(probe_steps + 1), loader, strict=False)
                 ]
                 tr.train_step(batches[0])  # warm-up
-                t0 = time.perf_counter()
+                times = []
                 for b in batches[1:]:
+                    t0 = time.perf_counter()
                     tr.train_step(b)
-                step = (time.perf_counter() - t0) / probe_steps
+                    times.append(time.perf_counter() - t0)
+                step = statistics.median(times)  # robust to another job's burst on shared cores
                 t0 = time.perf_counter()
                 tr.evaluate()
-                evaluation = (time.perf_counter() - t0) * 400 / 32  # 400 val (or test) images
+                evaluation = (time.perf_counter() - t0) * 400 / 64  # 400 val (or test) images
                 evals = 1 + cfg.train.steps // (cfg.train.eval_every or 10**9)
                 costs[role] = {
                     "step_s": step,
@@ -1035,7 +1037,14 @@ def plan(designs: Mapping[str, TaskDesign], settings: Settings, probe_steps: int
             "estimated_core_hours_one_worker": seconds / 3600,
         }
         total += seconds
-    return {"tasks": rows, "estimated_hours_one_worker": total / 3600, "estimated_hours_two_workers": total / 7200}
+    return {
+        "tasks": rows,
+        "estimated_hours_one_worker": total / 3600,
+        "estimated_hours_two_workers_if_they_do_not_slow_each_other": total / 7200,
+        "load_average_during_probe": os.getloadavg(),
+        "note": "distilled runs timed with the teacher run every step (an upper bound: the teacher cache "
+        "serves its features after the first epochs); re-run --plan on quiet cores for a usable estimate",
+    }
 
 
 def check_schema(doc: Mapping[str, Any]) -> None:
