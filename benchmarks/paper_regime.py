@@ -431,9 +431,10 @@ def collapsed(records: Sequence[Record], causes: Mapping[str, str] | None = None
     return out
 
 
-def answer(rows: Sequence[Mapping[str, Any]], best_other: Mapping[str, str]) -> dict[str, str]:
-    """One plain sentence per task: does the best AKD arm's interval exclude 0, and on which side."""
-    out = {}
+def answer(rows: Sequence[Mapping[str, Any]], best_other: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """Per task, for the best other AKD arm and the reference recipe, one plain sentence: its paired
+    difference to base with the 95% interval, and whether the interval excludes 0 and on which side."""
+    out: dict[str, dict[str, str]] = {}
     for task, arm in best_other.items():
         for name in (arm, REFERENCE):
             row = next((r for r in rows if r["task"] == task and r["arm"] == name), None)
@@ -443,11 +444,10 @@ def answer(rows: Sequence[Mapping[str, Any]], best_other: Mapping[str, str]) -> 
             verdict = "above base (interval excludes 0)" if lo > 0 else "below base (interval excludes 0)"
             if lo <= 0 <= hi:
                 verdict = "not distinguishable from base (interval includes 0)"
-            out.setdefault(
-                task,
+            out.setdefault(task, {})[name] = (
                 f"{task}: {name} vs base {100 * row['vs_base_mean']:+.2f} x100, 95% CI "
                 f"[{100 * lo:+.2f}, {100 * hi:+.2f}] over {row['n']} seeds, wins {row['wins']}/{row['n']}: "
-                f"{verdict}; mde80 {100 * row['mde80']:.2f}",
+                f"{verdict}; mde80 {100 * row['mde80']:.2f}"
             )
     return out
 
@@ -1139,8 +1139,8 @@ def main() -> None:
     doc = payload(res, designs, sel, conf, real.causes, wall)
     text = table(res, designs)
     print(text)
-    for line in doc["answer"].values():
-        print(line)
+    for lines in doc["answer"].values():
+        print("\n".join(lines.values()))
     from avatarkd.atomic import atomic_write_json
 
     atomic_write_json(settings.out / "paper_regime.json", doc)

@@ -175,7 +175,8 @@ def test_output_schema_is_exactly_the_issues():
     diffs = P.paired(res.records, "segmentation", "akd-k4-relative")
     assert akd["n"] == 10 and akd["vs_base_mean"] == pytest.approx(sum(diffs) / 10)
     assert akd["vs_base_ci95"][0] < akd["vs_base_mean"] < akd["vs_base_ci95"][1]
-    assert "segmentation" in doc["answer"]
+    assert set(doc["answer"]["segmentation"]) == {"akd-k4-relative", P.REFERENCE}
+    assert "95% CI" in doc["answer"]["segmentation"]["akd-k4-relative"]
 
 
 def test_collapsed_runs_are_listed_with_their_cause():
