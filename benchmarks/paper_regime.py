@@ -689,16 +689,20 @@ class RealBackend:
         from avatarkd.runner import train
 
         lock = run_dir.with_name(run_dir.name + ".lock")
-        stamp = run_dir / "config_hash.txt"
+        stamp, identity = run_dir / "hashes.txt", f"{config_hash} {self.source_hash}"  # config and avatarkd source
+
+        def current() -> bool:
+            return stamp.is_file() and stamp.read_text() == identity
+
         while True:
-            if (run_dir / "metrics.json").is_file() and stamp.is_file() and stamp.read_text() == config_hash:
+            if (run_dir / "metrics.json").is_file() and current():
                 return json.loads((run_dir / "metrics.json").read_text())
             if _study.claim(lock):
                 try:
-                    if run_dir.exists() and not (stamp.is_file() and stamp.read_text() == config_hash):
+                    if run_dir.exists() and not current():  # another config or source: start afresh
                         shutil.rmtree(run_dir)
                     run_dir.mkdir(parents=True, exist_ok=True)
-                    stamp.write_text(config_hash)
+                    stamp.write_text(identity)
                     try:
                         return train(_config(name, [*overrides, f"output_dir={run_dir}"]), resume=True)
                     except NonFiniteLossError as err:

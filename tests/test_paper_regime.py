@@ -263,3 +263,31 @@ def test_smoke_runs_the_whole_pipeline_end_to_end():
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "smoke: OK" in done.stdout and "schema checked" in done.stdout
+
+
+def test_a_run_directory_is_reused_only_for_the_same_config_and_source(tmp_path, monkeypatch):
+    import avatarkd.runner
+
+    calls: list[str] = []
+
+    def fake_train(overrides, resume):
+        out = Path(next(o for o in overrides if o.startswith("output_dir="))[len("output_dir=") :])
+        calls.append(out.name)
+        result = {"metrics": {"miou": 0.5}, "wall_seconds": 1.0}
+        (out / "metrics.json").write_text(json.dumps(result))
+        return result
+
+    monkeypatch.setattr(P, "_config", lambda name, overrides: list(overrides))
+    monkeypatch.setattr(avatarkd.runner, "train", fake_train)
+    be = P.RealBackend(DESIGN, P.Settings(out=tmp_path / "out", records=tmp_path / "records"))
+    run = tmp_path / "out" / "run"
+    be._train_dir("x.yaml", [], run, "cfg")
+    be._train_dir("x.yaml", [], run, "cfg")
+    assert calls == ["run"]  # finished, same hashes: reused
+    (run / "leftover").write_text("from the old source")
+    be.source_hash = "changed"
+    be._train_dir("x.yaml", [], run, "cfg")
+    assert calls == ["run", "run"] and not (run / "leftover").exists()  # started afresh
+    be._train_dir("x.yaml", [], run, "other config")
+    assert calls == ["run"] * 3
+    assert not (tmp_path / "out" / "run.lock").exists()
