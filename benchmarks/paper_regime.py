@@ -1110,8 +1110,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("avatarkd").setLevel(logging.WARNING)
     designs = {t: DESIGNS[t] for t in args.tasks}
-    tmp_ctx = tempfile.TemporaryDirectory(prefix="paper_regime_smoke_") if args.smoke else None
-    settings = smoke_settings(Path(tmp_ctx.name)) if tmp_ctx else Settings()
+    smoke_dir = Path(tempfile.mkdtemp(prefix="paper_regime_smoke_")) if args.smoke else None
+    settings = smoke_settings(smoke_dir) if smoke_dir else Settings()
     os.environ["TORCH_HOME"] = str(settings.torch_home)
     from benchmarks import pretrained
 
@@ -1154,13 +1154,13 @@ def main() -> None:
         write_docs(doc, avatars, text, docs)
         plot(res, docs / "paper_regime.png")
         print(f"wrote {docs / 'results.json'}, {docs / 'paper_regime_table.md'}, {docs / 'paper_regime.png'}")
-    if tmp_ctx is not None:
+    if smoke_dir is not None:
         check_schema(json.loads((settings.out / "docs" / "results.json").read_text())["paper_regime"])
         print(f"smoke: OK ({wall['this_call']:.0f} s); schema checked")
         if args.keep:
-            print(f"smoke output kept in {tmp_ctx.name}")
+            print(f"smoke output kept in {smoke_dir}")
         else:
-            tmp_ctx.cleanup()
+            shutil.rmtree(smoke_dir)
 
 
 if __name__ == "__main__":
