@@ -140,3 +140,13 @@ def test_converted_lite_file_loads_as_a_timm_backbone_through_avatarkd():
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False, features_only=True)
     loaded = {k for k in model.state_dict() if k.replace("blocks_", "blocks.") in sd or k in sd}
     assert loaded == set(model.state_dict())
+
+
+def test_a_file_with_another_hash_is_refused(tmp_path):
+    spec = P.FILES["efficientnet_lite2"]
+    P.raw_path(spec, tmp_path).parent.mkdir(parents=True)
+    P.raw_path(spec, tmp_path).write_bytes(b"not the weights")
+    with pytest.raises(ValueError, match="SHA-256"):
+        P.verify("efficientnet_lite2", tmp_path)
+    with pytest.raises(FileNotFoundError, match="not fetched"):
+        P.verify("efficientnet_lite0", tmp_path)
