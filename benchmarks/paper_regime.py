@@ -904,11 +904,12 @@ def measure_grad_norm(config: str, overrides: Sequence[str], batches: int) -> fl
                 for point in cfg.distill.points:
                     out = captured[point.student]
                     feat = out if point.key is None else out[point.key]
-                    loss = sum(
+                    mine = [
                         v
                         for k, v in losses.items()
                         if k == f"distill.{point.name}" or k.startswith(f"distill.{point.name}.")
-                    )
+                    ]
+                    loss = torch.stack(mine).sum()
                     tensors = [t for t in _tensors(feat) if t.requires_grad]
                     grads = torch.autograd.grad(loss, tensors, retain_graph=True, allow_unused=True)
                     total += sum(float(g.pow(2).sum()) for g in grads if g is not None)
