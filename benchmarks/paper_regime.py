@@ -975,12 +975,17 @@ def write_docs(payload_: Mapping[str, Any], avatars: Mapping[str, Any], text: st
 def plan(designs: Mapping[str, TaskDesign], settings: Settings, probe_steps: int = 6) -> dict[str, Any]:
     """The jobs and an estimate of their cost: seconds per training step and per evaluation from a
     tiny timing of each model (teacher alone; student alone; a distilled student whose teacher runs
-    every step, an upper bound since the teacher cache removes it after the first epochs)."""
+    every step, an upper bound since the teacher cache removes it after the first epochs).
+
+    Timed with one thread, as each of the two workers runs (``OMP_NUM_THREADS=1``): two threads on
+    cores other jobs share can be many times slower per step than one (we measured 8 s vs 0.6 s).
+    """
     import torch
     from torch.utils.data import DataLoader
 
     from avatarkd.runner import build_trainer
 
+    torch.set_num_threads(1)
     be = RealBackend(designs, settings)
     n_stage1 = {t: 3 * (1 + 3 * (1 + len(AKD_ARMS))) for t in designs}  # seeds x (student + 5 arms x 3 weights)
     n_stage2 = {t: 4 * (len(CONFIRMATION_SEEDS) - len(SELECTION_SEEDS)) for t in designs}
@@ -1044,11 +1049,13 @@ def plan(designs: Mapping[str, TaskDesign], settings: Settings, probe_steps: int
         total += seconds
     return {
         "tasks": rows,
-        "estimated_hours_one_worker": total / 3600,
-        "estimated_hours_two_workers_if_they_do_not_slow_each_other": total / 7200,
+        "estimated_hours_one_worker_one_thread": total / 3600,
+        "estimated_wall_hours_two_workers": total / 7200,
+        "fits_budget_of_8_hours": total / 7200 <= 8.0,
         "load_average_during_probe": os.getloadavg(),
         "note": "distilled runs timed with the teacher run every step (an upper bound: the teacher cache "
-        "serves its features after the first epochs); re-run --plan on quiet cores for a usable estimate",
+        "serves its features after the first epochs); if over budget, shorten the students' train.steps "
+        "in the paper_*_student.yaml configs before the first run (records of another config are not reused)",
     }
 
 
