@@ -73,14 +73,17 @@ class PackedMasks:
     def __init__(self, masks: Iterator[Tensor], num: int) -> None:
         self.num = num
         self.planes: list[Tensor] = []
-        self.counts: Tensor | None = None
+        counts: Tensor | None = None
         for k, mask in enumerate(masks):
             bits = mask.view(torch.uint8)
             if k % 8 == 0:
                 self.planes.append(bits.clone())
             else:  # bit k % 8 is still 0: adding 2^(k % 8) sets it, in one pass without a shifted copy
                 self.planes[-1].add_(bits, alpha=1 << (k % 8))
-            self.counts = bits.clone() if self.counts is None else self.counts.add_(bits)
+            counts = bits.clone() if counts is None else counts.add_(bits)
+        if counts is None:
+            raise ValueError("PackedMasks: no masks drawn (num_avatars must be >= 1)")
+        self.counts: Tensor = counts
 
     def __iter__(self) -> Iterator[Tensor]:
         for k in range(self.num):

@@ -165,7 +165,7 @@ class AvatarSwitch:
         generators: Sequence[torch.Generator],
     ) -> None:
         self.key = key
-        self.avatars = [Avatars(1, perturbation, p, g) for g in generators]  # type: ignore[arg-type]
+        self.avatars = [Avatars(1, perturbation, p, g) for g in generators]
         self.current: int | None = None
         self.accumulate = False
         self.sq_sum: dict[str, Tensor] = {}
@@ -233,7 +233,7 @@ def sigma_of(mode: str, variance: Tensor) -> Tensor | None:
     """The per-channel sigma ``Uncertainty`` gives in ``mode`` for this variance (None: the mode keeps none)."""
     if mode not in ("variance", "relative"):
         return None
-    factor = Uncertainty(mode)  # type: ignore[arg-type]
+    factor = Uncertainty(mode)
     factor.update(variance.clone())
     factor.eval()
     return factor.sigma_from(lambda: variance)

@@ -62,10 +62,11 @@ class Registry(Generic[T]):
 # ----------------------------------------------------------------------------- signatures
 def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
     """The signature that takes the hyperparameters: a class's constructor, a module's forward."""
+    obj: Any = fn  # a class or a module: their hyperparameters sit on __init__ / forward
     if isinstance(fn, type):
-        target = fn.__init__
+        target = obj.__init__
     elif not inspect.isfunction(fn) and callable(getattr(fn, "forward", None)):
-        target = fn.forward
+        target = obj.forward
     else:
         target = fn
     try:

@@ -202,6 +202,8 @@ class Uncertainty(nn.Module):
         self.kind: UncertaintyKind = UNCERTAINTY_MODES.get(mode)()
         self.momentum = momentum
         self.rel_floor = rel_floor
+        self.running_var: Tensor
+        self.num_batches_tracked: Tensor
         self.register_buffer("running_var", torch.empty(0))
         self.register_buffer("num_batches_tracked", torch.zeros((), dtype=torch.long))
 

@@ -130,9 +130,9 @@ class AvatarLoss(nn.Module):
         self.akd = _AvatarLoss(
             built,
             num_avatars=num_avatars,
-            perturbation=perturbation,  # type: ignore[arg-type]
+            perturbation=perturbation,
             p=p,
-            uncertainty=uncertainty,  # type: ignore[arg-type]
+            uncertainty=uncertainty,
             momentum=momentum,
             base_kwargs=base_kwargs,
         )

@@ -140,7 +140,7 @@ class _SquaredDistance(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, student: Tensor, kept: Tensor, coef: Tensor | float, weight: Tensor | None) -> Tensor:  # type: ignore[override]
+    def forward(ctx, student: Tensor, kept: Tensor, coef: Tensor | float, weight: Tensor | None) -> Tensor:
         if isinstance(coef, Tensor):
             diff = torch.addcmul(student, kept, coef, value=-1.0)
         else:
@@ -152,7 +152,7 @@ class _SquaredDistance(torch.autograd.Function):
         return (channel_dot(diff, diff) * weight).sum()
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, None, None, None]:  # type: ignore[override]
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, None, None, None]:
         diff, weight = ctx.saved_tensors
         if weight is None:
             return diff * (2.0 * grad), None, None, None
@@ -298,14 +298,14 @@ class _ElementwiseCountsMean(torch.autograd.Function):
         return dropped.lerp_(kept, counts.counts.to(student.dtype).mul_(1.0 / counts.num))
 
     @staticmethod
-    def forward(ctx, student: Tensor, counts: DropoutCounts, scale: Tensor | None, loss: ElementwiseLoss) -> Tensor:  # type: ignore[override]
+    def forward(ctx, student: Tensor, counts: DropoutCounts, scale: Tensor | None, loss: ElementwiseLoss) -> Tensor:
         counts.free_kept()  # made for the variance estimate, not needed here
         ctx.save_for_backward(student, scale)
         ctx.counts, ctx.loss = counts, loss
         return _ElementwiseCountsMean._mean(student, counts, scale, loss.f).sum()
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:
         student, scale = ctx.saved_tensors
         out = _ElementwiseCountsMean._mean(student, ctx.counts, scale, ctx.loss.df)
         if scale is not None:
@@ -357,7 +357,7 @@ class _CrossEntropyToMean(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, student: Tensor, mult: Tensor | float, pbar: Tensor, dim: int) -> Tensor:  # type: ignore[override]
+    def forward(ctx, student: Tensor, mult: Tensor | float, pbar: Tensor, dim: int) -> Tensor:
         logits = student if isinstance(mult, float) and mult == 1.0 else student * mult
         log_q = torch.log_softmax(logits, dim)
         ctx.save_for_backward(log_q, pbar)
@@ -365,7 +365,7 @@ class _CrossEntropyToMean(torch.autograd.Function):
         return -(pbar * log_q).sum(dim)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:
         log_q, pbar = ctx.saved_tensors
         out = torch.exp(log_q)
         out.sub_(pbar).mul_(grad.unsqueeze(ctx.dim) * ctx.mult)

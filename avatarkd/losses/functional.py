@@ -327,10 +327,8 @@ def _dkd_parts(logits: Tensor, target: Tensor, tau: float) -> tuple[Tensor, Tens
     return binary, F.log_softmax(others / tau, dim=-1)
 
 
-def _dkd_rows(
-    student: Tensor, target: Tensor | None, avatars: Tensor | None = None
-) -> tuple[Tensor, Tensor | None, Tensor]:
-    """Classes-last rows of the labelled samples (or pixels): (M, C) student, (K, M, C) avatars, (M,) target.
+def _dkd_rows(student: Tensor, target: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """Classes-last rows of the labelled samples (or pixels): (M, C) student, the labelled-entry mask, (M,) target.
 
     Dense logits (N, C, H, W) are distilled per pixel: the label mask is resized (nearest) to the
     logits' size when they differ, and entries labelled < 0 (ignored) are left out.
@@ -356,8 +354,12 @@ def _dkd_rows(
         )
     keep = rows >= 0
     s = student.movedim(1, -1).reshape(-1, c)[keep]
-    a = avatars.movedim(2, -1).reshape(avatars.shape[0], -1, c)[:, keep] if avatars is not None else None
-    return s, a, rows[keep]
+    return s, keep, rows[keep]
+
+
+def _dkd_avatar_rows(avatars: Tensor, keep: Tensor) -> Tensor:
+    """(K, M, C) classes-last rows of (K, N, C[, H, W]) avatars at the entries ``_dkd_rows`` kept."""
+    return avatars.movedim(2, -1).reshape(avatars.shape[0], -1, avatars.shape[2])[:, keep]
 
 
 @register_loss("dkd", context=("target",), renamed={"T": "tau"})
@@ -374,7 +376,8 @@ def dkd(
     Needs the labels (``target``); dense logits are distilled per labelled pixel.
     """
     _check_same_shape("dkd", student, teacher)
-    s, t, target = _dkd_rows(student, target, teacher.unsqueeze(0))
+    s, keep, target = _dkd_rows(student, target)
+    t = _dkd_avatar_rows(teacher.unsqueeze(0), keep)
     n = max(len(target), 1)
     b_s, log_o_s = _dkd_parts(s, target, tau)
     b_t, log_o_t = _dkd_parts(t[0], target, tau)
@@ -406,7 +409,8 @@ def _dkd_from_means(
 def _dkd_avatar_mean(
     student: Tensor, avatars: Tensor, *, target: Tensor | None, alpha: float, beta: float, tau: float
 ) -> Tensor:
-    s, a, target = _dkd_rows(student, target, avatars)
+    s, keep, target = _dkd_rows(student, target)
+    a = _dkd_avatar_rows(avatars, keep)
     n = max(len(target), 1)
     tiny = torch.finfo(student.dtype).tiny
     with torch.no_grad():
