@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCHVISION ?= torchvision==0.29.2
 PYTEST_ARGS ?=
 
-.PHONY: demo test install bench clean
+.PHONY: demo test lint install bench clean
 
 # Every later install is constrained to the torch/torchvision pair installed first (the extras'
 # dependencies must not swap torch). The mmrazor extra is a separate step allowed to fail: on a
@@ -28,8 +28,14 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# ruff (lint + format, line length 120, settings in pyproject.toml) and mypy on the package
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/avatarkd demo
