@@ -263,8 +263,8 @@ def table(runs: list[dict[str, Any]]) -> str:
             d_akd = [by["akd"][s] - by["base"][s] for s in seeds]
             lines.append(
                 f"| {base} | {mean_std(list(by['base'].values()))} | {mean_std(list(by['akd-reference'].values()))} "
-                f"| {mean_std(list(by['akd'].values()))} | {mean_std(d_ref)} | {mean_std(d_akd)} | {sum(d > 0 for d in d_ref)}/{len(seeds)} "
-                f"| {sum(d > 0 for d in d_akd)}/{len(seeds)} |"
+                f"| {mean_std(list(by['akd'].values()))} | {mean_std(d_ref)} | {mean_std(d_akd)} "
+                f"| {sum(d > 0 for d in d_ref)}/{len(seeds)} | {sum(d > 0 for d in d_akd)}/{len(seeds)} |"
             )
         abl = [r for r in rs if r["arm"].startswith("ablation:")]
         if abl:

@@ -55,7 +55,7 @@ class TopDownHead(nn.Module):
     def forward(self, feats: dict[str, Tensor]) -> Tensor:
         taps = list(feats.values())  # finest first
         x = self.lateral[-1](taps[-1]) + self.context(taps[-1])
-        for lateral, f in zip(reversed(self.lateral[:-1]), reversed(taps[:-1])):
+        for lateral, f in zip(reversed(self.lateral[:-1]), reversed(taps[:-1]), strict=True):
             x = F.interpolate(x, size=f.shape[-2:], mode="bilinear", align_corners=False) + lateral(f)
         return self.out(x)
 
