@@ -119,6 +119,19 @@ def select(output: Any, key: OutputKey | None) -> Any:
     return output
 
 
+def _level_label(point: DistillPoint, level: str) -> str:
+    """``point`` or ``point.level``: one level's name in the loss dict, the cache, connectors and loss modules."""
+    return f"{point.name}.{level}" if level else point.name
+
+
+def _recorded_levels(recorded: Mapping[str, Any], point: DistillPoint, role: str) -> dict[str, Tensor]:
+    """The point's levels in what one side's recorder saw; its module must have run."""
+    path = point.student if role == "student" else point.teacher
+    if path not in recorded:
+        raise DistillationError(f"point {point.name!r}: {role} module {path!r} did not run during the forward pass")
+    return _levels(recorded[path], point, role)
+
+
 def _call_factory(factory: Callable[..., LossLike], channels: int, label: str) -> LossLike:
     """``factory(channels, label)`` when it takes the level's label (``point[.level]``), else ``factory(channels)``."""
     try:
@@ -266,7 +279,7 @@ class Distiller(nn.Module):
             t_levels = self._drop_gradient_free(point, s_levels, t_levels)
             self._levels[point.name] = list(t_levels)
             for level, t_feat in t_levels.items():
-                label = f"{point.name}.{level}" if level else point.name
+                label = _level_label(point, level)
                 s_feat = s_levels[level]
                 if s_feat.shape[0] != t_feat.shape[0]:
                     raise DistillationError(
@@ -306,7 +319,7 @@ class Distiller(nn.Module):
         dropped = [level for level in t_levels if not s_levels[level].requires_grad]
         if not dropped:
             return t_levels
-        labels = [f"{point.name}.{level}" if level else point.name for level in dropped]
+        labels = [_level_label(point, level) for level in dropped]
         if len(dropped) == len(t_levels):
             raise DistillationError(
                 f"point {point.name!r}: the student's {point.student!r} output carries no gradient "
@@ -323,13 +336,8 @@ class Distiller(nn.Module):
     def _point_levels(
         self, point: DistillPoint, s_rec: dict, t_rec: dict
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        for role, rec, path in (("student", s_rec, point.student), ("teacher", t_rec, point.teacher)):
-            if path not in rec:
-                raise DistillationError(
-                    f"point {point.name!r}: {role} module {path!r} did not run during the forward pass"
-                )
-        s_levels = _levels(s_rec[point.student], point, "student")
-        t_levels = _levels(t_rec[point.teacher], point, "teacher")
+        s_levels = _recorded_levels(s_rec, point, "student")
+        t_levels = _recorded_levels(t_rec, point, "teacher")
         if list(s_levels) != list(t_levels):
             raise DistillationError(
                 f"point {point.name!r}: student levels {list(s_levels)} do not match teacher levels "
@@ -359,26 +367,25 @@ class Distiller(nn.Module):
         return out, self._losses(s_rec, t_feats, loss_context or {})
 
     def _labels(self) -> list[tuple[str, DistillPoint, str]]:
-        return [
-            (f"{p.name}.{level}" if level else p.name, p, level) for p in self.points for level in self._levels[p.name]
-        ]
+        return [(_level_label(p, level), p, level) for p in self.points for level in self._levels[p.name]]
+
+    def _levels_as_built(self, recorded: Mapping[str, Any], point: DistillPoint, role: str) -> dict[str, Tensor]:
+        """The point's levels this step; they must be the ones ``build`` saw (a model's output cannot change shape)."""
+        levels = _recorded_levels(recorded, point, role)
+        if list(levels) != self._all_levels[point.name]:
+            raise DistillationError(
+                f"point {point.name!r}: {role} levels {list(levels)} differ from those at build "
+                f"{self._all_levels[point.name]}"
+            )
+        return levels
 
     def _teacher_levels(self, t_rec: Mapping[str, Any]) -> dict[str, Tensor]:
         """Label -> teacher tensor, from the recorded teacher outputs."""
         feats: dict[str, Tensor] = {}
         for point in self.points:
-            if point.teacher not in t_rec:
-                raise DistillationError(
-                    f"point {point.name!r}: teacher module {point.teacher!r} did not run during the forward pass"
-                )
-            levels = _levels(t_rec[point.teacher], point, "teacher")
-            if list(levels) != self._all_levels[point.name]:
-                raise DistillationError(
-                    f"point {point.name!r}: teacher levels {list(levels)} differ from those at build "
-                    f"{self._all_levels[point.name]}"
-                )
+            levels = self._levels_as_built(t_rec, point, "teacher")
             for level in self._levels[point.name]:
-                feats[f"{point.name}.{level}" if level else point.name] = levels[level]
+                feats[_level_label(point, level)] = levels[level]
         return feats
 
     def _teacher_feats(self, teacher_args: Sequence[Any]) -> dict[str, Tensor]:
@@ -416,18 +423,9 @@ class Distiller(nn.Module):
     ) -> dict[str, Tensor]:
         pairs: list[tuple[str, DistillPoint, Tensor, Tensor]] = []
         for point in self.points:
-            if point.student not in s_rec:
-                raise DistillationError(
-                    f"point {point.name!r}: student module {point.student!r} did not run during the forward pass"
-                )
-            s_levels = _levels(s_rec[point.student], point, "student")
-            if list(s_levels) != self._all_levels[point.name]:
-                raise DistillationError(
-                    f"point {point.name!r}: student levels {list(s_levels)} do not match teacher levels "
-                    f"{self._all_levels[point.name]}"
-                )
+            s_levels = self._levels_as_built(s_rec, point, "student")
             for level in self._levels[point.name]:
-                label = f"{point.name}.{level}" if level else point.name
+                label = _level_label(point, level)
                 pairs.append((label, point, s_levels[level], t_feats[label]))
         if self.check_finite == "defer":
             self._record_finite(pairs)
