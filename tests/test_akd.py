@@ -64,12 +64,24 @@ def test_avatars_reject_bad_settings(kw, match):
 
 # ------------------------------------------------------------------ uncertainty
 def test_variance_sigma_tracks_dropout_theory(rng):
-    t = torch.randn(8, 5, 6, 6, generator=rng) * torch.arange(1, 6).view(1, 5, 1, 1)
-    p = 0.1
-    a = Avatars(256, p=p, generator=rng)(t)
+    t = torch.randn(8, 5, 6, 6, generator=rng, dtype=torch.float64) * torch.arange(1, 6).view(1, 5, 1, 1)
+    p, k = 0.1, 1024
+    a = Avatars(k, p=p, generator=rng)(t)
     sigma = Uncertainty("variance").sigma(t, a)
-    theory = (p / (1 - p) * t.pow(2).mean(dim=(0, 2, 3))).sqrt()
-    assert torch.allclose(sigma, theory, rtol=0.03)
+    # a - t = t * x with x = m / (1 - p) - 1, m ~ Bernoulli(1 - p): E[x^2] = p / (1 - p), so
+    # sigma_c^2 = p / (1 - p) * mean(t_c^2) in expectation ...
+    ex2 = p / (1 - p)
+    theory = (ex2 * t.pow(2).mean(dim=(0, 2, 3))).sqrt()
+    # ... and its estimate mean_{k,i}(t_i^2 x_ki^2) has standard error sqrt(var(x^2) sum_i t_i^4 / k) / n,
+    # x^2 being (p / (1 - p))^2 with probability 1 - p and 1 with probability p
+    var_x2 = (1 - p) * ex2**4 + p - ex2**2
+    n = t[:, 0].numel()
+    se_var = (var_x2 * t.pow(4).sum(dim=(0, 2, 3)) / k).sqrt() / n
+    se_sigma = se_var / (2 * theory)  # d sqrt(v) = dv / (2 sqrt(v))
+    # 6 standard errors: a false failure about once in 10^8 runs; a wrong factor (p instead of
+    # p / (1 - p): sigma 5% low) is more than 8 standard errors away
+    assert (se_sigma / theory).max() < 0.006
+    assert torch.all((sigma - theory).abs() < 6 * se_sigma), ((sigma - theory) / se_sigma).tolist()
 
 
 def test_variance_running_estimate_is_an_ema_and_survives_state_dict(rng):
