@@ -7,7 +7,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tiny_data import write_tiny_dataset  # noqa: E402  (tests/ on the path first)
+from tiny_data import write_tiny_dataset
 
 # 2 cores in CI; AVATARKD_TEST_THREADS=1 when something else runs beside the suite (2 threads on
 # a shared core spin and run many times slower)
