@@ -7,15 +7,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+import torchvision
 from test_cli import base_config, write_config
-from tiny_data import write_tiny_dataset
+from tiny_data import NAMES
 
 from avatarkd.engine.checkpoint import list_checkpoints
+from avatarkd.engine.test_hooks import SIGNAL_AT
 
 REPO = str(Path(__file__).resolve().parent.parent)
 ENV = {
@@ -27,15 +28,12 @@ ENV = {
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    return write_tiny_dataset(tmp_path_factory.mktemp("tiny"), n_train=16, n_val=4)
-
-
-def _teacher(data_root: Path, tmp: Path) -> Path:
-    model = {"arch": "classifier", "backbone": "resnet18"}
-    cfg = write_config(tmp / "teacher.yaml", **base_config("classification", data_root, tmp / "teacher", model))
-    subprocess.run([sys.executable, "-m", "avatarkd", "train", str(cfg)], check=True, env=ENV, capture_output=True)
-    return tmp / "teacher" / "student.pt"
+def teacher(tmp_path_factory) -> Path:
+    """An untrained resnet18 classifier in torchvision's own format: only its architecture matters here."""
+    path = tmp_path_factory.mktemp("teacher") / "resnet18.pt"
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(num_classes=len(NAMES)).state_dict(), path)
+    return path
 
 
 def _akd_config(data_root: Path, tmp: Path, out: str, steps: int, teacher: Path, **akd) -> Path:
@@ -69,22 +67,13 @@ def _train(cfg: Path, *extra: str, nproc: int = 1) -> subprocess.CompletedProces
     return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
 
 
-def _interrupt(cfg: Path, out: Path, sig: int) -> int:
-    """Start a run, send ``sig`` once its step-10 checkpoint exists, return its exit code."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "avatarkd", "train", str(cfg)],
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+def _interrupt(cfg: Path, out: Path, sig: signal.Signals, at: int) -> int:
+    """Run ``cfg`` until it sends itself ``sig`` once ``at`` steps are done (a test hook of the loop); its exit code."""
+    env = {**ENV, SIGNAL_AT: f"{at}:{sig.name}"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "avatarkd", "train", str(cfg)], env=env, capture_output=True, timeout=600
     )
-    target = out / "checkpoints" / "step_0000010.pt"
-    deadline = time.time() + 300
-    while not target.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(sig)
-    proc.wait(timeout=120)
-    assert not (out / "metrics.json").exists(), "the run finished before it could be interrupted"
+    assert not (out / "metrics.json").exists(), "the run was not interrupted"
     return proc.returncode
 
 
@@ -92,39 +81,50 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
-def test_interrupted_and_resumed_run_is_bit_exact(sig, data_root, tmp_path):
-    teacher = _teacher(data_root, tmp_path)
-    steps = 80
-    ref = _train(_akd_config(data_root, tmp_path, "straight", steps, teacher))
-    assert ref.returncode == 0, ref.stderr[-2000:]
+STEPS = 20
 
-    cfg = _akd_config(data_root, tmp_path, "broken", steps, teacher)
-    code = _interrupt(cfg, tmp_path / "broken", sig)
+
+@pytest.fixture(scope="module")
+def straight(data_root, teacher, tmp_path_factory) -> Path:
+    """The uninterrupted run the resumed ones must reproduce bit for bit."""
+    tmp = tmp_path_factory.mktemp("straight")
+    ref = _train(_akd_config(data_root, tmp, "straight", STEPS, teacher))
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    assert json.loads((tmp / "straight" / "metrics.json").read_text())["start_step"] == 0
+    return tmp / "straight"
+
+
+# SIGKILL once step 10 (a checkpoint step) is done: resumes from step 10. SIGTERM once step 12 is
+# done: seen at the end of step 13, which is saved. 3 batches an epoch: both resume mid-epoch.
+@pytest.mark.parametrize(
+    "sig,at,saved",
+    [(signal.SIGKILL, 10, [5, 10]), (signal.SIGTERM, 12, [5, 10, 13])],
+    ids=["SIGKILL", "SIGTERM"],
+)
+def test_interrupted_and_resumed_run_is_bit_exact(sig, at, saved, data_root, teacher, straight, tmp_path):
+    cfg = _akd_config(data_root, tmp_path, "broken", STEPS, teacher)
+    code = _interrupt(cfg, tmp_path / "broken", sig, at)
     if sig == signal.SIGKILL:
         assert code == -signal.SIGKILL
     else:
         assert code == 128 + signal.SIGTERM  # saved a checkpoint, then exited
-    saved = [step for step, _ in list_checkpoints(tmp_path / "broken")]
-    assert saved and saved[-1] >= 10
+    assert [step for step, _ in list_checkpoints(tmp_path / "broken")] == saved
     resumed = _train(cfg, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     # the resumed process started at the newest checkpoint's step, not silently at step 0
     result = json.loads((tmp_path / "broken" / "metrics.json").read_text())
-    assert result["start_step"] == saved[-1] and result["step"] == steps
-    assert json.loads((tmp_path / "straight" / "metrics.json").read_text())["start_step"] == 0
-    a, b = _weights(tmp_path / "straight" / "student.pt"), _weights(tmp_path / "broken" / "student.pt")
+    assert result["start_step"] == saved[-1] and result["step"] == STEPS
+    a, b = _weights(straight / "student.pt"), _weights(tmp_path / "broken" / "student.pt")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
     # the loss modules' state (uncertainty estimate) resumed too
-    ca = torch.load(sorted((tmp_path / "straight" / "checkpoints").glob("*.pt"))[-1], weights_only=False)
+    ca = torch.load(sorted((straight / "checkpoints").glob("*.pt"))[-1], weights_only=False)
     cb = torch.load(sorted((tmp_path / "broken" / "checkpoints").glob("*.pt"))[-1], weights_only=False)
     key = next(k for k in ca["distill"] if k.endswith("uncertainty.running_var"))
     assert torch.equal(ca["distill"][key], cb["distill"][key])
 
 
-def test_two_process_gloo_ddp_equals_single_process(data_root, tmp_path):
-    teacher = _teacher(data_root, tmp_path)
+def test_two_process_gloo_ddp_equals_single_process(data_root, teacher, tmp_path):
     outputs = {}
     for nproc in (1, 2):
         model = {"arch": "classifier", "backbone": "resnet18", "freeze_bn": True}  # BN batch stats are per rank
@@ -133,7 +133,7 @@ def test_two_process_gloo_ddp_equals_single_process(data_root, tmp_path):
         cfg["train"].update(plots=False)
         # SGD, not Adam: Adam divides by |grad|, so an element whose gradient is rounding noise
         # (summed in another order over two ranks) would move by +-lr and hide what is compared.
-        cfg["optim"] = {"name": "sgd", "lr": 0.05, "momentum": 0.9}
+        cfg["optim"] = {"name": "sgd", "lr": 0.1, "momentum": 0.9}
         cfg["teacher"] = {"arch": "classifier", "backbone": "resnet18", "weights": str(teacher)}
         # AKD off: avatars are drawn independently per rank, so only the base loss is comparable
         cfg["distill"] = {
@@ -155,9 +155,8 @@ def test_two_process_gloo_ddp_equals_single_process(data_root, tmp_path):
         assert torch.allclose(one[k].float(), two[k].float(), rtol=1e-4, atol=1e-5), k
 
 
-def test_two_process_ddp_with_akd_draws_avatars_per_rank(data_root, tmp_path):
+def test_two_process_ddp_with_akd_draws_avatars_per_rank(data_root, teacher, tmp_path):
     """What the README promises with AKD on: per-rank avatar streams, one shared uncertainty estimate."""
-    teacher = _teacher(data_root, tmp_path)
     model = {"arch": "classifier", "backbone": "resnet18", "freeze_bn": True}
     cfg = base_config("classification", data_root, tmp_path / "akd2", model, steps=3)
     cfg["train"].update(plots=False)

@@ -41,6 +41,7 @@ from .distributed import DistContext, all_true, barrier
 from .export import export_student
 from .logger import MetricLogger
 from .sampling import EvalShardSampler, ResumableSampler
+from .test_hooks import signal_at
 
 log = logging.getLogger(__name__)
 
@@ -429,6 +430,7 @@ class Trainer:
             set_epoch(self.train_set, epoch)
             self.sampler.set_position(epoch, in_epoch * self.batch_size)
             for batch in self._loader(self.train_set, self.sampler, self.batch_size, drop_last=True, epoch=epoch):
+                signal_at(self.step)  # test-only: AVATARKD_TEST_SIGNAL_AT interrupts at an exact step
                 values = self.train_step(self.task.to_device(batch, ctx.device))
                 bar.update(1)
                 log_now = self.step % every.log_every == 0 or self.step == every.steps
