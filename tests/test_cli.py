@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tiny_data import write_tiny_dataset
 
 from avatarkd.cli import main
 
@@ -45,11 +44,6 @@ POINTS = {
     "detection": [{"name": "fpn", "student": "backbone.fpn", "teacher": "backbone.fpn", "loss": "mgd"}],
     "classification": [{"name": "logits", "student": "classifier", "teacher": "fc", "loss": "kd"}],
 }
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    return write_tiny_dataset(tmp_path_factory.mktemp("tiny"))
 
 
 def write_config(path: Path, **cfg) -> Path:

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 from test_cli import MODELS, base_config
-from tiny_data import write_tiny_dataset
 
 from avatarkd.config import TrainConfig
 from avatarkd.runner import build_trainer
@@ -26,11 +25,6 @@ LOGIT_POINT = {
 CASES = [(task, loss, True) for task in FEATURE_POINT for loss in ("mse", "cwd", "mgd", "pkd", "maskd")]
 CASES += [(task, "kd", True) for task in LOGIT_POINT]
 CASES += [(task, "mse", False) for task in FEATURE_POINT]  # the one switch turns AKD off
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    return write_tiny_dataset(tmp_path_factory.mktemp("tiny"), n_train=8, n_val=4)
 
 
 @pytest.fixture(scope="module")

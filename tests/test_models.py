@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from tiny_data import write_config, write_tiny_dataset
+from tiny_data import write_config
 from torch import nn
 
 from avatarkd.cli import main
@@ -65,11 +65,6 @@ NOT_CALLABLE = 42
 
 
 # ------------------------------------------------------------------ helpers
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    return write_tiny_dataset(tmp_path_factory.mktemp("tiny"))
-
-
 def config(task: str, data_root: Path, out: Path, model: dict, steps: int = 2, **extra) -> dict:
     cfg = {
         "task": task,

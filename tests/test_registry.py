@@ -10,7 +10,6 @@ import pytest
 import torch
 import yaml
 from test_cli import MODELS, base_config, write_config
-from tiny_data import write_tiny_dataset
 
 from avatarkd import LOSSES, ConfigError, DistillerConfig, build_points, register_loss
 from avatarkd.cli import main
@@ -26,11 +25,6 @@ def scaled_l2(student: torch.Tensor, teacher: torch.Tensor, scale: float = 1.0) 
     """A user's own loss, declared beside its formula."""
     CALLS.append({"scale": scale, "shape": tuple(student.shape)})
     return scale * (student - teacher).pow(2).mean()
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    return write_tiny_dataset(tmp_path_factory.mktemp("tiny"), n_train=8, n_val=4)
 
 
 @pytest.fixture(scope="module")

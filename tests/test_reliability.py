@@ -8,17 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 from test_cli import MODELS, POINTS, base_config
-from tiny_data import write_tiny_dataset
 
 from avatarkd.config import TrainConfig
 from avatarkd.engine.checkpoint import list_checkpoints
 from avatarkd.engine.trainer import NonFiniteLossError
 from avatarkd.runner import build_trainer
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    return write_tiny_dataset(tmp_path_factory.mktemp("tiny"), n_train=8, n_val=4)
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_state(data_root, tmp_path):
