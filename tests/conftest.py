@@ -51,3 +51,24 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny dataset (tests/tiny_data.py), written once per session; tests must not modify it."""
     return write_tiny_dataset(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def untrained_teachers(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Weights of each task's teacher in test_cli.MODELS, freshly initialised (seed 0): for tests where only
+    the architecture matters, instead of training one through the CLI."""
+    from test_cli import MODELS, base_config
+
+    from avatarkd.config import TrainConfig
+    from avatarkd.tasks import make_task
+
+    out = {}
+    folder = tmp_path_factory.mktemp("teachers")
+    for task, (teacher, _) in MODELS.items():
+        cfg = TrainConfig.model_validate(base_config(task, data_root, folder / task, teacher))
+        t = make_task(cfg)
+        t.datasets(cfg.data)  # the number of classes
+        torch.manual_seed(0)
+        out[task] = folder / f"{task}.pt"
+        torch.save(t.build_model(cfg.model).state_dict(), out[task])
+    return out

@@ -27,17 +27,6 @@ def scaled_l2(student: torch.Tensor, teacher: torch.Tensor, scale: float = 1.0) 
     return scale * (student - teacher).pow(2).mean()
 
 
-@pytest.fixture(scope="module")
-def teachers(data_root, tmp_path_factory) -> dict[str, Path]:
-    out = {}
-    folder = tmp_path_factory.mktemp("teachers")
-    for task, (teacher, _) in MODELS.items():
-        cfg = write_config(folder / f"{task}.yaml", **base_config(task, data_root, folder / task, teacher, steps=1))
-        assert main(["train", str(cfg)]) == 0
-        out[task] = folder / task / "student.pt"
-    return out
-
-
 def _distill_config(task: str, data_root: Path, out: Path, teacher: Path, points: list[dict], **akd) -> dict:
     teacher_model, student_model = MODELS[task]
     cfg = base_config(task, data_root, out, student_model, steps=2)
@@ -72,7 +61,7 @@ def test_registry_refuses_a_second_loss_of_the_same_name():
     assert "a" in reg and len(reg) == 1 and list(reg) == ["a"]
 
 
-def test_a_loss_registered_in_user_code_is_usable_from_a_yaml_point(data_root, teachers, tmp_path, capsys):
+def test_a_loss_registered_in_user_code_is_usable_from_a_yaml_point(data_root, untrained_teachers, tmp_path, capsys):
     points = [
         {
             "name": "feat",
@@ -82,7 +71,7 @@ def test_a_loss_registered_in_user_code_is_usable_from_a_yaml_point(data_root, t
             "loss_kwargs": {"scale": 3.0},
         }
     ]
-    cfg = _distill_config("classification", data_root, tmp_path / "run", teachers["classification"], points)
+    cfg = _distill_config("classification", data_root, tmp_path / "run", untrained_teachers["classification"], points)
     CALLS.clear()
     assert main(["train", str(write_config(tmp_path / "c.yaml", **cfg))]) == 0
     assert CALLS and all(c["scale"] == 3.0 for c in CALLS)
@@ -94,7 +83,7 @@ def test_a_loss_registered_in_user_code_is_usable_from_a_yaml_point(data_root, t
         validate(DistillerConfig, bad)
 
 
-def test_dkd_from_yaml_trains_a_classifier_through_the_cli(data_root, teachers, tmp_path):
+def test_dkd_from_yaml_trains_a_classifier_through_the_cli(data_root, untrained_teachers, tmp_path):
     points = [
         {
             "name": "logits",
@@ -106,22 +95,24 @@ def test_dkd_from_yaml_trains_a_classifier_through_the_cli(data_root, teachers, 
     ]
     for akd in (True, False):
         out = tmp_path / f"dkd_{akd}"
-        cfg = _distill_config("classification", data_root, out, teachers["classification"], points, enabled=akd)
+        cfg = _distill_config(
+            "classification", data_root, out, untrained_teachers["classification"], points, enabled=akd
+        )
         assert main(["train", str(write_config(tmp_path / f"dkd_{akd}.yaml", **cfg))]) == 0
         rows = _distill_rows(out)
         assert len(rows) == 2 and all(r["distill.logits"] > 0 for r in rows)
 
 
-def test_dkd_on_segmentation_logits_is_per_pixel(data_root, teachers, tmp_path):
+def test_dkd_on_segmentation_logits_is_per_pixel(data_root, untrained_teachers, tmp_path):
     points = [{"name": "logits", "student": "", "teacher": "", "key": "out", "loss": "dkd"}]
-    cfg = _distill_config("segmentation", data_root, tmp_path / "seg", teachers["segmentation"], points)
+    cfg = _distill_config("segmentation", data_root, tmp_path / "seg", untrained_teachers["segmentation"], points)
     assert main(["train", str(write_config(tmp_path / "seg.yaml", **cfg))]) == 0
     assert all(r["distill.logits"] > 0 for r in _distill_rows(tmp_path / "seg"))
 
 
-def test_dkd_where_the_task_has_no_labels_is_refused_in_one_line(data_root, teachers, tmp_path, capsys):
+def test_dkd_where_the_task_has_no_labels_is_refused_in_one_line(data_root, untrained_teachers, tmp_path, capsys):
     points = [{"name": "fpn", "student": "backbone.fpn", "teacher": "backbone.fpn", "loss": "dkd"}]
-    cfg = _distill_config("detection", data_root, tmp_path / "det", teachers["detection"], points)
+    cfg = _distill_config("detection", data_root, tmp_path / "det", untrained_teachers["detection"], points)
     capsys.readouterr()
     assert main(["train", str(write_config(tmp_path / "det.yaml", **cfg))]) == 2
     err = capsys.readouterr().err.strip()
