@@ -129,12 +129,21 @@ def test_user_classifier_trains_alone_and_as_akd_student_and_exports_its_own_sta
             "points": [{"name": "logits", "student": "head", "teacher": "fc", "loss": "kd"}],
         },
     )
+    cfg["train"]["checkpoint_every"] = 1  # steps 1 and 2 kept
     assert main(["train", str(write_config(tmp_path / "akd.yaml", cfg))]) == 0
     rows = [json.loads(line) for line in (tmp_path / "akd" / "metrics.jsonl").read_text().splitlines()]
     assert any(r.get("distill_total", 0) > 0 for r in rows)
+    # the export is the trained student: the last checkpoint's model, not an earlier state, no teacher or connector
     student = rebuild(tmp_path / "akd" / "student.pt")
-    trained = torch.load(tmp_path / "akd" / "student.pt", weights_only=True)
-    assert all(torch.equal(student.state_dict()[k], v) for k, v in trained.items())
+    ckpts = {n: torch.load(tmp_path / "akd" / "checkpoints" / f"step_000000{n}.pt", weights_only=False) for n in (1, 2)}
+    final, before = ckpts[2]["model"], ckpts[1]["model"]
+    assert student.state_dict().keys() == final.keys()
+    assert all(torch.equal(v, final[k]) for k, v in student.state_dict().items())
+    assert any(not torch.equal(v, before[k]) for k, v in student.state_dict().items())
+    x = torch.rand(3, 3, 16, 16)
+    reference = TinyClassifier(num_classes=2, width=6).eval()
+    reference.load_state_dict(final)
+    torch.testing.assert_close(student.eval()(x), reference(x), rtol=0, atol=0)
 
 
 def test_user_segmenter_with_low_resolution_tensor_output_is_an_akd_student(data_root, tmp_path, capsys):
