@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -64,9 +65,26 @@ def test_training_curves_png(tmp_path: Path) -> None:
     assert no_temp_files(out.parent)
 
 
-def test_training_curves_keys_skip_missing(tmp_path: Path) -> None:
-    out = plot_training_curves(write_log(tmp_path / "m.jsonl"), tmp_path / "c.png", keys=["loss", "eval/miou", "nope"])
+def test_training_curves_keys_skip_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import avatarkd.plots
+
+    figures: list[Figure] = []
+    save = avatarkd.plots.save_figure
+    monkeypatch.setattr(avatarkd.plots, "save_figure", lambda fig, out: figures.append(fig) or save(fig, out))
+    with caplog.at_level(logging.INFO, logger="avatarkd.plots"):
+        out = plot_training_curves(
+            write_log(tmp_path / "m.jsonl"), tmp_path / "c.png", keys=["loss", "eval/miou", "nope"]
+        )
     assert_png(out)
+    (fig,) = figures
+    # one panel per group of the keys that have values; a one-key panel names its key on the y axis
+    assert [ax.get_title() for ax in fig.axes] == ["losses", "evaluation"]
+    assert [ax.get_ylabel() for ax in fig.axes] == ["loss", "eval/miou"]
+    lines = [line for ax in fig.axes for line in ax.get_lines()]
+    assert {len(line.get_xdata()) for line in lines} == {40, 4}  # 40 loss steps (raw and EMA), 4 evaluations
+    assert "no values for nope; skipped" in caplog.text
 
 
 @pytest.mark.parametrize("content", [b"", b"\n\n", b"not json\n{broken", b"[1, 2]\n3\n", b"\xff\xfe\x00\x81garbage"])
