@@ -300,3 +300,16 @@ def test_public_uncertainty_accessors(rng):
     assert torch.equal(akd.avatars.generator.get_state(), before), "a picture must not consume training randomness"
     assert AvatarLoss(L.mse, p=0.0).uncertainty_map(t) is None
     assert AvatarLoss(L.mse, uncertainty="batchnorm").uncertainty_state()["sigma"] is None
+
+
+def test_uncertainty_map_is_the_mean_squared_avatar_deviation_per_position(rng):
+    # dropout at p = 0.5 keeps 2t or drops to 0: (a_k - t)^2 = t^2 for every avatar, whatever is drawn,
+    # so E_k (a_k - t)^2 averaged over channels is mean_c t^2 exactly
+    t = torch.randn(2, 3, 4, 5, generator=rng)
+    m = AvatarLoss(L.mse, num_avatars=6, p=0.5).uncertainty_map(t)
+    torch.testing.assert_close(m, t.pow(2).mean(1))
+    # channel dropout at p = 0.5 (whole channels kept twice or dropped) gives the same
+    m = AvatarLoss(L.mse, num_avatars=3, perturbation="channel_dropout", p=0.5).uncertainty_map(t)
+    torch.testing.assert_close(m, t.pow(2).mean(1))
+    assert AvatarLoss(L.mse, num_avatars=3, p=0.0).uncertainty_map(t) is None
+    assert AvatarLoss(L.mse, num_avatars=3, p=0.5).uncertainty_map(t[0, :, 0]) is None  # not spatial
