@@ -15,6 +15,7 @@ from torch import nn
 
 from avatarkd.cli import main
 from avatarkd.config import TrainConfig, validate
+from avatarkd.errors import ConfigError
 from avatarkd.models import build_detector, build_segmenter, resolve_factory
 from avatarkd.models.backbones import levels, probe_stages
 from avatarkd.tasks import make_task
@@ -271,7 +272,8 @@ def test_timm_missing_says_how_to_install_the_extra(data_root, tmp_path, capsys,
 
 
 def test_unknown_backbone_names_suggest_the_closest(capsys):
-    with pytest.raises(Exception, match="did you mean 'mobilenet_v2'"):
+    msg = r"model.backbone: unknown torchvision classification model 'mobilenet_v22'; did you mean 'mobilenet_v2'\?"
+    with pytest.raises(ConfigError, match=msg):
         build_segmenter("fcn", "mobilenet_v22", 3)
 
 
