@@ -11,7 +11,7 @@ from .coco import CocoDetection, collate_detection
 from .entry import data_root, demo_data_root, open_dataset, train_transform
 from .formats import FORMATS
 from .labels import generic_names
-from .segmentation import SegmentationFolder, SegmentationPairs
+from .segmentation import SegmentationPairs
 from .transforms import pad_to
 from .wrappers import Augmented, SkipUnreadable, innermost, set_epoch
 
@@ -20,7 +20,6 @@ __all__ = [
     "CocoDetection",
     "FORMATS",
     "ImageFolderDataset",
-    "SegmentationFolder",
     "SegmentationPairs",
     "SkipUnreadable",
     "SplitReport",
