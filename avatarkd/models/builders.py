@@ -29,12 +29,9 @@ from .backbones import (
 from .extractors import FeaturePyramid
 from .recipes import record_recipe
 
-# the names of the catalogue before any torchvision/timm name was accepted (kept for type hints)
-Backbone = str
-
 
 # ------------------------------------------------------------------ classification
-def build_classifier(backbone: Backbone, num_classes: int) -> nn.Module:
+def build_classifier(backbone: str, num_classes: int) -> nn.Module:
     """Any torchvision classifier (``resnet18``, ``mobilenet_v2``, ``convnext_tiny``...) or ``timm:<name>``.
 
     The model is the library's own class, unchanged: distillation points are its module names
@@ -55,7 +52,7 @@ SegHead = Literal["fcn", "deeplabv3", "lraspp"]
 SEG_HEADS = ("fcn", "deeplabv3", "lraspp")
 
 
-def build_segmenter(head: SegHead, backbone: Backbone, num_classes: int, output_stride: int | None = None) -> nn.Module:
+def build_segmenter(head: SegHead, backbone: str, num_classes: int, output_stride: int | None = None) -> nn.Module:
     """torchvision FCN / DeepLabV3 / LR-ASPP on any torchvision or timm backbone.
 
     ``output_stride`` (8, 16 or 32; default 16 for LR-ASPP, whose design reads stride-8 and
@@ -104,7 +101,7 @@ DETECTORS = ("retinanet", "fcos", "fasterrcnn")
 
 def build_detector(
     arch: Detector,
-    backbone: Backbone,
+    backbone: str,
     num_classes: int,
     fpn_channels: int = 256,
     image_size: int = 800,
