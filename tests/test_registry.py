@@ -121,21 +121,29 @@ def test_dkd_where_the_task_has_no_labels_is_refused_in_one_line(data_root, untr
     assert not (tmp_path / "det").exists()
 
 
-def test_old_temperature_name_in_yaml_is_mapped_with_a_warning():
-    data = yaml.safe_load("points: [{name: l, student: classifier, teacher: fc, loss: kd, loss_kwargs: {T: 3.0}}]")
-    with pytest.warns(AvatarKDDeprecationWarning, match="'T' is deprecated, use 'tau'"):
-        cfg = validate(DistillerConfig, data)
-    assert cfg.points[0].loss_kwargs == {"tau": 3.0}
+@register_loss("renamed_l2_for_tests", renamed={"factor": "scale"}, replace=True)
+def renamed_l2(student: torch.Tensor, teacher: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """A loss whose hyperparameter had another name: the old one keeps working, with a warning."""
+    return scale * (student - teacher).pow(2).mean()
+
+
+def test_an_old_hyperparameter_name_in_yaml_is_mapped_with_a_warning():
+    line = "points: [{name: l, student: classifier, teacher: fc, loss: renamed_l2_for_tests, loss_kwargs: %s}]"
+    with pytest.warns(AvatarKDDeprecationWarning, match="'factor' is deprecated, use 'scale'"):
+        cfg = validate(DistillerConfig, yaml.safe_load(line % "{factor: 3.0}"))
+    assert cfg.points[0].loss_kwargs == {"scale": 3.0}
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the builder sees the new name only: no second warning
         (point,) = build_points(cfg)
-    assert point.loss.base_kwargs == {"tau": 3.0}
-    both = yaml.safe_load("points: [{name: l, student: a, loss: kd, loss_kwargs: {T: 3.0, tau: 2.0}}]")
+    assert point.loss.base_kwargs == {"scale": 3.0}
     with (
-        pytest.raises(ConfigError, match="give 'tau' or its old name 'T', not both"),
+        pytest.raises(ConfigError, match="give 'scale' or its old name 'factor', not both"),
         pytest.warns(AvatarKDDeprecationWarning),
     ):
-        validate(DistillerConfig, both)
+        validate(DistillerConfig, yaml.safe_load(line % "{factor: 3.0, scale: 2.0}"))
+    # the built-in losses have no old names left: 'T' (before 'tau') is an unknown hyperparameter
+    with pytest.raises(ConfigError, match="unknown hyperparameter 'T'"):
+        validate(DistillerConfig, yaml.safe_load("points: [{name: l, student: a, loss: kd, loss_kwargs: {T: 3.0}}]"))
 
 
 def test_distiller_names_the_missing_context():
