@@ -353,3 +353,22 @@ def test_built_in_models_stay_torchscript_exportable(build):
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(scripted(x)["out"], model(x)["out"], atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+def test_torchscript_export_of_a_normalising_student_is_the_users_module(tmp_path):
+    """The normalisation pre-hook does not script: the TorchScript file is the module alone, the sidecar says
+    what to apply, and the model in memory keeps normalising its input."""
+    from avatarkd.engine.export import export_student
+    from avatarkd.models import IMAGENET, attach_normalization, input_normalization
+
+    torch.manual_seed(0)
+    model = attach_normalization(TinyClassifier(num_classes=2).eval(), IMAGENET)
+    cfg = validate(TrainConfig, {"task": "classification", "data": {"root": str(tmp_path)}, "model": {"arch": "x"}})
+    export_student(model, tmp_path / "s.pt", cfg, ["a", "b"], torchscript=True)
+    x = torch.rand(2, 3, 16, 16)
+    scripted = torch.jit.load(str(tmp_path / "s.ts"))
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(IMAGENET(x)), model(x))
+    assert input_normalization(model) == IMAGENET
+    assert json.loads((tmp_path / "s.json").read_text())["normalize"] == IMAGENET.as_dict()
