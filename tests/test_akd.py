@@ -106,8 +106,14 @@ def test_variance_running_estimate_is_an_ema_and_survives_state_dict(rng):
 def test_variance_floor_protects_dead_channels(rng):
     t = torch.randn(2, 3, 4, 4, generator=rng)
     t[:, 1] = 0
-    sigma = Uncertainty("variance").sigma(t, Avatars(2, generator=rng)(t))
-    assert torch.all(sigma > 0) and torch.isfinite(sigma).all()
+    a = Avatars(8, generator=rng)(t)  # 256 draws per channel: some element of each live channel is dropped
+    u = Uncertainty("variance")
+    sigma = u.sigma(t, a)
+    var = (a - t).pow(2).mean(dim=(0, 1, 3, 4))
+    assert var[1] == 0 and var[0] > 0 and var[2] > 0
+    # the dead channel's variance is floored at rel_floor times the mean over channels; the others are their own
+    floor = u.rel_floor * var.mean()
+    torch.testing.assert_close(sigma, torch.stack([var[0], floor, var[2]]).clamp_min(floor).sqrt())
 
 
 def test_relative_sigma_is_variance_sigma_at_unit_rms(rng):
