@@ -355,7 +355,7 @@ def test_built_in_models_stay_torchscript_exportable(build):
         assert torch.allclose(scripted(x)["out"], model(x)["out"], atol=1e-5)
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+@pytest.mark.filterwarnings("ignore:`torch.jit.(script|save|load)` is deprecated:FutureWarning")
 def test_torchscript_export_of_a_normalising_student_is_the_users_module(tmp_path):
     """The normalisation pre-hook does not script: the TorchScript file is the module alone, the sidecar says
     what to apply, and the model in memory keeps normalising its input."""

@@ -125,8 +125,8 @@ SETUPS = {
 
 def _config(task: str, data_root: Path, tmp: Path, out: str, teacher: Path, cache: Path | None) -> dict:
     student, teacher_model, points, _ = SETUPS[task]
-    cfg = base_config(task, data_root, tmp / out, student, steps=6)
-    cfg["data"]["hflip"] = 0.0
+    cfg = base_config(task, data_root, tmp / out, student, steps=4)
+    cfg["data"].update(hflip=0.0, limit_train=8, limit_val=4)
     cfg["train"]["plots"] = False
     cfg["teacher"] = {**teacher_model, "weights": str(teacher)}
     cfg["distill"] = {"akd": {"num_avatars": 2}, "teacher_cache": str(cache) if cache else None, "points": points}
@@ -152,8 +152,8 @@ def test_training_with_the_cache_matches_training_without(task, data_root, tmp_p
     teacher = _random_teacher(task, data_root, tmp_path)
     plain = _run(task, data_root, tmp_path, "plain", teacher, None)
     cached = _run(task, data_root, tmp_path, "cached", teacher, tmp_path / "cache")
-    # 12 samples, batch 4, 6 steps: epoch 1 fills the cache, epoch 2 reads it
-    assert cached["teacher_cache"] == {"hits": 12, "misses": 12, "hit_rate": pytest.approx(0.5, abs=1e-4)}
+    # 8 samples, batch 4, 4 steps: epoch 1 fills the cache, epoch 2 reads it
+    assert cached["teacher_cache"] == {"hits": 8, "misses": 8, "hit_rate": pytest.approx(0.5, abs=1e-4)}
     assert "teacher_cache" not in plain
     key = SETUPS[task][3]
 
@@ -162,7 +162,7 @@ def test_training_with_the_cache_matches_training_without(task, data_root, tmp_p
         return [r[key] for r in rows if key in r]
 
     a, b = losses("plain"), losses("cached")
-    assert len(a) == len(b) == 6
+    assert len(a) == len(b) == 4
     torch.testing.assert_close(torch.tensor(b), torch.tensor(a), rtol=1e-4, atol=0)
     # a second run reuses the first run's cache from its first step
     again = _run(task, data_root, tmp_path, "again", teacher, tmp_path / "cache")
