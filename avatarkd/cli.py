@@ -22,7 +22,7 @@ def _setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    for noisy in ("matplotlib", "PIL", "h5py"):
+    for noisy in ("matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -76,10 +76,12 @@ def _cmd_check_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
     from .config import TrainConfig
-    from .engine.checkpoint import load_checked, load_file
+    from .engine.checkpoint import load_file
     from .engine.export import export_student
-    from .models import exported_normalization, resolve_normalization
+    from .runner import build_model
     from .tasks import make_task
 
     ckpt = load_file(Path(args.checkpoint))
@@ -89,16 +91,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     task = make_task(cfg)
     task.class_names = list(ckpt.get("class_names") or [])
     task.num_classes = len(task.class_names)  # includes background for segmentation, as trained
-    model = task.build_model(cfg.model)
-    load_checked(model, ckpt["model"], Path(args.checkpoint), "student")
-    export_student(
-        model,
-        Path(args.out),
-        cfg,
-        task.class_names,
-        torchscript=args.torchscript,
-        normalization=resolve_normalization(cfg.model, exported_normalization(cfg.model)),
-    )
+    model = build_model(task, cfg.model, "student", torch.device("cpu"), (ckpt["model"], Path(args.checkpoint)))
+    export_student(model, Path(args.out), cfg, task.class_names, torchscript=args.torchscript)
     print(f"wrote {args.out} (student only)")
     return 0
 

@@ -234,22 +234,6 @@ def _plot_group(ax: Axes, title: str, ks: list[str], series: dict[str, tuple[lis
 
 
 # ----------------------------------------------------------------------------- uncertainty
-def uncertainty_maps(teacher_feat: Tensor, avatars: Tensor) -> Tensor:
-    """Where the Avatars disagree with the teacher: E_k[(a_k - t)^2] averaged over channels, (N, H, W).
-
-    This is the paper's per-position uncertainty map: positions where perturbed teachers (Avatars)
-    move far from the teacher are the ones whose features the student should trust less.
-    ``teacher_feat`` is (N, C, H, W) and ``avatars`` is (K, N, C, H, W), K Avatars of it.
-    """
-    if teacher_feat.dim() != 4:
-        raise ValueError(f"teacher_feat must be (N, C, H, W), got shape {tuple(teacher_feat.shape)}")
-    if avatars.dim() != 5 or avatars.shape[1:] != teacher_feat.shape:
-        raise ValueError(
-            f"avatars must be (K, {', '.join(map(str, teacher_feat.shape))}), got shape {tuple(avatars.shape)}"
-        )
-    return (avatars - teacher_feat.unsqueeze(0)).pow(2).mean(dim=(0, 2))
-
-
 def _fmt(x: float) -> str:
     return f"{x:.3g}"
 
@@ -342,5 +326,4 @@ __all__ = [
     "read_jsonl",
     "save_figure",
     "save_image",
-    "uncertainty_maps",
 ]

@@ -20,7 +20,7 @@ from .data import SplitReport, check_dataset, format_reports, set_epoch
 from .data.check import sample_indices
 from .distiller import Distiller, TeacherCache, build_points, missing_context
 from .distiller.teacher_cache import expected_use
-from .engine.checkpoint import find_resume
+from .engine.checkpoint import find_resume, load_checked
 from .engine.distributed import DistContext, cleanup, init_distributed
 from .engine.trainer import Trainer
 from .errors import ConfigError, DataError
@@ -62,15 +62,24 @@ def build_datasets(task: Task, cfg: TrainConfig) -> tuple[Dataset, Dataset]:
     return train, val
 
 
-def build_model(task: Task, mcfg: ModelConfig, role: str, device: torch.device) -> torch.nn.Module:
+def build_model(
+    task: Task, mcfg: ModelConfig, role: str, device: torch.device, checkpoint: tuple[dict, Path] | None = None
+) -> torch.nn.Module:
     """The model of ``mcfg`` on ``device``: built, its configured weights loaded (one log line, or one
-    error line on a mismatch), its input normalisation attached."""
+    error line on a mismatch), its input normalisation attached.
+
+    ``checkpoint``: ``(state_dict, path)`` of a training checkpoint, loaded instead of the configured
+    weights (which are not read); what those recorded about input normalisation still holds.
+    """
     model = task.build_model(mcfg).to(device)
     if mcfg.bn_momentum is not None:
         for module in model.modules():
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                 module.momentum = mcfg.bn_momentum
-    load_configured_weights(model, mcfg, role)
+    if checkpoint is None:
+        load_configured_weights(model, mcfg, role)
+    else:
+        load_checked(model, checkpoint[0], checkpoint[1], role)
     norm = resolve_normalization(mcfg, exported_normalization(mcfg))
     attach_normalization(model, norm)
     log.info("%s input normalisation: %s", role, f"mean {list(norm.mean)}, std {list(norm.std)}" if norm else "none")

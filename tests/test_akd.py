@@ -64,12 +64,24 @@ def test_avatars_reject_bad_settings(kw, match):
 
 # ------------------------------------------------------------------ uncertainty
 def test_variance_sigma_tracks_dropout_theory(rng):
-    t = torch.randn(8, 5, 6, 6, generator=rng) * torch.arange(1, 6).view(1, 5, 1, 1)
-    p = 0.1
-    a = Avatars(256, p=p, generator=rng)(t)
+    t = torch.randn(8, 5, 6, 6, generator=rng, dtype=torch.float64) * torch.arange(1, 6).view(1, 5, 1, 1)
+    p, k = 0.1, 1024
+    a = Avatars(k, p=p, generator=rng)(t)
     sigma = Uncertainty("variance").sigma(t, a)
-    theory = (p / (1 - p) * t.pow(2).mean(dim=(0, 2, 3))).sqrt()
-    assert torch.allclose(sigma, theory, rtol=0.03)
+    # a - t = t * x with x = m / (1 - p) - 1, m ~ Bernoulli(1 - p): E[x^2] = p / (1 - p), so
+    # sigma_c^2 = p / (1 - p) * mean(t_c^2) in expectation ...
+    ex2 = p / (1 - p)
+    theory = (ex2 * t.pow(2).mean(dim=(0, 2, 3))).sqrt()
+    # ... and its estimate mean_{k,i}(t_i^2 x_ki^2) has standard error sqrt(var(x^2) sum_i t_i^4 / k) / n,
+    # x^2 being (p / (1 - p))^2 with probability 1 - p and 1 with probability p
+    var_x2 = (1 - p) * ex2**4 + p - ex2**2
+    n = t[:, 0].numel()
+    se_var = (var_x2 * t.pow(4).sum(dim=(0, 2, 3)) / k).sqrt() / n
+    se_sigma = se_var / (2 * theory)  # d sqrt(v) = dv / (2 sqrt(v))
+    # 6 standard errors: a false failure about once in 10^8 runs; a wrong factor (p instead of
+    # p / (1 - p): sigma 5% low) is more than 8 standard errors away
+    assert (se_sigma / theory).max() < 0.006
+    assert torch.all((sigma - theory).abs() < 6 * se_sigma), ((sigma - theory) / se_sigma).tolist()
 
 
 def test_variance_running_estimate_is_an_ema_and_survives_state_dict(rng):
@@ -94,8 +106,14 @@ def test_variance_running_estimate_is_an_ema_and_survives_state_dict(rng):
 def test_variance_floor_protects_dead_channels(rng):
     t = torch.randn(2, 3, 4, 4, generator=rng)
     t[:, 1] = 0
-    sigma = Uncertainty("variance").sigma(t, Avatars(2, generator=rng)(t))
-    assert torch.all(sigma > 0) and torch.isfinite(sigma).all()
+    a = Avatars(8, generator=rng)(t)  # 256 draws per channel: some element of each live channel is dropped
+    u = Uncertainty("variance")
+    sigma = u.sigma(t, a)
+    var = (a - t).pow(2).mean(dim=(0, 1, 3, 4))
+    assert var[1] == 0 and var[0] > 0 and var[2] > 0
+    # the dead channel's variance is floored at rel_floor times the mean over channels; the others are their own
+    floor = u.rel_floor * var.mean()
+    torch.testing.assert_close(sigma, torch.stack([var[0], floor, var[2]]).clamp_min(floor).sqrt())
 
 
 def test_relative_sigma_is_variance_sigma_at_unit_rms(rng):
@@ -288,3 +306,16 @@ def test_public_uncertainty_accessors(rng):
     assert torch.equal(akd.avatars.generator.get_state(), before), "a picture must not consume training randomness"
     assert AvatarLoss(L.mse, p=0.0).uncertainty_map(t) is None
     assert AvatarLoss(L.mse, uncertainty="batchnorm").uncertainty_state()["sigma"] is None
+
+
+def test_uncertainty_map_is_the_mean_squared_avatar_deviation_per_position(rng):
+    # dropout at p = 0.5 keeps 2t or drops to 0: (a_k - t)^2 = t^2 for every avatar, whatever is drawn,
+    # so E_k (a_k - t)^2 averaged over channels is mean_c t^2 exactly
+    t = torch.randn(2, 3, 4, 5, generator=rng)
+    m = AvatarLoss(L.mse, num_avatars=6, p=0.5).uncertainty_map(t)
+    torch.testing.assert_close(m, t.pow(2).mean(1))
+    # channel dropout at p = 0.5 (whole channels kept twice or dropped) gives the same
+    m = AvatarLoss(L.mse, num_avatars=3, perturbation="channel_dropout", p=0.5).uncertainty_map(t)
+    torch.testing.assert_close(m, t.pow(2).mean(1))
+    assert AvatarLoss(L.mse, num_avatars=3, p=0.0).uncertainty_map(t) is None
+    assert AvatarLoss(L.mse, num_avatars=3, p=0.5).uncertainty_map(t[0, :, 0]) is None  # not spatial

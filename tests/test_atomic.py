@@ -18,23 +18,34 @@ from avatarkd.atomic import atomic_torch_save, atomic_write, atomic_write_bytes,
 SIZE = 256 * 1024
 
 
-def _writer(path: str, fill: int, rounds: int, start: mp.Event) -> None:
+def _writer(path: str, fill: int, rounds: int, start: mp.Event, wrote: mp.Event, go_on: mp.Event) -> None:
     start.wait()
-    for _ in range(rounds):
+    for i in range(rounds):
         atomic_write_bytes(path, bytes([fill]) * SIZE)
+        if i == 0:  # one whole file written: let the reader see it before racing on
+            wrote.set()
+            go_on.wait()
 
 
 def test_two_concurrent_writers_never_leave_a_torn_or_mixed_file(tmp_path):
     path = tmp_path / "shared.bin"
     atomic_write_bytes(path, bytes([0]) * SIZE)
     ctx = mp.get_context("fork")
-    start = ctx.Event()
-    writers = [ctx.Process(target=_writer, args=(str(path), fill, 150, start)) for fill in (1, 2)]
+    start, go_on = ctx.Event(), ctx.Event()
+    wrote = [ctx.Event(), ctx.Event()]
+    writers = [
+        ctx.Process(target=_writer, args=(str(path), fill, 150, start, done, go_on))
+        for fill, done in zip((1, 2), wrote, strict=True)
+    ]
     for w in writers:
         w.start()
     start.set()
-    seen = set()
-    while any(w.is_alive() for w in writers):
+    # both writers have written once and wait: the file is one writer's, whole (no scheduler luck needed)
+    assert all(done.wait(timeout=120) for done in wrote), "a writer did not start"
+    seen = {path.read_bytes()[0]}
+    assert seen <= {1, 2} and path.read_bytes() in (bytes([1]) * SIZE, bytes([2]) * SIZE)
+    go_on.set()
+    while any(w.is_alive() for w in writers):  # now they race each other and this reader
         data = path.read_bytes()
         assert len(data) == SIZE, "a reader saw a partly written file"
         assert len(set(data)) == 1, "a reader saw bytes of two writers in one file"
@@ -44,7 +55,7 @@ def test_two_concurrent_writers_never_leave_a_torn_or_mixed_file(tmp_path):
         assert w.exitcode == 0
     final = path.read_bytes()
     assert len(final) == SIZE and final[0] in (1, 2) and len(set(final)) == 1
-    assert seen & {1, 2}, "the reader never saw a writer's file: the test did not overlap"
+    assert seen <= {1, 2}, "a reader saw the file from before both writers' first write"
     assert [p.name for p in tmp_path.iterdir()] == ["shared.bin"], "temporary files were left behind"
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tiny_data import write_tiny_dataset
 
 from avatarkd.cli import main
 
@@ -45,11 +44,6 @@ POINTS = {
     "detection": [{"name": "fpn", "student": "backbone.fpn", "teacher": "backbone.fpn", "loss": "mgd"}],
     "classification": [{"name": "logits", "student": "classifier", "teacher": "fc", "loss": "kd"}],
 }
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    return write_tiny_dataset(tmp_path_factory.mktemp("tiny"))
 
 
 def write_config(path: Path, **cfg) -> Path:
@@ -132,7 +126,8 @@ def test_bad_inputs_give_one_line_and_exit_2(data_root, tmp_path, capsys):
     assert "malformed YAML" in _run_bad(["train", str(tmp_path / "c.yaml")], capsys)
     assert "config file not found" in _run_bad(["train", str(tmp_path / "nope.yaml")], capsys)
     cfg = dict(good, data={"root": str(tmp_path / "missing")})
-    _run_bad(["train", str(write_config(tmp_path / "d.yaml", **cfg))], capsys)
+    msg = _run_bad(["train", str(write_config(tmp_path / "d.yaml", **cfg))], capsys)
+    assert f"data.root {tmp_path / 'missing'} does not exist" in msg and "classify/{split}/<class>/" in msg
     cfg = dict(
         good, teacher={**model, "weights": str(tmp_path / "none.pt")}, distill={"points": POINTS["classification"]}
     )

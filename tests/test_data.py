@@ -17,14 +17,22 @@ from avatarkd.data import (
     Augmented,
     CocoDetection,
     ImageFolderDataset,
-    SegmentationFolder,
+    SegmentationPairs,
     collate_detection,
     demo_data_root,
 )
+from avatarkd.data.segmentation import pair_by_stem
 from avatarkd.data.transforms import ClassificationAugment, DetectionAugment, SegmentationAugment
 from avatarkd.errors import DataError
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def segmentation_folder(images: Path, masks: Path, **kwargs) -> SegmentationPairs:
+    """What the ``folders`` format builds: same-stem image/mask pairs of two folders."""
+    return SegmentationPairs(pair_by_stem(images, masks), kwargs.pop("num_classes", None), name=str(masks), **kwargs)
+
+
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -193,7 +201,7 @@ def seg_dir(tmp_path: Path) -> Path:
 
 
 def test_segmentation_pairs_by_stem(seg_dir: Path) -> None:
-    ds = SegmentationFolder(seg_dir / "images", seg_dir / "masks", num_classes=3, class_names=["bg", "a", "b"])
+    ds = segmentation_folder(seg_dir / "images", seg_dir / "masks", num_classes=3, class_names=["bg", "a", "b"])
     assert len(ds) == 2 and ds.num_classes == 3 and ds.class_names == ["bg", "a", "b"]
     image, mask = ds[0]
     assert image.shape == (3, 6, 8) and image.dtype == torch.float32
@@ -204,7 +212,7 @@ def test_segmentation_pairs_by_stem(seg_dir: Path) -> None:
 
 
 def test_segmentation_hflip_keeps_image_and_mask_aligned(seg_dir: Path) -> None:
-    plain = SegmentationFolder(seg_dir / "images", seg_dir / "masks")
+    plain = segmentation_folder(seg_dir / "images", seg_dir / "masks")
     flipped = Augmented(plain, SegmentationAugment(hflip=1.0), seed=0)
     image, mask = flipped[0]
     assert torch.equal(image, plain[0][0].flip(-1)) and torch.equal(mask, plain[0][1].flip(-1))
@@ -217,7 +225,7 @@ def test_segmentation_palette_mask_reads_indices(tmp_path: Path) -> None:
     palette_mask.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255])  # index 3 is blue, not grey 3
     (tmp_path / "m").mkdir()
     palette_mask.save(tmp_path / "m" / "p.png")
-    _, mask = SegmentationFolder(tmp_path / "im", tmp_path / "m")[0]
+    _, mask = segmentation_folder(tmp_path / "im", tmp_path / "m")[0]
     assert mask.unique().tolist() == [3]
 
 
@@ -254,7 +262,7 @@ def test_segmentation_errors_name_the_file(seg_dir: Path, case: str, needle: str
     elif case == "corrupt":
         (images / "x.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     with pytest.raises(DataError) as info:
-        SegmentationFolder(images, masks, **kwargs)[0]
+        segmentation_folder(images, masks, **kwargs)[0]
     assert needle in str(info.value) and "\n" not in str(info.value)
 
 
@@ -296,7 +304,7 @@ def test_demo_data_loads_with_all_three_loaders() -> None:
     assert det.cat_names[0] == "T-shirt/top" and det.cat_names[-1] == "Ankle boot"
     image, target = val[0]
     assert image.shape == (3, 64, 64) and len(target["boxes"]) >= 1
-    seg = SegmentationFolder(root / "val" / "images", root / "val" / "masks", num_classes=11)
+    seg = segmentation_folder(root / "val" / "images", root / "val" / "masks", num_classes=11)
     assert len(seg) == len(val)
     for i in range(0, len(seg), 50):
         image, mask = seg[i]
@@ -314,7 +322,7 @@ def test_demo_test_split_loads() -> None:
     assert len(test) >= 300 and test.num_classes == 10 and test.cat_names == val.cat_names
     image, target = test[0]
     assert image.shape == (3, 64, 64) and len(target["boxes"]) >= 1
-    seg = SegmentationFolder(root / "test" / "images", root / "test" / "masks", num_classes=11)
+    seg = segmentation_folder(root / "test" / "images", root / "test" / "masks", num_classes=11)
     assert len(seg) == len(test)
     image, mask = seg[len(seg) - 1]
     assert image.shape[-2:] == mask.shape and int(mask.max()) <= 10

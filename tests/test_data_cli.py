@@ -83,6 +83,11 @@ def test_variable_size_training_and_whole_and_slide_evaluation(voc_root, tmp_pat
     assert code == 0, err
     slide = json.loads(out)
     assert 0.0 <= slide["miou"] <= 1.0 and slide.keys() == whole.keys()
+    # a window larger than every image is one pass over the whole image: the whole-image numbers
+    big = ["--set", "eval.mode=slide", "--set", "eval.crop_size=[512, 512]"]
+    code, out, err = run(["eval", str(cfg), "--weights", weights, *big], capsys)
+    assert code == 0, err
+    assert json.loads(out) == pytest.approx(whole, abs=1e-6, nan_ok=True)
     code, out, err = run(["eval", str(cfg), "--weights", weights, "--set", "eval.resize=[20, 20]"], capsys)
     assert code == 0 and 0.0 <= json.loads(out)["miou"] <= 1.0, err
 

@@ -86,8 +86,15 @@ def test_spatial_mismatch_is_resized():
     teacher = nn.Sequential(nn.Conv2d(3, 6, 3, stride=2, padding=1))
     d = Distiller(student, teacher, [DistillPoint("f", "0", "0", loss=L.mse)]).build(torch.randn(1, 3, 16, 16))
     assert d.connectors["f"].resize_to == (8, 8)
-    _, losses = d(torch.randn(1, 3, 16, 16))
-    assert torch.isfinite(losses["distill_total"])
+    x = torch.randn(1, 3, 16, 16)
+    _, losses = d(x)
+    # by hand: the student's 4x4 map, channels mapped by the connector's 1x1 conv, bilinearly up to 8x8
+    with torch.no_grad():
+        s = torch.nn.functional.conv2d(student(x), d.connectors["f"].proj[0].weight, d.connectors["f"].proj[0].bias)
+        assert s.shape == (1, 6, 4, 4)
+        s = torch.nn.functional.interpolate(s, size=(8, 8), mode="bilinear", align_corners=False)
+        expected = L.mse(s, teacher(x))
+    torch.testing.assert_close(losses["distill_total"].detach(), expected)
 
 
 def test_weights_multiply_point_losses():

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from test_cli import MODELS, base_config
-from tiny_data import write_tiny_dataset
 
 from avatarkd.config import TrainConfig
 from avatarkd.runner import build_trainer
-from avatarkd.tasks import make_task
 
 FEATURE_POINT = {
     "segmentation": {"name": "feat", "student": "backbone.body", "teacher": "backbone", "key": "out"},
@@ -28,30 +24,11 @@ CASES += [(task, "kd", True) for task in LOGIT_POINT]
 CASES += [(task, "mse", False) for task in FEATURE_POINT]  # the one switch turns AKD off
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    return write_tiny_dataset(tmp_path_factory.mktemp("tiny"), n_train=8, n_val=4)
-
-
-@pytest.fixture(scope="module")
-def teachers(data_root, tmp_path_factory) -> dict[str, Path]:
-    """Random teacher weights per task (only shapes matter for a step)."""
-    out = {}
-    folder = tmp_path_factory.mktemp("teachers")
-    for task, (teacher, _) in MODELS.items():
-        cfg = TrainConfig.model_validate(base_config(task, data_root, folder / task, teacher))
-        t = make_task(cfg)
-        t.datasets(cfg.data)
-        out[task] = folder / f"{task}.pt"
-        torch.save(t.build_model(cfg.model).state_dict(), out[task])
-    return out
-
-
 @pytest.mark.parametrize("task,loss,akd", CASES, ids=[f"{t}-{l}-{'akd' if a else 'base'}" for t, l, a in CASES])
-def test_loss_choice_trains_one_step(task, loss, akd, data_root, teachers, tmp_path):
+def test_loss_choice_trains_one_step(task, loss, akd, data_root, untrained_teachers, tmp_path):
     teacher, student = MODELS[task]
     cfg = base_config(task, data_root, tmp_path / "run", student, steps=1)
-    cfg["teacher"] = {**teacher, "weights": str(teachers[task])}
+    cfg["teacher"] = {**teacher, "weights": str(untrained_teachers[task])}
     point = LOGIT_POINT[task] if loss == "kd" else FEATURE_POINT[task]
     cfg["distill"] = {"akd": {"enabled": akd, "num_avatars": 2}, "points": [{**point, "loss": loss}]}
     trainer = build_trainer(TrainConfig.model_validate(cfg))

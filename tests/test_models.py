@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from tiny_data import write_config, write_tiny_dataset
+from tiny_data import write_config
 from torch import nn
 
 from avatarkd.cli import main
 from avatarkd.config import TrainConfig, validate
+from avatarkd.errors import ConfigError
 from avatarkd.models import build_detector, build_segmenter, resolve_factory
 from avatarkd.models.backbones import levels, probe_stages
 from avatarkd.tasks import make_task
@@ -65,11 +66,6 @@ NOT_CALLABLE = 42
 
 
 # ------------------------------------------------------------------ helpers
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    return write_tiny_dataset(tmp_path_factory.mktemp("tiny"))
-
-
 def config(task: str, data_root: Path, out: Path, model: dict, steps: int = 2, **extra) -> dict:
     cfg = {
         "task": task,
@@ -134,12 +130,21 @@ def test_user_classifier_trains_alone_and_as_akd_student_and_exports_its_own_sta
             "points": [{"name": "logits", "student": "head", "teacher": "fc", "loss": "kd"}],
         },
     )
+    cfg["train"]["checkpoint_every"] = 1  # steps 1 and 2 kept
     assert main(["train", str(write_config(tmp_path / "akd.yaml", cfg))]) == 0
     rows = [json.loads(line) for line in (tmp_path / "akd" / "metrics.jsonl").read_text().splitlines()]
     assert any(r.get("distill_total", 0) > 0 for r in rows)
+    # the export is the trained student: the last checkpoint's model, not an earlier state, no teacher or connector
     student = rebuild(tmp_path / "akd" / "student.pt")
-    trained = torch.load(tmp_path / "akd" / "student.pt", weights_only=True)
-    assert all(torch.equal(student.state_dict()[k], v) for k, v in trained.items())
+    ckpts = {n: torch.load(tmp_path / "akd" / "checkpoints" / f"step_000000{n}.pt", weights_only=False) for n in (1, 2)}
+    final, before = ckpts[2]["model"], ckpts[1]["model"]
+    assert student.state_dict().keys() == final.keys()
+    assert all(torch.equal(v, final[k]) for k, v in student.state_dict().items())
+    assert any(not torch.equal(v, before[k]) for k, v in student.state_dict().items())
+    x = torch.rand(3, 3, 16, 16)
+    reference = TinyClassifier(num_classes=2, width=6).eval()
+    reference.load_state_dict(final)
+    torch.testing.assert_close(student.eval()(x), reference(x), rtol=0, atol=0)
 
 
 def test_user_segmenter_with_low_resolution_tensor_output_is_an_akd_student(data_root, tmp_path, capsys):
@@ -267,7 +272,8 @@ def test_timm_missing_says_how_to_install_the_extra(data_root, tmp_path, capsys,
 
 
 def test_unknown_backbone_names_suggest_the_closest(capsys):
-    with pytest.raises(Exception, match="did you mean 'mobilenet_v2'"):
+    msg = r"model.backbone: unknown torchvision classification model 'mobilenet_v22'; did you mean 'mobilenet_v2'\?"
+    with pytest.raises(ConfigError, match=msg):
         build_segmenter("fcn", "mobilenet_v22", 3)
 
 
@@ -347,3 +353,22 @@ def test_built_in_models_stay_torchscript_exportable(build):
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(scripted(x)["out"], model(x)["out"], atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.(script|save|load)` is deprecated:FutureWarning")
+def test_torchscript_export_of_a_normalising_student_is_the_users_module(tmp_path):
+    """The normalisation pre-hook does not script: the TorchScript file is the module alone, the sidecar says
+    what to apply, and the model in memory keeps normalising its input."""
+    from avatarkd.engine.export import export_student
+    from avatarkd.models import IMAGENET, attach_normalization, input_normalization
+
+    torch.manual_seed(0)
+    model = attach_normalization(TinyClassifier(num_classes=2).eval(), IMAGENET)
+    cfg = validate(TrainConfig, {"task": "classification", "data": {"root": str(tmp_path)}, "model": {"arch": "x"}})
+    export_student(model, tmp_path / "s.pt", cfg, ["a", "b"], torchscript=True)
+    x = torch.rand(2, 3, 16, 16)
+    scripted = torch.jit.load(str(tmp_path / "s.ts"))
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(IMAGENET(x)), model(x))
+    assert input_normalization(model) == IMAGENET
+    assert json.loads((tmp_path / "s.json").read_text())["normalize"] == IMAGENET.as_dict()

@@ -36,13 +36,16 @@ SIZES = {
     "cityscapes": ["data.crop_size=[32, 64]", "data.base_size=[32, 64]"],
     "coco": ["data.min_size=64", "data.max_size=96"],
 }
-# 6-12 s each on one core (more on a loaded machine); the default suite keeps one config per model pair
+# 6-12 s each on one core (more on a loaded machine); the default suite keeps one config per model pair.
+# A teacher config's model is its AKD configs' teacher (checked below), which the default suite builds and
+# runs on that config's data: training it only adds ResNet-101 backward passes.
 SLOW = {
     "coco_retinanet_r50_mgd_akd.yaml",
     "coco_retinanet_r50_pkd_akd.yaml",
     "coco_retinanet_r101_teacher.yaml",
     "coco_fcos_r101_teacher.yaml",
     "coco_retinanet_r50_maskd_akd.yaml",
+    "cityscapes_deeplabv3_r101_teacher.yaml",
 }
 
 
@@ -70,6 +73,19 @@ def test_the_paper_settings_are_all_there():
         assert cfg.model.backbone_weights == f"torchvision:ResNet{depth}_Weights.IMAGENET1K_V1"
         if cfg.distill is not None:
             assert cfg.teacher is not None and cfg.teacher.backbone == "resnet101" and cfg.distill.akd.enabled
+
+
+def test_each_akd_config_distils_from_its_teacher_config():
+    raw = {name: load_yaml(Path(str(PAPER / name))) for name in CONFIGS}
+    teachers = {name: r for name, r in raw.items() if r.get("teacher") is None}
+    for name, r in raw.items():
+        if r.get("teacher") is None:
+            continue
+        teacher = dict(r["teacher"])
+        weights = teacher.pop("weights")
+        (source,) = [t for t in teachers.values() if weights == f"{t['output_dir']}/student.pt"]
+        assert teacher == {k: v for k, v in source["model"].items() if k != "backbone_weights"}, name
+        assert r["data"] == source["data"] and r.get("eval") == source.get("eval"), name
 
 
 @pytest.fixture(scope="module")

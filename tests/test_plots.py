@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from avatarkd.errors import DataError
-from avatarkd.plots import plot_training_curves, plot_uncertainty, uncertainty_maps
+from avatarkd.plots import plot_training_curves, plot_uncertainty
 from avatarkd.tasks.drawing import plot_detections, plot_segmentation
 
 
@@ -64,9 +65,26 @@ def test_training_curves_png(tmp_path: Path) -> None:
     assert no_temp_files(out.parent)
 
 
-def test_training_curves_keys_skip_missing(tmp_path: Path) -> None:
-    out = plot_training_curves(write_log(tmp_path / "m.jsonl"), tmp_path / "c.png", keys=["loss", "eval/miou", "nope"])
+def test_training_curves_keys_skip_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import avatarkd.plots
+
+    figures: list[Figure] = []
+    save = avatarkd.plots.save_figure
+    monkeypatch.setattr(avatarkd.plots, "save_figure", lambda fig, out: figures.append(fig) or save(fig, out))
+    with caplog.at_level(logging.INFO, logger="avatarkd.plots"):
+        out = plot_training_curves(
+            write_log(tmp_path / "m.jsonl"), tmp_path / "c.png", keys=["loss", "eval/miou", "nope"]
+        )
     assert_png(out)
+    (fig,) = figures
+    # one panel per group of the keys that have values; a one-key panel names its key on the y axis
+    assert [ax.get_title() for ax in fig.axes] == ["losses", "evaluation"]
+    assert [ax.get_ylabel() for ax in fig.axes] == ["loss", "eval/miou"]
+    lines = [line for ax in fig.axes for line in ax.get_lines()]
+    assert {len(line.get_xdata()) for line in lines} == {40, 4}  # 40 loss steps (raw and EMA), 4 evaluations
+    assert "no values for nope; skipped" in caplog.text
 
 
 @pytest.mark.parametrize("content", [b"", b"\n\n", b"not json\n{broken", b"[1, 2]\n3\n", b"\xff\xfe\x00\x81garbage"])
@@ -101,31 +119,6 @@ def test_series_skip_non_numbers_and_coco_sentinel() -> None:
 
 
 # ----------------------------------------------------------------------------- uncertainty
-def test_uncertainty_maps_hand_computed() -> None:
-    teacher = torch.tensor([[[[0.0, 1.0]], [[2.0, 3.0]]]])  # (N=1, C=2, H=1, W=2)
-    a0 = teacher + 1  # squared difference 1 everywhere
-    a1 = teacher.clone()
-    a1[0, 0, 0, 0] += 2  # squared difference 4 at channel 0, position 0; 0 elsewhere
-    # position 0: channel 0 (1 + 4) / 2 = 2.5, channel 1 (1 + 0) / 2 = 0.5 -> mean 1.5
-    # position 1: channel 0 (1 + 0) / 2 = 0.5, channel 1 0.5 -> mean 0.5
-    got = uncertainty_maps(teacher, torch.stack([a0, a1]))
-    assert got.shape == (1, 1, 2)
-    torch.testing.assert_close(got, torch.tensor([[[1.5, 0.5]]]))
-
-
-def test_uncertainty_maps_identical_avatars_are_certain() -> None:
-    t = torch.randn(2, 3, 4, 5)
-    got = uncertainty_maps(t, t.expand(6, -1, -1, -1, -1))
-    assert got.shape == (2, 4, 5) and torch.count_nonzero(got) == 0
-
-
-def test_uncertainty_maps_shape_mismatch() -> None:
-    with pytest.raises(ValueError, match="avatars must be"):
-        uncertainty_maps(torch.zeros(1, 2, 3, 3), torch.zeros(4, 1, 3, 3, 3))
-    with pytest.raises(ValueError, match="teacher_feat"):
-        uncertainty_maps(torch.zeros(2, 3, 3), torch.zeros(4, 2, 3, 3))
-
-
 def test_plot_uncertainty_vectors_and_maps(tmp_path: Path) -> None:
     g = torch.Generator().manual_seed(0)
     sigmas = {

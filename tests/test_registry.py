@@ -10,7 +10,6 @@ import pytest
 import torch
 import yaml
 from test_cli import MODELS, base_config, write_config
-from tiny_data import write_tiny_dataset
 
 from avatarkd import LOSSES, ConfigError, DistillerConfig, build_points, register_loss
 from avatarkd.cli import main
@@ -26,22 +25,6 @@ def scaled_l2(student: torch.Tensor, teacher: torch.Tensor, scale: float = 1.0) 
     """A user's own loss, declared beside its formula."""
     CALLS.append({"scale": scale, "shape": tuple(student.shape)})
     return scale * (student - teacher).pow(2).mean()
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    return write_tiny_dataset(tmp_path_factory.mktemp("tiny"), n_train=8, n_val=4)
-
-
-@pytest.fixture(scope="module")
-def teachers(data_root, tmp_path_factory) -> dict[str, Path]:
-    out = {}
-    folder = tmp_path_factory.mktemp("teachers")
-    for task, (teacher, _) in MODELS.items():
-        cfg = write_config(folder / f"{task}.yaml", **base_config(task, data_root, folder / task, teacher, steps=1))
-        assert main(["train", str(cfg)]) == 0
-        out[task] = folder / task / "student.pt"
-    return out
 
 
 def _distill_config(task: str, data_root: Path, out: Path, teacher: Path, points: list[dict], **akd) -> dict:
@@ -78,7 +61,7 @@ def test_registry_refuses_a_second_loss_of_the_same_name():
     assert "a" in reg and len(reg) == 1 and list(reg) == ["a"]
 
 
-def test_a_loss_registered_in_user_code_is_usable_from_a_yaml_point(data_root, teachers, tmp_path, capsys):
+def test_a_loss_registered_in_user_code_is_usable_from_a_yaml_point(data_root, untrained_teachers, tmp_path, capsys):
     points = [
         {
             "name": "feat",
@@ -88,7 +71,7 @@ def test_a_loss_registered_in_user_code_is_usable_from_a_yaml_point(data_root, t
             "loss_kwargs": {"scale": 3.0},
         }
     ]
-    cfg = _distill_config("classification", data_root, tmp_path / "run", teachers["classification"], points)
+    cfg = _distill_config("classification", data_root, tmp_path / "run", untrained_teachers["classification"], points)
     CALLS.clear()
     assert main(["train", str(write_config(tmp_path / "c.yaml", **cfg))]) == 0
     assert CALLS and all(c["scale"] == 3.0 for c in CALLS)
@@ -100,7 +83,7 @@ def test_a_loss_registered_in_user_code_is_usable_from_a_yaml_point(data_root, t
         validate(DistillerConfig, bad)
 
 
-def test_dkd_from_yaml_trains_a_classifier_through_the_cli(data_root, teachers, tmp_path):
+def test_dkd_from_yaml_trains_a_classifier_through_the_cli(data_root, untrained_teachers, tmp_path):
     points = [
         {
             "name": "logits",
@@ -112,22 +95,24 @@ def test_dkd_from_yaml_trains_a_classifier_through_the_cli(data_root, teachers, 
     ]
     for akd in (True, False):
         out = tmp_path / f"dkd_{akd}"
-        cfg = _distill_config("classification", data_root, out, teachers["classification"], points, enabled=akd)
+        cfg = _distill_config(
+            "classification", data_root, out, untrained_teachers["classification"], points, enabled=akd
+        )
         assert main(["train", str(write_config(tmp_path / f"dkd_{akd}.yaml", **cfg))]) == 0
         rows = _distill_rows(out)
         assert len(rows) == 2 and all(r["distill.logits"] > 0 for r in rows)
 
 
-def test_dkd_on_segmentation_logits_is_per_pixel(data_root, teachers, tmp_path):
+def test_dkd_on_segmentation_logits_is_per_pixel(data_root, untrained_teachers, tmp_path):
     points = [{"name": "logits", "student": "", "teacher": "", "key": "out", "loss": "dkd"}]
-    cfg = _distill_config("segmentation", data_root, tmp_path / "seg", teachers["segmentation"], points)
+    cfg = _distill_config("segmentation", data_root, tmp_path / "seg", untrained_teachers["segmentation"], points)
     assert main(["train", str(write_config(tmp_path / "seg.yaml", **cfg))]) == 0
     assert all(r["distill.logits"] > 0 for r in _distill_rows(tmp_path / "seg"))
 
 
-def test_dkd_where_the_task_has_no_labels_is_refused_in_one_line(data_root, teachers, tmp_path, capsys):
+def test_dkd_where_the_task_has_no_labels_is_refused_in_one_line(data_root, untrained_teachers, tmp_path, capsys):
     points = [{"name": "fpn", "student": "backbone.fpn", "teacher": "backbone.fpn", "loss": "dkd"}]
-    cfg = _distill_config("detection", data_root, tmp_path / "det", teachers["detection"], points)
+    cfg = _distill_config("detection", data_root, tmp_path / "det", untrained_teachers["detection"], points)
     capsys.readouterr()
     assert main(["train", str(write_config(tmp_path / "det.yaml", **cfg))]) == 2
     err = capsys.readouterr().err.strip()
@@ -136,21 +121,29 @@ def test_dkd_where_the_task_has_no_labels_is_refused_in_one_line(data_root, teac
     assert not (tmp_path / "det").exists()
 
 
-def test_old_temperature_name_in_yaml_is_mapped_with_a_warning():
-    data = yaml.safe_load("points: [{name: l, student: classifier, teacher: fc, loss: kd, loss_kwargs: {T: 3.0}}]")
-    with pytest.warns(AvatarKDDeprecationWarning, match="'T' is deprecated, use 'tau'"):
-        cfg = validate(DistillerConfig, data)
-    assert cfg.points[0].loss_kwargs == {"tau": 3.0}
+@register_loss("renamed_l2_for_tests", renamed={"factor": "scale"}, replace=True)
+def renamed_l2(student: torch.Tensor, teacher: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """A loss whose hyperparameter had another name: the old one keeps working, with a warning."""
+    return scale * (student - teacher).pow(2).mean()
+
+
+def test_an_old_hyperparameter_name_in_yaml_is_mapped_with_a_warning():
+    line = "points: [{name: l, student: classifier, teacher: fc, loss: renamed_l2_for_tests, loss_kwargs: %s}]"
+    with pytest.warns(AvatarKDDeprecationWarning, match="'factor' is deprecated, use 'scale'"):
+        cfg = validate(DistillerConfig, yaml.safe_load(line % "{factor: 3.0}"))
+    assert cfg.points[0].loss_kwargs == {"scale": 3.0}
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the builder sees the new name only: no second warning
         (point,) = build_points(cfg)
-    assert point.loss.base_kwargs == {"tau": 3.0}
-    both = yaml.safe_load("points: [{name: l, student: a, loss: kd, loss_kwargs: {T: 3.0, tau: 2.0}}]")
+    assert point.loss.base_kwargs == {"scale": 3.0}
     with (
-        pytest.raises(ConfigError, match="give 'tau' or its old name 'T', not both"),
+        pytest.raises(ConfigError, match="give 'scale' or its old name 'factor', not both"),
         pytest.warns(AvatarKDDeprecationWarning),
     ):
-        validate(DistillerConfig, both)
+        validate(DistillerConfig, yaml.safe_load(line % "{factor: 3.0, scale: 2.0}"))
+    # the built-in losses have no old names left: 'T' (before 'tau') is an unknown hyperparameter
+    with pytest.raises(ConfigError, match="unknown hyperparameter 'T'"):
+        validate(DistillerConfig, yaml.safe_load("points: [{name: l, student: a, loss: kd, loss_kwargs: {T: 3.0}}]"))
 
 
 def test_distiller_names_the_missing_context():

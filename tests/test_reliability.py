@@ -8,17 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 from test_cli import MODELS, POINTS, base_config
-from tiny_data import write_tiny_dataset
 
 from avatarkd.config import TrainConfig
 from avatarkd.engine.checkpoint import list_checkpoints
 from avatarkd.engine.trainer import NonFiniteLossError
+from avatarkd.errors import AvatarKDError
 from avatarkd.runner import build_trainer
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    return write_tiny_dataset(tmp_path_factory.mktemp("tiny"), n_train=8, n_val=4)
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_state(data_root, tmp_path):
@@ -45,13 +40,9 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_state(data_root, t
     assert all(torch.equal(saved[k], v) for k, v in trainer.model.state_dict().items())
 
 
-def test_bf16_autocast_on_cpu_keeps_distillation_losses_in_float32(data_root, tmp_path):
+def test_bf16_autocast_on_cpu_keeps_distillation_losses_in_float32(data_root, untrained_teachers, tmp_path):
     teacher, student = MODELS["segmentation"]
-    folder = tmp_path / "t"
-    tcfg = TrainConfig.model_validate(base_config("segmentation", data_root, folder, teacher))
-    t = build_trainer(tcfg)
-    weights = tmp_path / "teacher.pt"
-    torch.save(t.model.state_dict(), weights)
+    weights = untrained_teachers["segmentation"]
     cfg = base_config("segmentation", data_root, tmp_path / "run", student, steps=1)
     cfg["train"]["amp"] = "bf16"
     cfg["teacher"] = {**teacher, "weights": str(weights)}
@@ -63,7 +54,7 @@ def test_bf16_autocast_on_cpu_keeps_distillation_losses_in_float32(data_root, tm
     assert all(v.dtype == torch.float32 for v in losses.values())
     values = trainer.train_step(batch)
     assert torch.isfinite(values["loss"])
-    with pytest.raises(Exception, match="fp16 needs a CUDA device"):
+    with pytest.raises(AvatarKDError, match="^train.amp: fp16 needs a CUDA device; use bf16 on CPU$"):
         build_trainer(TrainConfig.model_validate({**cfg, "train": {**cfg["train"], "amp": "fp16"}}))
 
 

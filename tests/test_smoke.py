@@ -66,7 +66,7 @@ def test_shipped_config_trains_two_steps(name, tmp_path):
         assert all(r["distill_total"] > 0 for r in rows if "distill_total" in r)
 
 
-def test_demo_quick_runs_end_to_end(tmp_path, capsys):
+def _demo(tmp_path: Path, capsys) -> dict:
     assert main(["demo", "--quick", "--output-dir", str(tmp_path / "demo"), "--json", str(tmp_path / "demo.json")]) == 0
     table = capsys.readouterr().out
     assert "| AKD (CWD + KD, K=4, relative)" in table and "Total wall clock" in table
@@ -74,6 +74,28 @@ def test_demo_quick_runs_end_to_end(tmp_path, capsys):
     assert [a["arm"].split(" (")[0] for a in summary["arms"]] == ["teacher", "student alone", "base KD", "AKD"]
     assert summary == json.loads((tmp_path / "demo" / "demo.json").read_text())
     assert all(a["step"] == 6 for a in summary["arms"]) and summary["quick"] is True
+    return summary
+
+
+@pytest.mark.slow
+def test_demo_quick_runs_end_to_end(tmp_path, capsys):
+    assert _demo(tmp_path, capsys)["teacher_reused"] is False
+
+
+def test_demo_quick_reuses_a_finished_teacher(tmp_path, capsys):
+    """The three student arms, the table and the JSON; the teacher arm is seg_teacher.yaml's run (tested above)."""
+    raw = packaged_config("seg_teacher.yaml")
+    task = make_task(validate(TrainConfig, raw))
+    task.datasets(task.cfg.data)
+    folder = tmp_path / "demo" / "teacher"
+    folder.mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(task.build_model(task.cfg.model).state_dict(), folder / "student.pt")
+    finished = {"step": 6, "metrics": {"miou": 0.25, "pixel_acc": 0.75}, "wall_seconds": 60.0}
+    (folder / "metrics.json").write_text(json.dumps(finished))
+    summary = _demo(tmp_path, capsys)
+    assert summary["teacher_reused"] is True and summary["arms"][0] == {"arm": "teacher (FCN-R18)", **finished}
+    assert "| teacher (FCN-R18) | 0.2500 | 0.7500 | 6 | 1.0 min |" in summary["table"]
 
 
 def test_study_run_builder_makes_runs_that_train(tmp_path):

@@ -12,7 +12,7 @@ from .entry import data_root, demo_data_root, open_dataset, train_transform
 from .formats import FORMATS
 from .io import SizeMismatchError, UnreadableError
 from .labels import generic_names
-from .segmentation import SegmentationFolder, SegmentationPairs
+from .segmentation import SegmentationPairs
 from .transforms import pad_to
 from .wrappers import Augmented, SkipUnreadable, innermost, set_epoch
 
@@ -21,7 +21,6 @@ __all__ = [
     "CocoDetection",
     "FORMATS",
     "ImageFolderDataset",
-    "SegmentationFolder",
     "SegmentationPairs",
     "SizeMismatchError",
     "SkipUnreadable",

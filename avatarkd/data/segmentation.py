@@ -1,13 +1,12 @@
 """Semantic segmentation: (image, label mask) pairs, with the stored mask values mapped to train ids.
 
 Every segmentation format is a list of pairs plus a lookup table from what the files store to the
-ids the model trains on (``data.labels``); ``SegmentationFolder`` pairs two plain folders by file
-stem (the ``folders`` format, and the simplest layout a user can produce).
+ids the model trains on (``data.labels``); ``pair_by_stem`` pairs two plain folders by file stem
+(the ``folders`` format, and the simplest layout a user can produce).
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,8 +18,6 @@ from torch.utils.data import Dataset
 from ..errors import DataError
 from .io import IMAGE_EXTENSIONS, SizeMismatchError, read_mask, read_rgb, require_dir
 from .labels import generic_names
-
-log = logging.getLogger(__name__)
 
 Pair = tuple[Path, Path]
 
@@ -127,24 +124,6 @@ def pair_by_stem(image_dir: Path, mask_dir: Path) -> list[Pair]:
             raise DataError(f"{image}: no mask for this image (expected {mask})")
         pairs.append((image, mask))
     return pairs
-
-
-class SegmentationFolder(SegmentationPairs):
-    """Two folders, images and same-stem PNG masks holding class ids (image and mask extensions may differ)."""
-
-    def __init__(
-        self,
-        image_dir: str | Path,
-        mask_dir: str | Path,
-        ignore_index: int = 255,
-        num_classes: int | None = None,
-        class_names: Sequence[str] | None = None,
-    ) -> None:
-        self.image_dir, self.mask_dir = Path(image_dir), Path(mask_dir)
-        super().__init__(
-            pair_by_stem(self.image_dir, self.mask_dir), num_classes, ignore_index, class_names, name=str(self.mask_dir)
-        )
-        log.info("%s: %d image/mask pairs", self.image_dir, len(self.pairs))
 
 
 def scan_class_count(dataset: SegmentationPairs) -> int:

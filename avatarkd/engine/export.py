@@ -18,7 +18,7 @@ from torch import nn
 
 from ..atomic import atomic_torch_save, atomic_write, atomic_write_json
 from ..config import TrainConfig
-from ..models import Normalization, input_normalization, recipe_of
+from ..models import Normalization, attach_normalization, input_normalization, recipe_of
 
 log = logging.getLogger(__name__)
 _UNSET: Any = object()
@@ -33,6 +33,19 @@ def _input_note(model: nn.Module, norm: Normalization | None) -> str:
             "float images in [0, 1]; set model.transform.image_mean/image_std to 'normalize' (the detector normalises)"
         )
     return "float images in [0, 1], (N, C, H, W), normalised with 'normalize' before the model"
+
+
+def _script(model: nn.Module) -> Any:
+    """TorchScript of the user's module. avatarkd's normalisation pre-hook does not compile: it is left
+    out (the sidecar's ``normalize`` says what to apply); a detector keeps it in its transform."""
+    norm = input_normalization(model)
+    if norm is None or type(getattr(model, "transform", None)).__name__ == "GeneralizedRCNNTransform":
+        return torch.jit.script(model)
+    attach_normalization(model, None)
+    try:
+        return torch.jit.script(model)
+    finally:
+        attach_normalization(model, norm)
 
 
 def export_student(
@@ -65,8 +78,7 @@ def export_student(
     }
     atomic_write_json(path.with_suffix(".json"), meta)
     if torchscript:
-        model = model.eval()
-        scripted = torch.jit.script(model)
+        scripted = _script(model.eval())
         ts_path = path.with_suffix(".ts")
         atomic_write(ts_path, lambda f: torch.jit.save(scripted, f), fsync=True)
         log.info("wrote TorchScript %s", ts_path)

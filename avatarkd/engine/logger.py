@@ -40,12 +40,10 @@ class MetricLogger:
         self._file = open(path, "w")
         # a resumed run drops what the interrupted one logged after its last checkpoint
         self._file.writelines(kept)
-        try:
-            from torch.utils.tensorboard import SummaryWriter
+        # a dependency (pyproject.toml), imported here only to keep it off the import time of `avatarkd --help`
+        from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(output_dir / "tb"))
-        except Exception as err:
-            log.warning("TensorBoard logging disabled: %s", err)
+        self._tb = SummaryWriter(str(output_dir / "tb"))
 
     def log(self, step: int, values: dict[str, Any]) -> None:
         if not self.enabled:

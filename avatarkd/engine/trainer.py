@@ -41,6 +41,7 @@ from .logger import MetricLogger
 from .optim import build_optimisation
 from .plotting import plot_run
 from .signals import Stopped, stop_signals
+from .test_hooks import signal_at
 
 log = logging.getLogger(__name__)
 
@@ -403,6 +404,7 @@ class Trainer:
                     break
                 except DataError as err:  # a bad item the pre-flight sample missed
                     self._stop_on_data_error(err)
+                signal_at(self.step)  # test-only: AVATARKD_TEST_SIGNAL_AT interrupts at an exact step
                 values = self.train_step(self.task.to_device(batch, ctx.device))
                 bar.update(1)
                 log_now = self.step % every.log_every == 0 or self.step == every.steps

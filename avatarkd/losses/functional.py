@@ -261,7 +261,7 @@ def _kd_reduce(kl: Tensor) -> Tensor:
     return kl.mean()
 
 
-@register_loss("kd", renamed={"T": "tau"})
+@register_loss("kd")
 def kd(student: Tensor, teacher: Tensor, tau: float = 4.0) -> Tensor:
     """Hinton KD: KL(softmax(t/tau) || softmax(s/tau)) over dim 1, batch mean, times tau^2."""
     _check_same_shape("kd", student, teacher)
@@ -362,7 +362,7 @@ def _dkd_avatar_rows(avatars: Tensor, keep: Tensor) -> Tensor:
     return avatars.movedim(2, -1).reshape(avatars.shape[0], -1, avatars.shape[2])[:, keep]
 
 
-@register_loss("dkd", context=("target",), renamed={"T": "tau"})
+@register_loss("dkd", context=("target",))
 def dkd(
     student: Tensor,
     teacher: Tensor,

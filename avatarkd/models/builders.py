@@ -29,12 +29,9 @@ from .backbones import (
 from .extractors import FeaturePyramid
 from .recipes import record_recipe
 
-# the names of the catalogue before any torchvision/timm name was accepted (kept for type hints)
-Backbone = str
-
 
 # ------------------------------------------------------------------ classification
-def build_classifier(backbone: Backbone, num_classes: int) -> nn.Module:
+def build_classifier(backbone: str, num_classes: int) -> nn.Module:
     """Any torchvision classifier (``resnet18``, ``mobilenet_v2``, ``convnext_tiny``...) or ``timm:<name>``.
 
     The model is the library's own class, unchanged: distillation points are its module names
@@ -56,7 +53,7 @@ SEG_HEADS = ("fcn", "deeplabv3", "lraspp")
 
 
 def build_segmenter(
-    head: SegHead | str | None, backbone: Backbone, num_classes: int, output_stride: int | None = None
+    head: SegHead | str | None, backbone: str, num_classes: int, output_stride: int | None = None
 ) -> nn.Module:
     """torchvision FCN / DeepLabV3 / LR-ASPP on any torchvision or timm backbone.
 
@@ -106,7 +103,7 @@ DETECTORS = ("retinanet", "fcos", "fasterrcnn")
 
 def build_detector(
     arch: Detector | str | None,
-    backbone: Backbone,
+    backbone: str,
     num_classes: int,
     fpn_channels: int = 256,
     image_size: int = 800,
