@@ -29,7 +29,7 @@ def _paint(height: int, width: int, values: tuple[int, ...], rng: np.random.Gene
     """A label map of vertical bands (one per value, random widths) and its colour image."""
     cuts = np.sort(rng.choice(np.arange(1, width), size=len(values) - 1, replace=False))
     labels = np.zeros((height, width), np.int64)
-    for value, (a, b) in zip(values, zip([0, *cuts], [*cuts, width])):
+    for value, (a, b) in zip(values, zip([0, *cuts], [*cuts, width], strict=True), strict=True):
         labels[:, a:b] = value
     image = np.zeros((height, width, 3), np.uint8)
     for value in values:
@@ -69,7 +69,7 @@ def write_voc(
     rng = np.random.default_rng(seed)
     base = root / "VOCdevkit" / "VOC2012"
     names = [f"2007_{i:06d}" for i in range(len(sizes))]
-    for name, size in zip(names, sizes):
+    for name, size in zip(names, sizes, strict=True):
         labels, image = _paint(*size, VOC_VALUES, rng)
         path = base / "JPEGImages" / f"{name}.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)

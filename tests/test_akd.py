@@ -210,7 +210,7 @@ def test_gradcheck_avatar_loss(rng):
             akd = AvatarLoss(fn, num_avatars=3, uncertainty=unc).double()
             akd(s, t, avatars=a)  # initialise the running estimate; gradcheck then reuses it
             akd.eval()
-            assert torch.autograd.gradcheck(lambda x: akd(x, t, avatars=a), (s,)), (fn.__name__, unc)
+            assert torch.autograd.gradcheck(lambda x, akd=akd: akd(x, t, avatars=a), (s,)), (fn.__name__, unc)
 
 
 @pytest.mark.parametrize("uncertainty", ["variance", "batchnorm"])

@@ -137,6 +137,9 @@ def test_every_part_has_a_layer_and_imports_point_down():
 def test_function_level_imports_are_seen():
     # the parser must see imports inside functions and TYPE_CHECKING blocks (they hid the old cycle)
     assert "avatarkd.config" in _imports(PACKAGE / "tasks" / "base.py")
-    text = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..engine import x\ndef f():\n    from ..runner import y\n"
+    text = (
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..engine import x\n"
+        "def f():\n    from ..runner import y\n"
+    )
     assert {"avatarkd.engine", "avatarkd.runner"} <= _imports(PACKAGE / "tasks" / "probe.py", text)
     assert "avatarkd.losses" in _imports(PACKAGE / "__init__.py")

@@ -40,7 +40,9 @@ def test_cityscapes_label_ids_map_to_the_19_train_ids(tmp_path):
     index = [i for i, (_, m) in enumerate(innermost(ds).pairs) if m == label_file][0]
     mask = mask_of(ds, index)
     assert mask.shape == (32, 64) and mask.dtype == torch.int64
-    mapping = {int(s): int(t) for s, t in zip(torch.from_numpy(stored.astype(np.int64)).flatten(), mask.flatten())}
+    mapping = {
+        int(s): int(t) for s, t in zip(torch.from_numpy(stored.astype(np.int64)).flatten(), mask.flatten(), strict=True)
+    }
     assert [mapping[i] for i in (7, 24, 26, 33)] == [0, 11, 13, 18]
     train_ids = {
         7: 0,

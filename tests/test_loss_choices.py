@@ -24,7 +24,7 @@ CASES += [(task, "kd", True) for task in LOGIT_POINT]
 CASES += [(task, "mse", False) for task in FEATURE_POINT]  # the one switch turns AKD off
 
 
-@pytest.mark.parametrize("task,loss,akd", CASES, ids=[f"{t}-{l}-{'akd' if a else 'base'}" for t, l, a in CASES])
+@pytest.mark.parametrize("task,loss,akd", CASES, ids=[f"{t}-{name}-{'akd' if a else 'base'}" for t, name, a in CASES])
 def test_loss_choice_trains_one_step(task, loss, akd, data_root, untrained_teachers, tmp_path):
     teacher, student = MODELS[task]
     cfg = base_config(task, data_root, tmp_path / "run", student, steps=1)
@@ -44,7 +44,7 @@ def test_loss_choice_trains_one_step(task, loss, akd, data_root, untrained_teach
     values = trainer.train_step(batch)
     assert torch.isfinite(values["distill_total"]) and values["distill_total"] > 0
     after = trainer.distiller.trainable_parameters()
-    assert any(not torch.equal(a, b) for a, b in zip(before, after))
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
     modules = list(trainer.distiller.loss_modules.values())
     assert all(m.num_avatars == (2 if akd else 1) for m in modules)
     assert all(m.uncertainty.mode == ("relative" if akd else "none") for m in modules)

@@ -157,7 +157,9 @@ def reference_stats(gt_path: Path, outputs: dict[int, dict[str, torch.Tensor]], 
     """pycocotools on its own: COCO(file), loadRes(list of dicts), COCOeval restricted to ``image_ids``."""
     results = []
     for image_id, out in outputs.items():
-        for box, score, label in zip(out["boxes"].tolist(), out["scores"].tolist(), out["labels"].tolist()):
+        for box, score, label in zip(
+            out["boxes"].tolist(), out["scores"].tolist(), out["labels"].tolist(), strict=True
+        ):
             x1, y1, x2, y2 = box
             results.append(
                 {

@@ -184,7 +184,9 @@ def test_factory_module_beside_the_yaml_file_and_every_bad_factory(data_root, tm
     (folder / "my_net_for_avatarkd_tests.py").write_text(
         "from torch import nn\n"
         "def build(num_classes, width=4):\n"
-        "    return nn.Sequential(nn.Conv2d(3, width, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes))\n"
+        "    return nn.Sequential(\n"
+        "        nn.Conv2d(3, width, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes)\n"
+        "    )\n"
     )
     good = config(
         "classification", data_root, tmp_path / "run", {"factory": "my_net_for_avatarkd_tests:build"}, steps=1

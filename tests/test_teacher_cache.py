@@ -189,7 +189,7 @@ def test_backbone_only_teacher_records_what_a_full_forward_records(task, data_ro
     feats = {}
     for name, forward in (("full", None), ("backbone", shortcut)):
         calls: list[str] = []
-        hook = teacher.register_forward_hook(lambda *_: calls.append("full forward"))
+        hook = teacher.register_forward_hook(lambda *_, calls=calls: calls.append("full forward"))
         d = Distiller(t.build_model(cfg.model), teacher, build_points(cfg.distill), teacher_forward=forward)
         feats[name] = d.build(images).teacher_features(images)
         hook.remove()

@@ -163,11 +163,15 @@ def test_augmentation_depends_on_seed_epoch_index_only_and_not_on_the_global_rng
     ds[2]
     assert torch.equal(torch.get_rng_state(), state)  # nothing drawn from (or re-seeded on) the global RNG
     torch.manual_seed(1234)  # a different global state changes nothing
-    assert all(torch.equal(a, b) for a, b in zip(first, _epoch(ds, 0, workers=0)))
-    assert all(torch.equal(a, b) for a, b in zip(first, _epoch(ds, 0, workers=2)))  # worker count is irrelevant
-    assert not all(torch.equal(a, b) for a, b in zip(first, _epoch(ds, 1, workers=0)))  # a new epoch, new draws
+    assert all(torch.equal(a, b) for a, b in zip(first, _epoch(ds, 0, workers=0), strict=True))
+    assert all(
+        torch.equal(a, b) for a, b in zip(first, _epoch(ds, 0, workers=2), strict=True)
+    )  # worker count is irrelevant
+    assert not all(
+        torch.equal(a, b) for a, b in zip(first, _epoch(ds, 1, workers=0), strict=True)
+    )  # a new epoch, new draws
     other = Augmented(_Indexed(), ds.transform, seed=12)
-    assert not all(torch.equal(a, b) for a, b in zip(first, _epoch(other, 0, workers=0)))
+    assert not all(torch.equal(a, b) for a, b in zip(first, _epoch(other, 0, workers=0), strict=True))
     ds.set_epoch(0)
     assert torch.equal(ds[3][1], ds[3][1])  # one sample drawn twice alike (resume reads it again)
 
