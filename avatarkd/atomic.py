@@ -10,6 +10,7 @@ with a complete file.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -75,6 +76,13 @@ def json_safe(obj: Any) -> Any:
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
     """Indented JSON that other tools can read (NaN/Inf as null, unknown types as strings)."""
     return atomic_write_text(path, json.dumps(json_safe(obj), indent=2, default=str) + "\n")
+
+
+def torch_bytes(obj: Any) -> bytes:
+    """What ``torch.save`` would write for ``obj``, in memory: to size an entry before writing it atomically."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
 
 
 def atomic_torch_save(obj: Any, path: str | Path, *, fsync: bool = True) -> Path:

@@ -23,7 +23,6 @@ fingerprint, so float16 entries are never read by a float32 cache.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import math
@@ -34,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..atomic import atomic_torch_save, atomic_write_bytes
+from ..atomic import atomic_torch_save, atomic_write_bytes, torch_bytes
 from ..loading import load_torch_file
 
 log = logging.getLogger(__name__)
@@ -199,9 +198,8 @@ class TeacherCache:
                 atomic_torch_save(entry, path, fsync=False)  # a lost entry is only a future miss
                 self.written += 1
                 continue
-            buffer = io.BytesIO()
-            torch.save(entry, buffer)
-            size = on_disk(buffer.getbuffer().nbytes) + (0 if path.parent.is_dir() else BLOCK)  # a new folder too
+            data = torch_bytes(entry)
+            size = on_disk(len(data)) + (0 if path.parent.is_dir() else BLOCK)  # a new folder too
             if size > self.allowance:
                 self.unwritten += 1
                 if not self._full:
@@ -213,15 +211,13 @@ class TeacherCache:
                         (self.max_bytes or 0) / 1e9,
                     )
                 continue
-            atomic_write_bytes(path, buffer.getvalue())
+            atomic_write_bytes(path, data)
             self.allowance -= size
             self.written += 1
 
     def entry_bytes(self, feats: Mapping[str, Tensor]) -> int:
         """What one sample of ``feats`` occupies on disk as an entry (for the estimate at the start)."""
-        buffer = io.BytesIO()
-        torch.save(self.entry(feats, 0), buffer)
-        return on_disk(buffer.getbuffer().nbytes)
+        return on_disk(len(torch_bytes(self.entry(feats, 0))))
 
     def summary(self) -> dict[str, Any]:
         """Counts for ``metrics.json`` and the end-of-run log."""

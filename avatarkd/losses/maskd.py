@@ -26,7 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
+from ..loading import load_torch_file
 from ..registry import register_loss
 
 log = logging.getLogger(__name__)
@@ -137,9 +138,9 @@ def read_tokens_file(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"maskd tokens file {str(path)!r} does not exist; train it with `avatarkd maskd-tokens`")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # any unreadable file is the user's input
-        raise ConfigError(f"maskd tokens file {str(path)!r} cannot be read: {err}".splitlines()[0]) from None
+        data = load_torch_file(path, what="MasKD tokens file")
+    except CheckpointError as err:  # the user's input: one line, as a config error
+        raise ConfigError(f"maskd tokens: {err}") from None
     if not isinstance(data, dict) or data.get("format") != TOKENS_FORMAT:
         raise ConfigError(f"{str(path)!r} is not a MasKD tokens file (written by `avatarkd maskd-tokens`)")
     return data

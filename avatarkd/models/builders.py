@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Literal
 
-from torch import Tensor, nn
+from torch import nn
 from torchvision.models import detection, segmentation
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import MultiScaleRoIAlign
@@ -91,7 +91,7 @@ class _Rename(nn.Module):
         self.body = body
         self.rename = rename
 
-    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
+    def forward(self, x):  # unannotated: TorchScript infers Dict[str, Tensor]; OrderedDict[...] does not compile
         out = self.body(x)
         return OrderedDict((self.rename.get(k, k), v) for k, v in out.items())
 
