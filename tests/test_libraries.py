@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_data import write_config
+from tiny_data import SMOKE_RUN, write_config
 from torch import nn
 
 from avatarkd.cli import main
@@ -22,29 +22,7 @@ from avatarkd.distiller.distiller import select
 from avatarkd.models import build_from_factory, build_segmenter, load_configured_weights, resolve_factory
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-SMALL = [
-    "train.steps=2",
-    "train.log_every=1",
-    "train.eval_every=null",
-    "train.checkpoint_every=2",
-    "train.plots=false",
-    "data.limit_train=8",
-    "data.limit_val=4",
-    "data.batch_size=4",
-    "data.check_samples=4",
-]
-
-
-class TinySegNet(nn.Module):
-    """A user's segmenter whose feature module returns a plain tensor (stride 2)."""
-
-    def __init__(self, num_classes: int, width: int = 8) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, width, 3, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU())
-        self.head = nn.Conv2d(width, num_classes, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))
+SMALL = [*SMOKE_RUN, "data.check_samples=4"]
 
 
 def train(config: Path, out: Path, *overrides: str) -> int:
@@ -119,7 +97,7 @@ def test_user_tensor_module_distils_from_a_builtin_backbone_dict_with_teacher_ke
     base = {
         "task": "segmentation",
         "output_dir": str(tmp_path / "run"),
-        "model": {"factory": "test_libraries:TinySegNet", "kwargs": {"width": 8}},
+        "model": {"factory": "test_models:TinySegNet", "kwargs": {"width": 8}},
         "teacher": {"arch": "fcn", "backbone": "resnet18", "output_stride": 8, "weights": str(fcn_teacher)},
     }
     point = {"name": "feat", "student": "body", "teacher": "backbone", "loss": "cwd"}

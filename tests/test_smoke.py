@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_data import SMOKE_RUN
 
 from avatarkd.cli import main
 from avatarkd.config import TrainConfig, apply_overrides, validate
@@ -20,16 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import quality
 
 SHIPPED = sorted(p.name for p in (resources.files("avatarkd") / "configs").iterdir() if p.name.endswith(".yaml"))
-SMALL = [
-    "train.steps=2",
-    "train.log_every=1",
-    "train.eval_every=null",
-    "train.checkpoint_every=2",
-    "train.plots=false",
-    "data.limit_train=8",
-    "data.limit_val=4",
-    "data.batch_size=4",
-]
+SMALL = SMOKE_RUN
 
 
 def _random_teacher(raw: dict, tmp: Path) -> Path:

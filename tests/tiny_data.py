@@ -66,3 +66,16 @@ def write_config(path: Path, cfg: dict) -> Path:
 
     path.write_text(yaml.safe_dump(json.loads(json.dumps(cfg, default=str))))
     return path
+
+
+# a two-step run on a few samples: what the smoke tests add to a shipped or example config
+SMOKE_RUN = [
+    "train.steps=2",
+    "train.log_every=1",
+    "train.eval_every=null",
+    "train.checkpoint_every=2",
+    "train.plots=false",
+    "data.limit_train=8",
+    "data.limit_val=4",
+    "data.batch_size=4",
+]
