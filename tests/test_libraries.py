@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_data import SMOKE_RUN, write_config
+from tiny_data import SMOKE_RUN, run_bad, write_config
 from torch import nn
 
 from avatarkd.cli import main
@@ -30,14 +30,6 @@ def train(config: Path, out: Path, *overrides: str) -> int:
     for item in [*SMALL, *overrides]:
         argv += ["--set", item]
     return main(argv)
-
-
-def run_bad(argv: list[str], capsys) -> str:
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("avatarkd: error: ") and "\n" not in err and "Traceback" not in err, err
-    return err
 
 
 def metric_rows(out: Path) -> list[dict]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from tiny_data import write_config
+from tiny_data import run_bad, write_config
 from torch import nn
 
 from avatarkd.cli import main
@@ -78,14 +78,6 @@ def config(task: str, data_root: Path, out: Path, model: dict, steps: int = 2, *
     }
     cfg.update(extra)
     return cfg
-
-
-def run_bad(argv: list[str], capsys) -> str:
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("avatarkd: error: ") and "\n" not in err and "Traceback" not in err, err
-    return err
 
 
 def rebuild(exported: Path) -> nn.Module:

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torchvision
 from test_cli import MODELS, base_config
-from tiny_data import write_config, write_tiny_dataset
+from tiny_data import run_bad, write_config, write_tiny_dataset
 
 from avatarkd.cli import main
 from avatarkd.config import ModelConfig
@@ -28,14 +28,6 @@ PACKAGE = Path(__file__).resolve().parent.parent / "avatarkd"
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
     return write_tiny_dataset(tmp_path_factory.mktemp("tiny"), n_train=8, n_val=4)
-
-
-def run_bad(argv: list[str], capsys) -> str:
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("avatarkd: error: ") and "\n" not in err and "Traceback" not in err, err
-    return err
 
 
 def distill_config(data_root: Path, out: Path, teacher_weights: Path, **teacher) -> dict:

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torchvision
 import yaml
-from tiny_data import write_config
+from tiny_data import run_bad, write_config
 from torch import nn
 
 from avatarkd.cli import main
@@ -49,14 +49,6 @@ def config(task: str, data_root: Path, out: Path, model: dict, steps: int = 1) -
         "optim": {"lr": 1e-3},
         "train": {"steps": steps, "log_every": 1, "checkpoint_every": steps, "plots": False},
     }
-
-
-def run_bad(argv: list[str], capsys) -> str:
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("avatarkd: error: ") and "\n" not in err and "Traceback" not in err, err
-    return err
 
 
 def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:

@@ -79,3 +79,14 @@ SMOKE_RUN = [
     "data.limit_val=4",
     "data.batch_size=4",
 ]
+
+
+def run_bad(argv: list[str], capsys) -> str:
+    """Run the CLI on bad input: exit status 2 and one ``avatarkd: error:`` line, no traceback; returns it."""
+    from avatarkd.cli import main
+
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("avatarkd: error: ") and "\n" not in err and "Traceback" not in err, err
+    return err
