@@ -210,7 +210,7 @@ class AvatarLoss(nn.Module):
         """The K keep-masks and the per-channel sigma they imply (when sigma needs this batch, all drawn first)."""
         av = self.avatars
         if self._needs_batch_var():  # sigma depends on this batch's masks: draw them all first, as bits
-            packed = av.packed_masks(teacher)
+            packed = av.packed_masks(teacher, teacher.dtype)
             counts = packed.counts
             sigma = self._sigma(
                 lambda: dropout_batch_var(DropoutCounts(teacher, counts, av.num, av.keep)), student.dtype

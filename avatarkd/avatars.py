@@ -15,9 +15,12 @@ Dropout avatars can also be drawn without materialising the K copies, for the ex
 - ``packed_masks(t)`` draws the K masks at once and keeps them as bits (one byte per element for
   K <= 8) plus their per-element count, for a loss that needs the count before the masks.
 
-Every draw compares uniform 32-bit integers with an integer threshold: the keep probability is
-``1 - p`` to within 2^-33 (a float32 ``rand() >= p`` is exact to about 2^-24), and drawing 64
-random bits at a time is cheaper on CPU than drawing floats.
+Every draw compares uniform integers with an integer threshold, drawn 64 random bits at a time
+(cheaper on CPU than drawing floats). A keep-mask uses 16 bits per element when ``p`` is a multiple
+of 2^-16 to within 1e-4 of p (p = 0.1 is drawn as 6554 / 2^16, 6e-6 away; F.dropout's float32
+draw is about 2^-24 from p): a quarter of a random word per mask instead of half, which made the
+random draws the largest single cost of K = 4 masks. Other ``p`` (e.g. 0.01) use 32 bits, within
+2^-33 of p; keep counts always use 32 bits, so that a rare count keeps its probability.
 """
 
 from __future__ import annotations
@@ -34,22 +37,46 @@ from .losses.dropout import masked
 from .registry import PERTURBATIONS, register_perturbation
 
 _TWO32 = 2**32
+_INT_OF_BITS = {16: torch.int16, 32: torch.int32}
+# a drop probability is drawn with 16 bits when 2^16 p is this close to an integer, relative to p
+_P16_TOLERANCE = 1e-4
 
 
-def uniform_bits(shape: tuple[int, ...], device: torch.device, generator: torch.Generator | None) -> Tensor:
-    """Independent uniform int32 values over the whole int32 range, one per element of ``shape``.
+def uniform_bits(
+    shape: tuple[int, ...],
+    device: torch.device,
+    generator: torch.Generator | None,
+    bits: int = 32,
+    planes: int | None = None,
+) -> Tensor:
+    """Independent uniform int16/int32 values over the type's whole range, one per element of ``shape``.
 
-    Drawn as full-range int64 values (two 32-bit halves each) and viewed as int32.
+    Drawn as full-range int64 words and viewed as ``bits``-bit integers. ``planes``: that many
+    independent draws of ``shape`` at once, as ``(planes, *shape)``, from the same random stream as
+    ``planes`` calls of one each (each plane is a whole number of words).
     """
     numel = math.prod(shape)
-    words = torch.empty((numel + 1) // 2, dtype=torch.int64, device=device)
+    per_word = 64 // bits
+    words = torch.empty((planes or 1, (numel + per_word - 1) // per_word), dtype=torch.int64, device=device)
     words.random_(-(2**63), None, generator=generator)
-    return words.view(torch.int32)[:numel].view(shape)
+    values = words.view(_INT_OF_BITS[bits])[:, :numel]
+    return values.reshape(shape) if planes is None else values.view(planes, *shape)
+
+
+def int_threshold(prob_below: float, bits: int = 32) -> int:
+    """Threshold T with P(u < T) = ``prob_below`` (to within 2^-(bits+1)) for ``u`` from ``uniform_bits``."""
+    span = 2**bits
+    return min(max(round(prob_below * span), 0), span) - span // 2
 
 
 def int32_threshold(prob_below: float) -> int:
-    """Threshold T with P(u < T) = ``prob_below`` (to within 2^-33) for ``u`` from ``uniform_bits``."""
-    return min(max(round(prob_below * _TWO32), 0), _TWO32) - 2**31
+    """Threshold T with P(u < T) = ``prob_below`` (to within 2^-33) for 32-bit ``u`` from ``uniform_bits``."""
+    return int_threshold(prob_below, 32)
+
+
+def mask_bits(p: float) -> int:
+    """Bits per element of a keep-mask draw for drop probability ``p``: 16 when 2^16 p is (nearly) whole."""
+    return 16 if abs(round(p * 2**16) - p * 2**16) <= _P16_TOLERANCE * p * 2**16 else 32
 
 
 def binomial_thresholds(num: int, keep: float) -> list[int]:
@@ -67,11 +94,13 @@ def binomial_thresholds(num: int, keep: float) -> list[int]:
 class PackedMasks:
     """K keep-masks stored as bits (``ceil(K/8)`` bytes per element) plus their per-element count.
 
-    Iterating yields the K boolean masks in the order they were drawn.
+    For a loss that needs the count (the uncertainty estimate) before it streams over the masks,
+    at a quarter of a feature map's memory for K <= 8. Iterating yields the K masks in the order
+    they were drawn, boolean or as 0/1 in ``dtype`` (a copy from the unpacked bytes, no comparison).
     """
 
-    def __init__(self, masks: Iterator[Tensor], num: int) -> None:
-        self.num = num
+    def __init__(self, masks: Iterator[Tensor], num: int, dtype: torch.dtype = torch.bool) -> None:
+        self.num, self.dtype = num, dtype
         self.planes: list[Tensor] = []
         counts: Tensor | None = None
         for k, mask in enumerate(masks):
@@ -87,7 +116,18 @@ class PackedMasks:
 
     def __iter__(self) -> Iterator[Tensor]:
         for k in range(self.num):
-            yield ((self.planes[k // 8] >> (k % 8)) & 1).view(torch.bool)
+            bits = torch.bitwise_right_shift(self.planes[k // 8], k % 8).bitwise_and_(1)
+            if self.dtype == torch.bool:
+                yield bits.view(torch.bool)
+            else:
+                yield torch.empty(bits.shape, dtype=self.dtype, device=bits.device).copy_(bits)
+
+
+def _compare(u: Tensor, threshold: int, dtype: torch.dtype) -> Tensor:
+    """``u >= threshold`` as a boolean, or as 0/1 written in ``dtype`` by the comparison itself (no conversion pass)."""
+    if dtype == torch.bool:
+        return torch.ge(u, threshold)
+    return torch.ge(u, threshold, out=torch.empty(u.shape, dtype=dtype, device=u.device))
 
 
 class PerturbationKind:
@@ -235,14 +275,15 @@ class Avatars:
     def _device(self, like: Tensor) -> torch.device:
         return self.generator.device if self.generator is not None else like.device
 
+    @property
+    def mask_bits(self) -> int:
+        """Random bits per element of one keep-mask (16 or 32, see the module docstring)."""
+        return mask_bits(self.p)
+
     def _keep_mask(self, shape: tuple[int, ...], like: Tensor, dtype: torch.dtype = torch.bool) -> Tensor:
-        u = uniform_bits(shape, self._device(like), self.generator)
-        if dtype == torch.bool:
-            return (u >= int32_threshold(self.p)).to(like.device)
-        # 0/1 written in the wanted dtype by the comparison itself: no conversion pass later
-        return torch.ge(u, int32_threshold(self.p), out=torch.empty(shape, dtype=dtype, device=u.device)).to(
-            like.device
-        )
+        bits = self.mask_bits
+        u = uniform_bits(shape, self._device(like), self.generator, bits)
+        return _compare(u, int_threshold(self.p, bits), dtype).to(like.device)
 
     def keep_masks(self, t: Tensor, dtype: torch.dtype = torch.bool) -> Iterator[Tensor]:
         """The K keep-masks of the dropout avatars, drawn lazily, one per ``next``.
@@ -257,9 +298,10 @@ class Avatars:
         for _ in range(self.num):
             yield self._keep_mask(shape, t, dtype)
 
-    def packed_masks(self, t: Tensor) -> PackedMasks:
-        """All K keep-masks drawn now (as ``keep_masks``), kept as bits with their per-element count."""
-        return PackedMasks(self.keep_masks(t), self.num)
+    def packed_masks(self, t: Tensor, dtype: torch.dtype = torch.bool) -> PackedMasks:
+        """All K keep-masks drawn now (as ``keep_masks``), kept as bits with their per-element count;
+        iterated as booleans or as 0/1 in ``dtype``."""
+        return PackedMasks(self.keep_masks(t), self.num, dtype)
 
     @torch.no_grad()
     def keep_counts(self, t: Tensor) -> Tensor:
@@ -267,12 +309,15 @@ class Avatars:
 
         One 32-bit uniform per element (not K): ``count = sum_j [u >= T_j]`` with the Binomial
         CDF's thresholds. The counts have exactly the distribution of ``sum_k mask_k`` (to within
-        2^-33 per CDF value), but come from a different random stream than ``keep_masks``.
+        2^-33 per CDF value), but come from a different random stream than ``keep_masks`` (for
+        K = 1 the count is the mask of ``keep_masks``' draw).
         """
         if not self.is_dropout:
             raise ValueError(f"Avatars: keep counts exist for dropout with p > 0, not {self!r}")
         if self.num > 255:
             raise ValueError("Avatars: keep counts are uint8, so at most 255 avatars")
+        if self.num == 1:  # the count is the one mask: the same draw as keep_masks, at its cost
+            return self._keep_mask(self.mask_shape(t), t, torch.uint8)
         u = uniform_bits(self.mask_shape(t), self._device(t), self.generator)
         thresholds = binomial_thresholds(self.num, self.keep)
         counts = (u >= thresholds[0]).view(torch.uint8)

@@ -89,8 +89,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise AvatarKDError(f"{args.checkpoint}: not an avatarkd training checkpoint")
     cfg = TrainConfig.model_validate(ckpt["config"])
     task = make_task(cfg)
-    task.class_names = list(ckpt.get("class_names") or [])
-    task.num_classes = len(task.class_names)  # includes background for segmentation, as trained
+    names = list(ckpt.get("class_names") or [])
+    task.set_classes(len(names), names)  # includes background for segmentation, as trained
     model = build_model(task, cfg.model, "student", torch.device("cpu"), (ckpt["model"], Path(args.checkpoint)))
     export_student(model, Path(args.out), cfg, task.class_names, torchscript=args.torchscript)
     print(f"wrote {args.out} (student only)")

@@ -24,13 +24,7 @@ from .engine.checkpoint import find_resume, load_checked
 from .engine.distributed import DistContext, cleanup, init_distributed
 from .engine.trainer import Trainer
 from .errors import ConfigError, DataError
-from .models import (
-    attach_normalization,
-    exported_normalization,
-    input_normalization,
-    load_configured_weights,
-    resolve_normalization,
-)
+from .models import configure_normalization, exported_normalization, load_configured_weights, normalization_key
 from .tasks import Task, make_task
 
 log = logging.getLogger(__name__)
@@ -80,9 +74,7 @@ def build_model(
         load_configured_weights(model, mcfg, role)
     else:
         load_checked(model, checkpoint[0], checkpoint[1], role)
-    norm = resolve_normalization(mcfg, exported_normalization(mcfg))
-    attach_normalization(model, norm)
-    log.info("%s input normalisation: %s", role, f"mean {list(norm.mean)}, std {list(norm.std)}" if norm else "none")
+    configure_normalization(model, mcfg, exported_normalization(mcfg), role)
     return model
 
 
@@ -142,8 +134,7 @@ def build_distiller(
         context: list[Any] = [(p.teacher, p.teacher_key) for p in points] + [how]
         # not part of the weights, but it changes the features (and detectors normalised with
         # ImageNet statistics before model.normalize existed: older caches must not be read)
-        norm = input_normalization(teacher)
-        context.append(("normalize", norm.mean, norm.std) if norm is not None else ("normalize", "none"))
+        context.append(normalization_key(teacher))
         gb = cfg.distill.teacher_cache_max_gb
         cache = TeacherCache(
             cfg.distill.teacher_cache,

@@ -25,7 +25,7 @@ import torch
 
 from avatarkd import AvatarLoss, Avatars
 from avatarkd import losses as L
-from avatarkd.avatars import Dropout, binomial_thresholds, int32_threshold
+from avatarkd.avatars import Dropout, binomial_thresholds, int32_threshold, int_threshold, mask_bits
 from avatarkd.config import AKDConfig
 from avatarkd.losses import MGD, MasKD
 from avatarkd.losses.dropout import DropoutCounts
@@ -268,12 +268,21 @@ def test_binomial_thresholds_give_the_binomial_cdf_to_32_bits():
 
 
 def test_packed_masks_replay_the_streamed_masks():
-    t = torch.rand(2, 3, 5, 5)
-    for k in (3, 9):  # one and two bit planes
-        streamed = list(Avatars(k, p=0.4, generator=torch.Generator().manual_seed(2)).keep_masks(t))
-        packed = Avatars(k, p=0.4, generator=torch.Generator().manual_seed(2)).packed_masks(t)
+    t = torch.rand(2, 3, 5, 5)  # 150 elements: not a whole number of 64-bit words at 16 or 32 bits
+    for k, p, bits in ((3, 0.25, 16), (9, 0.1, 16), (3, 0.01, 32)):  # one and two bit planes
+        assert Avatars(k, p=p).mask_bits == bits
+        streamed = list(Avatars(k, p=p, generator=torch.Generator().manual_seed(2)).keep_masks(t))
+        packed = Avatars(k, p=p, generator=torch.Generator().manual_seed(2)).packed_masks(t)
         assert all(torch.equal(a, b) for a, b in zip(streamed, packed, strict=True))
+        as_float = Avatars(k, p=p, generator=torch.Generator().manual_seed(2)).packed_masks(t, torch.float32)
+        assert all(torch.equal(a.float(), b) for a, b in zip(streamed, as_float, strict=True))
         assert torch.equal(packed.counts, sum(m.to(torch.uint8) for m in streamed))
+
+
+def test_mask_bits_follow_how_exactly_p_fits_16_bits():
+    assert [mask_bits(p) for p in (0.1, 0.05, 0.2, 0.3, 0.5, 0.01, 0.001, 1e-6)] == [16] * 5 + [32] * 3
+    for p in (0.1, 0.05, 0.2, 0.3):  # the drawn keep probability within 1e-4 of p, relative
+        assert abs((int_threshold(p, 16) + 2**15) / 2**16 - p) <= 1e-4 * p
 
 
 # ------------------------------------------------------------------ memory

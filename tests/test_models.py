@@ -329,7 +329,9 @@ def test_example_configs_validate_and_the_example_factory_builds():
         load_config(examples / name)
     cfg = load_config(examples / "own_model.yaml")
     task = make_task(cfg)
-    task.num_classes = 3
+    with pytest.raises(ConfigError, match="does not know its classes yet"):
+        task.build_model(cfg.model)
+    task.set_classes(3, [])
     model = task.build_model(cfg.model)  # my_model.py is found beside the YAML file
     assert type(model).__name__ == "SmallSegNet" and model(torch.rand(1, 3, 64, 64)).shape == (1, 3, 8, 8)
 

@@ -16,6 +16,7 @@ normalisation with ``normalize_images``.
 
 from __future__ import annotations
 
+import logging
 import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,8 @@ from ..errors import ConfigError
 
 if TYPE_CHECKING:
     from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -41,6 +44,9 @@ class Normalization:
 
     def as_dict(self) -> dict[str, list[float]]:
         return {"mean": list(self.mean), "std": list(self.std)}
+
+    def describe(self) -> str:
+        return f"mean {list(self.mean)}, std {list(self.std)}"
 
     def __call__(self, images: Any) -> Any:
         if isinstance(images, Tensor):
@@ -125,6 +131,20 @@ def attach_normalization(model: nn.Module, norm: Normalization | None) -> nn.Mod
     return model
 
 
+def configure_normalization(model: nn.Module, mcfg: Any, recorded: Any, role: str) -> Normalization | None:
+    """Attach what ``mcfg`` asks for (``resolve_normalization``) to ``model`` and log it; returns it."""
+    norm = resolve_normalization(mcfg, recorded)
+    attach_normalization(model, norm)
+    log.info("%s input normalisation: %s", role, norm.describe() if norm else "none")
+    return norm
+
+
+def normalization_key(model: nn.Module) -> tuple[Any, ...]:
+    """What the attached normalisation contributes to a teacher-feature cache's key (it changes the features)."""
+    norm = input_normalization(model)
+    return ("normalize", norm.mean, norm.std) if norm is not None else ("normalize", "none")
+
+
 def input_normalization(model: nn.Module) -> Normalization | None:
     """The normalisation attached to ``model`` (None: none, or never attached)."""
     found = _ATTACHED.get(model)
@@ -148,8 +168,10 @@ __all__ = [
     "IMAGENET_STD",
     "Normalization",
     "attach_normalization",
+    "configure_normalization",
     "input_normalization",
     "normalization_from",
+    "normalization_key",
     "normalize_images",
     "resolve_normalization",
 ]
