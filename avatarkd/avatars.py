@@ -36,31 +36,23 @@ from torch import Tensor
 from .losses.dropout import masked
 from .registry import PERTURBATIONS, register_perturbation
 
-_TWO32 = 2**32
 _INT_OF_BITS = {16: torch.int16, 32: torch.int32}
 # a drop probability is drawn with 16 bits when 2^16 p is this close to an integer, relative to p
 _P16_TOLERANCE = 1e-4
 
 
 def uniform_bits(
-    shape: tuple[int, ...],
-    device: torch.device,
-    generator: torch.Generator | None,
-    bits: int = 32,
-    planes: int | None = None,
+    shape: tuple[int, ...], device: torch.device, generator: torch.Generator | None, bits: int = 32
 ) -> Tensor:
     """Independent uniform int16/int32 values over the type's whole range, one per element of ``shape``.
 
-    Drawn as full-range int64 words and viewed as ``bits``-bit integers. ``planes``: that many
-    independent draws of ``shape`` at once, as ``(planes, *shape)``, from the same random stream as
-    ``planes`` calls of one each (each plane is a whole number of words).
+    Drawn as full-range int64 words and viewed as ``bits``-bit integers.
     """
     numel = math.prod(shape)
     per_word = 64 // bits
-    words = torch.empty((planes or 1, (numel + per_word - 1) // per_word), dtype=torch.int64, device=device)
+    words = torch.empty((numel + per_word - 1) // per_word, dtype=torch.int64, device=device)
     words.random_(-(2**63), None, generator=generator)
-    values = words.view(_INT_OF_BITS[bits])[:, :numel]
-    return values.reshape(shape) if planes is None else values.view(planes, *shape)
+    return words.view(_INT_OF_BITS[bits])[:numel].view(shape)
 
 
 def int_threshold(prob_below: float, bits: int = 32) -> int:
@@ -75,8 +67,13 @@ def int32_threshold(prob_below: float) -> int:
 
 
 def mask_bits(p: float) -> int:
-    """Bits per element of a keep-mask draw for drop probability ``p``: 16 when 2^16 p is (nearly) whole."""
-    return 16 if abs(round(p * 2**16) - p * 2**16) <= _P16_TOLERANCE * p * 2**16 else 32
+    """Bits per element of a keep-mask draw for drop probability ``p``: 16 when 2^16 p is (nearly) whole.
+
+    Never 16 when ``p`` would round to 0 or 1 there (nothing, or everything, dropped).
+    """
+    scaled = p * 2**16
+    whole = round(scaled)
+    return 16 if 0 < whole < 2**16 and abs(whole - scaled) <= _P16_TOLERANCE * scaled else 32
 
 
 def binomial_thresholds(num: int, keep: float) -> list[int]:

@@ -280,7 +280,12 @@ def test_packed_masks_replay_the_streamed_masks():
 
 
 def test_mask_bits_follow_how_exactly_p_fits_16_bits():
-    assert [mask_bits(p) for p in (0.1, 0.05, 0.2, 0.3, 0.5, 0.01, 0.001, 1e-6)] == [16] * 5 + [32] * 3
+    ps = (0.1, 0.05, 0.2, 0.3, 0.5, 0.99998, 0.01, 0.001, 1e-6, 1 - 2**-18)
+    assert [mask_bits(p) for p in ps] == [16] * 6 + [32] * 4
+    t = torch.ones(4096)
+    for p in (0.99998, 1 - 2**-18):  # nearly everything dropped, never everything kept
+        kept = sum(m.sum() for m in Avatars(2, p=p, generator=torch.Generator().manual_seed(0)).keep_masks(t))
+        assert kept <= 2
     for p in (0.1, 0.05, 0.2, 0.3):  # the drawn keep probability within 1e-4 of p, relative
         assert abs((int_threshold(p, 16) + 2**15) / 2**16 - p) <= 1e-4 * p
 
