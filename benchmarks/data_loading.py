@@ -50,6 +50,8 @@ def avatarkd_loader(workers: int, workdir: Path) -> Any:
         f"data.batch_size={BATCH}",
         f"data.num_workers={workers}",
         "data.hflip=0.5",
+        "data.crop_size=null",  # the 32x32 crops as they are, as the torchvision side loads them
+        "model.backbone_weights=null",  # the loader is measured, not the model
         "train.device=cpu",
     ]
     trainer = build_trainer(
