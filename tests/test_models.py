@@ -4,6 +4,7 @@ torchvision and timm backbones for the dense heads."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -336,19 +337,33 @@ def test_example_configs_validate_and_the_example_factory_builds():
     assert type(model).__name__ == "SmallSegNet" and model(torch.rand(1, 3, 64, 64)).shape == (1, 3, 8, 8)
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
-@pytest.mark.parametrize(
-    "build",
-    [lambda: build_segmenter("lraspp", "mobilenet_v2", 3), lambda: build_segmenter("fcn", "resnet18", 3)],
-    ids=["lraspp-mobilenet_v2", "fcn-resnet18"],
-)
-def test_built_in_models_stay_torchscript_exportable(build):
-    """``avatarkd export --torchscript`` scripts the student: the generic extractors must script too."""
-    model = build().eval()
-    scripted = torch.jit.script(model)
-    x = torch.rand(1, 3, 64, 64)
-    with torch.no_grad():
-        assert torch.allclose(scripted(x)["out"], model(x)["out"], atol=1e-5)
+_SCRIPT_CHECK = """
+import sys, torch
+from avatarkd.models import build_segmenter
+model = build_segmenter(sys.argv[1], sys.argv[2], 3).eval()
+scripted = torch.jit.script(model)
+x = torch.rand(1, 3, 64, 64)
+with torch.no_grad():
+    print((scripted(x)["out"] - model(x)["out"]).abs().max().item())
+"""
+
+
+@pytest.mark.parametrize("arch,backbone", [("lraspp", "mobilenet_v2"), ("fcn", "resnet18")])
+def test_built_in_models_stay_torchscript_exportable(arch, backbone):
+    """``avatarkd export --torchscript`` scripts the student: the generic extractors must script too.
+
+    Scripted in a fresh interpreter, as the command runs: TorchScript's compiler keeps process-wide
+    state, and once in four full-suite runs scripting FCN-R18 after ~400 other tests failed with
+    "builtin cannot be used as a value" (F.pad inside Conv2d), passing alone and on every rerun.
+    """
+    done = subprocess.run(
+        [sys.executable, "-W", "ignore::FutureWarning", "-c", _SCRIPT_CHECK, arch, backbone],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert float(done.stdout.split()[-1]) <= 1e-5
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.(script|save|load)` is deprecated:FutureWarning")
