@@ -267,6 +267,7 @@ class StudyResult:
     selected: dict[str, dict[str, float | None]] = field(default_factory=dict)
     best_other: dict[str, str] = field(default_factory=dict)
     records: list[Record] = field(default_factory=list)
+    extended: list[tuple[str, str, float]] = field(default_factory=list)  # (task, arm, weight) added on an edge
 
 
 def stage1_jobs(
@@ -280,6 +281,43 @@ def stage1_jobs(
         for arm in ARMS
         for weight in (grids[task][arm.name] if arm.distilled else [None])
     ]
+
+
+MAX_EXTENSIONS = 2  # per arm and side; a best weight still on its grid's edge after them is reported as such
+
+
+def _best_weight(per_weight: Mapping[float | None, list[float]]) -> float | None:
+    """The weight with the best val mean over seeds (ties: the smaller weight): ``select``'s rule."""
+    return max(per_weight, key=lambda w: (statistics.mean(per_weight[w]), -(w or 0.0)))
+
+
+def edge_extensions(
+    val: Iterable[Record], grids: Mapping[str, Mapping[str, list[float]]]
+) -> list[tuple[str, str, float]]:
+    """(task, arm, weight) to add to stage 1: for every distilled arm whose best val weight is the largest
+    (smallest) of its grid, that weight x3 (/3), keeping the grid's spacing.
+
+    A grid centred by a gradient ratio can still miss an arm's optimum; an arm "tuned" with its best
+    weight on an edge was not, and the comparison with base would favour whichever arm the centring
+    happened to suit. Only val records are read.
+    """
+    by: dict[tuple[str, str], dict[float | None, list[float]]] = {}
+    for r in val:
+        if r.split != "val":
+            raise ValueError(f"grid extension may only read val results, got a {r.split!r} record: {r}")
+        by.setdefault((r.task, r.arm), {}).setdefault(r.loss_weight, []).append(r.value)
+    out = []
+    for task, arms in grids.items():
+        for arm, weights in arms.items():
+            per_weight = by.get((task, arm), {})
+            if len(weights) < 2 or set(weights) - set(per_weight):
+                continue
+            best = _best_weight({w: per_weight[w] for w in weights})
+            if best == max(weights):
+                out.append((task, arm, max(weights) * 3))
+            elif best == min(weights):
+                out.append((task, arm, min(weights) / 3))
+    return out
 
 
 def select(val: Iterable[Record]) -> tuple[dict[str, dict[str, float | None]], dict[str, str]]:
@@ -301,7 +339,7 @@ def select(val: Iterable[Record]) -> tuple[dict[str, dict[str, float | None]], d
             counts = {len(v) for v in per_weight.values()}
             if len(counts) != 1:
                 raise ValueError(f"{task} {arm}: weights ran on different numbers of seeds {sorted(counts)}")
-            w = max(per_weight, key=lambda w: (statistics.mean(per_weight[w]), -(w or 0.0)))
+            w = _best_weight(per_weight)
             chosen[task][arm], means[arm] = w, statistics.mean(per_weight[w])
         others = [a for a in AKD_ARMS if a != REFERENCE and a in means]
         if others:
@@ -345,6 +383,19 @@ def run_study(
         value = backend.train(key)
         backend.events.append(("val", key.run_id))
         res.records.append(make_record(designs, key, "val", value))
+    # arms whose best val weight sits on an edge of their grid get the next weight out, on the same seeds
+    for _ in range(MAX_EXTENSIONS):
+        added = edge_extensions(res.records, res.grids)
+        if not added:
+            break
+        res.extended += added
+        for task, arm, weight in added:
+            res.grids[task][arm] = sorted([*res.grids[task][arm], weight])
+        more = [RunKey(task, arm, weight, seed) for seed in selection_seeds for task, arm, weight in added]
+        for key in reversed(more) if reverse else more:
+            value = backend.train(key)
+            backend.events.append(("val", key.run_id))
+            res.records.append(make_record(designs, key, "val", value))
     res.selected, res.best_other = select(res.records)
     backend.events.append(("selected", json.dumps(res.best_other, sort_keys=True)))
     # stage 2: confirmation runs at the selected weights (the selection seeds' runs are reused)
@@ -549,6 +600,13 @@ def payload(
             "selected_weights": res.selected,
             "reference_arm": REFERENCE,
             "best_other_akd_arm": res.best_other,
+            "grid_extensions": [{"task": t, "arm": a, "weight": w} for t, a, w in res.extended],
+            "best_on_grid_edge_after_extensions": [
+                {"task": t, "arm": a, "weight": w}
+                for t, a, w in edge_extensions(
+                    [r for r in res.records if r.split == "val" and r.seed in selection_seeds], res.grids
+                )
+            ],
             "arms": {a.name: a.overrides() for a in ARMS},
         },
         "collapsed": collapsed(res.records, causes),

@@ -37,12 +37,13 @@ def fake_backend(val_of, test_of, teacher_val: float = 0.6) -> P.Backend:
 
 
 def _val(key: P.RunKey) -> float:
-    """val prefers the smallest weight of every grid, and akd-k4-relative over the other AKD arms."""
+    """val prefers the middle weight of every grid (no edge to extend), and akd-k4-relative over the other
+    AKD arms."""
     if key.arm == "student" or key.weight is None:
         return 0.40
     grid = P.grid(P.centres(DESIGN["segmentation"], NORMS)[key.arm])
     bonus = 0.02 if key.arm == "akd-k4-relative" else 0.0
-    return 0.50 + bonus - 0.01 * grid.index(key.weight) + key.seed / 1000
+    return 0.50 + bonus - 0.01 * abs(grid.index(key.weight) - 1) + key.seed / 1000
 
 
 def _test(key: P.RunKey) -> float:
@@ -51,7 +52,7 @@ def _test(key: P.RunKey) -> float:
         return 0.41
     grid = P.grid(P.centres(DESIGN["segmentation"], NORMS)[key.arm])
     bonus = 0.05 if key.arm == "akd-k1-relative" else 0.002 * (key.seed % 3) if key.arm == "akd-k4-relative" else 0.0
-    return 0.50 + bonus + 0.01 * grid.index(key.weight) + key.seed / 1000
+    return 0.50 + bonus + 0.01 * math.log(key.weight / grid[0], 3) + key.seed / 1000
 
 
 def test_selection_reads_val_only_and_test_is_read_after_it_is_final():
@@ -66,7 +67,7 @@ def test_selection_reads_val_only_and_test_is_read_after_it_is_final():
     assert kinds[: kinds.index("selected")].count("val") == 3 * (1 + 5 * 3)
     sel = res.selected["segmentation"]
     grids = res.grids["segmentation"]
-    assert all(sel[arm] == grids[arm][0] for arm in grids)  # val's choice (the smallest), not test's
+    assert all(sel[arm] == grids[arm][1] for arm in grids)  # val's choice (the middle), not test's
     assert res.best_other["segmentation"] == "akd-k4-relative"  # val's choice, not test's akd-k1-relative
     test = [r for r in res.records if r.split == "test"]
     assert {r.arm for r in test} == {"student", "base", P.REFERENCE, "akd-k4-relative"}
@@ -102,6 +103,39 @@ def test_a_helper_trains_the_same_jobs_from_the_other_end_and_never_reads_test()
     assert not any(k in ("test", "teacher-test") for k, _ in helper.events)
     stage1 = lambda ev: [r for k, r in ev[: [k for k, _ in ev].index("selected")] if k == "val"]  # noqa: E731
     assert stage1(helper.events) == stage1(main.events)[::-1]
+
+
+def test_an_arm_best_on_its_grid_edge_gets_the_next_weight_out_before_selection():
+    centre = P.centres(DESIGN["segmentation"], NORMS)
+
+    def val(key: P.RunKey) -> float:
+        # base peaks two steps above its grid (2 extensions up, then still on the edge: reported);
+        # akd-k1-relative one step below (that step, then one more to see it fall); the others in the middle
+        if key.weight is None:
+            return 0.40
+        steps = round(math.log(key.weight / centre[key.arm], 3))
+        peak = {"base": 3, "akd-k1-relative": -2}.get(key.arm, 0)
+        return 0.50 - 0.01 * abs(steps - peak) + key.seed / 1000
+
+    be = fake_backend(val, _test)
+    res = P.run_study(DESIGN, be, (0, 1, 2), tuple(range(10)))
+    kinds = [k for k, _ in be.events]
+    assert kinds[: kinds.index("selected")].count("val") == 3 * (1 + 5 * 3 + 4)  # 4 extensions x 3 seeds
+    assert [(a, w) for _, a, w in res.extended] == [
+        ("base", pytest.approx(27.0)),
+        ("akd-k1-relative", pytest.approx(1.0 / 3)),
+        ("base", pytest.approx(81.0)),
+        ("akd-k1-relative", pytest.approx(1.0 / 9)),
+    ]
+    assert res.grids["segmentation"]["base"] == pytest.approx([1.0, 3.0, 9.0, 27.0, 81.0])
+    assert res.selected["segmentation"]["base"] == pytest.approx(81.0)  # still on the edge
+    assert res.selected["segmentation"]["akd-k1-relative"] == pytest.approx(1.0 / 3)  # interior now
+    doc = P.payload(res, DESIGN, (0, 1, 2), tuple(range(10)), {}, {})
+    assert [(e["arm"], e["weight"]) for e in doc["design"]["best_on_grid_edge_after_extensions"]] == [
+        ("base", pytest.approx(243.0))
+    ]
+    with pytest.raises(ValueError, match="only read val"):
+        P.edge_extensions([r for r in res.records if r.split == "test"], res.grids)
 
 
 def test_grid_is_centred_by_the_measured_gradient_ratio():
