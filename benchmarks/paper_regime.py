@@ -283,7 +283,7 @@ def stage1_jobs(
     ]
 
 
-MAX_EXTENSIONS = 2  # per arm and side; a best weight still on its grid's edge after them is reported as such
+MAX_EXTENSIONS = 2  # rounds (at most one new weight per arm each); an edge left after them is reported
 
 
 def _best_weight(per_weight: Mapping[float | None, list[float]]) -> float | None:
