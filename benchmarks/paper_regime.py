@@ -286,6 +286,17 @@ def stage1_jobs(
 MAX_EXTENSIONS = 2  # rounds (at most one new weight per arm each); an edge left after them is reported
 
 
+def _val_by_weight(val: Iterable[Record], decision: str) -> dict[str, dict[str, dict[float | None, list[float]]]]:
+    """task -> arm -> loss weight -> val values over seeds; a test record raises (``decision`` names the
+    decision that would have read the test split)."""
+    by: dict[str, dict[str, dict[float | None, list[float]]]] = {}
+    for r in val:
+        if r.split != "val":
+            raise ValueError(f"{decision} may only read val results, got a {r.split!r} record: {r}")
+        by.setdefault(r.task, {}).setdefault(r.arm, {}).setdefault(r.loss_weight, []).append(r.value)
+    return by
+
+
 def _best_weight(per_weight: Mapping[float | None, list[float]]) -> float | None:
     """The weight with the best val mean over seeds (ties: the smaller weight): ``select``'s rule."""
     return max(per_weight, key=lambda w: (statistics.mean(per_weight[w]), -(w or 0.0)))
@@ -301,15 +312,11 @@ def edge_extensions(
     weight on an edge was not, and the comparison with base would favour whichever arm the centring
     happened to suit. Only val records are read.
     """
-    by: dict[tuple[str, str], dict[float | None, list[float]]] = {}
-    for r in val:
-        if r.split != "val":
-            raise ValueError(f"grid extension may only read val results, got a {r.split!r} record: {r}")
-        by.setdefault((r.task, r.arm), {}).setdefault(r.loss_weight, []).append(r.value)
+    by = _val_by_weight(val, "grid extension")
     out = []
     for task, arms in grids.items():
         for arm, weights in arms.items():
-            per_weight = by.get((task, arm), {})
+            per_weight = by.get(task, {}).get(arm, {})
             if len(weights) < 2 or set(weights) - set(per_weight):
                 continue
             best = _best_weight({w: per_weight[w] for w in weights})
@@ -326,11 +333,7 @@ def select(val: Iterable[Record]) -> tuple[dict[str, dict[str, float | None]], d
 
     Only val records are accepted: a test record here would mean a decision read the test split.
     """
-    by: dict[str, dict[str, dict[float | None, list[float]]]] = {}
-    for r in val:
-        if r.split != "val":
-            raise ValueError(f"selection may only read val results, got a {r.split!r} record: {r}")
-        by.setdefault(r.task, {}).setdefault(r.arm, {}).setdefault(r.loss_weight, []).append(r.value)
+    by = _val_by_weight(val, "selection")
     chosen: dict[str, dict[str, float | None]] = {}
     best: dict[str, str] = {}
     for task, arms in by.items():

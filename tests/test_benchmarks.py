@@ -100,3 +100,21 @@ def test_benchmark_scripts_run_end_to_end_on_tiny_settings(script, args, tmp_pat
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(out.read_text())
+
+
+def test_demo_threads_reports_each_arms_range_across_thread_counts():
+    from benchmarks import demo_threads
+
+    def run(t: float, s: float, wall: float) -> dict:
+        arms = [{"arm": "teacher (x)", "metrics": {"miou": t}}, {"arm": "student alone (y)", "metrics": {"miou": s}}]
+        return {"arms": arms, "total_wall_seconds": wall}
+
+    runs = {2: run(0.60, 0.50, 240.0), 1: run(0.58, 0.53, 420.0)}
+    rows = demo_threads.spread(runs)
+    assert rows == [
+        {"arm": "teacher (x)", "miou": {"2": 0.6, "1": 0.58}, "range_x100": 2.0},
+        {"arm": "student alone (y)", "miou": {"2": 0.5, "1": 0.53}, "range_x100": 3.0},
+    ]
+    text = demo_threads.table(rows, runs)
+    assert "| student alone (y) | 0.5000 | 0.5300 | 3.00 |" in text
+    assert "2 thread(s) 4.0 min, 1 thread(s) 7.0 min" in text

@@ -1,6 +1,6 @@
 """Every shipped config, trained for its full schedule on the bundled data, is well above chance.
 
-Slow (about 25 min on 2 CPU cores): run with ``pytest -m slow tests/test_shipped_quality.py``.
+Slow (about 30 min on 2 CPU cores): run with ``pytest -m slow tests/test_shipped_quality.py``.
 A model that predicts one class for everything (e.g. stale BatchNorm statistics, the reason the
 MobileNetV3 classification students once scored exactly 0.100) fails here, not only a low score.
 """
@@ -23,6 +23,9 @@ CASES = {
     "seg_teacher": ("seg_teacher.yaml", [], None, "miou"),
     "seg_student": ("seg_student.yaml", [], None, "miou"),
     "seg_akd": ("seg_akd.yaml", [], "seg_teacher", "miou"),
+    "seg_pretrained_teacher": ("seg_pretrained_teacher.yaml", [], None, "miou"),
+    "seg_pretrained_student": ("seg_pretrained_student.yaml", [], None, "miou"),
+    "seg_pretrained_akd": ("seg_pretrained_akd.yaml", [], "seg_pretrained_teacher", "miou"),
     "det_teacher": ("det_teacher.yaml", [], None, "map"),
     "det_student": ("det_akd.yaml", ALONE, None, "map"),
     "det_akd": ("det_akd.yaml", [], "det_teacher", "map"),

@@ -11,6 +11,7 @@ import pytest
 import torch
 from tiny_data import SMOKE_RUN
 
+from avatarkd import demo
 from avatarkd.cli import main
 from avatarkd.config import TrainConfig, apply_overrides, validate
 from avatarkd.demo import packaged_config
@@ -22,6 +23,7 @@ from benchmarks import quality
 
 SHIPPED = sorted(p.name for p in (resources.files("avatarkd") / "configs").iterdir() if p.name.endswith(".yaml"))
 SMALL = SMOKE_RUN
+TEACHER_ROW = "teacher (DeepLabV3/mobilenet_v2, ImageNet)"
 
 
 def _random_teacher(raw: dict, tmp: Path) -> Path:
@@ -39,6 +41,9 @@ def test_every_shipped_config_is_covered():
         "seg_teacher.yaml",
         "seg_student.yaml",
         "seg_akd.yaml",
+        "seg_pretrained_teacher.yaml",
+        "seg_pretrained_student.yaml",
+        "seg_pretrained_akd.yaml",
         "det_teacher.yaml",
         "det_akd.yaml",
         "cls_teacher.yaml",
@@ -61,7 +66,7 @@ def test_shipped_config_trains_two_steps(name, tmp_path):
 def _demo(tmp_path: Path, capsys) -> dict:
     assert main(["demo", "--quick", "--output-dir", str(tmp_path / "demo"), "--json", str(tmp_path / "demo.json")]) == 0
     table = capsys.readouterr().out
-    assert "| AKD (CWD + KD, K=4, relative)" in table and "Total wall clock" in table
+    assert "| AKD (CWD logits + CWD feat, K=4, relative)" in table and "Total wall clock" in table
     summary = json.loads((tmp_path / "demo.json").read_text())
     assert [a["arm"].split(" (")[0] for a in summary["arms"]] == ["teacher", "student alone", "base KD", "AKD"]
     assert summary == json.loads((tmp_path / "demo" / "demo.json").read_text())
@@ -75,8 +80,8 @@ def test_demo_quick_runs_end_to_end(tmp_path, capsys):
 
 
 def test_demo_quick_reuses_a_finished_teacher(tmp_path, capsys):
-    """The three student arms, the table and the JSON; the teacher arm is seg_teacher.yaml's run (tested above)."""
-    raw = packaged_config("seg_teacher.yaml")
+    """The three student arms, the table and the JSON; the teacher arm is the teacher config's run (tested above)."""
+    raw = packaged_config(demo.TEACHER)
     task = make_task(validate(TrainConfig, raw))
     task.datasets(task.cfg.data)
     folder = tmp_path / "demo" / "teacher"
@@ -86,8 +91,8 @@ def test_demo_quick_reuses_a_finished_teacher(tmp_path, capsys):
     finished = {"step": 6, "metrics": {"miou": 0.25, "pixel_acc": 0.75}, "wall_seconds": 60.0}
     (folder / "metrics.json").write_text(json.dumps(finished))
     summary = _demo(tmp_path, capsys)
-    assert summary["teacher_reused"] is True and summary["arms"][0] == {"arm": "teacher (FCN-R18)", **finished}
-    assert "| teacher (FCN-R18) | 0.2500 | 0.7500 | 6 | 1.0 min |" in summary["table"]
+    assert summary["teacher_reused"] is True and summary["arms"][0] == {"arm": TEACHER_ROW, **finished}
+    assert f"| {TEACHER_ROW} | 0.2500 | 0.7500 | 6 | 1.0 min |" in summary["table"]
 
 
 def test_study_run_builder_makes_runs_that_train(tmp_path):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -29,8 +29,9 @@ class TaskData:
     name: ClassVar[str]
     cfg: TrainConfig
 
-    def set_classes(self, num_classes: int, names: Sequence[str]) -> None:  # provided by Task
-        raise NotImplementedError
+    if TYPE_CHECKING:  # provided by Task; declared for the type checker only
+
+        def set_classes(self, num_classes: int, names: Sequence[str]) -> None: ...
 
     def datasets(self, data: DataConfig) -> tuple[Dataset, Dataset]:
         """(train, evaluation split ``eval.split``) from ``data:``; sets the task's classes (``set_classes``).

@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -43,8 +43,9 @@ class TaskEvaluation:
 
     name: ClassVar[str]
 
-    def to_device(self, batch: Batch, device: torch.device) -> Batch:  # provided by TaskData
-        raise NotImplementedError
+    if TYPE_CHECKING:  # provided by TaskData; declared for the type checker only
+
+        def to_device(self, batch: Batch, device: torch.device) -> Batch: ...
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Iterable[Batch], device: torch.device) -> dict[str, float]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -22,12 +22,12 @@ class TaskModels:
     name: ClassVar[str]
     cfg: TrainConfig
 
-    @property
-    def num_classes(self) -> int:  # provided by Task
-        raise NotImplementedError
+    if TYPE_CHECKING:  # provided by Task and TaskData; declared for the type checker only
 
-    def images_of(self, batch: Batch) -> Any:  # provided by TaskData
-        raise NotImplementedError
+        @property
+        def num_classes(self) -> int: ...
+
+        def images_of(self, batch: Batch) -> Any: ...
 
     @abstractmethod
     def build_model(self, mcfg: ModelConfig) -> nn.Module:
