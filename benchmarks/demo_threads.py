@@ -6,7 +6,8 @@ does not pin it. This script runs ``avatarkd demo`` from scratch (teacher includ
 thread count, each in a fresh process with ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` set, one after
 the other (nothing else should run meanwhile: the first count's wall clock is the README's), and
 reports every arm's metric per thread count and its range across them. A thread count's finished
-run is reused while the hash of ``avatarkd/`` (code and packaged configs) is the one it ran with, so
+run is reused while the hash of ``avatarkd/``'s code and of the demo's resolved configs is the one
+it ran with (``source_hash``), so
 the counts may run at different times (e.g. the 1-thread run on one core while the other is busy:
 its metrics do not depend on that; only the first count's wall clock must come from quiet cores).
 
@@ -34,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from avatarkd.atomic import atomic_write_json, atomic_write_text  # noqa: E402
-from benchmarks._study import tree_hash  # noqa: E402
+from benchmarks._study import json_hash, tree_hash  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "out" / "demo_threads"
 
@@ -57,6 +58,14 @@ def run_demo(threads: int, out: Path, quick: bool, source: str) -> dict[str, Any
     done = {**json.loads(summary.read_text()), "threads": threads, "source_hash": source}
     atomic_write_json(summary, done)
     return done
+
+
+def source_hash() -> str:
+    """The code of ``avatarkd/`` and the demo's configs as parsed (a comment edit does not count)."""
+    from avatarkd import demo
+
+    names = sorted({demo.TEACHER, *(config for _, config, _ in demo.ARMS)})
+    return json_hash({"code": tree_hash(ROOT / "avatarkd"), "configs": {n: demo.packaged_config(n) for n in names}})
 
 
 def spread(runs: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -95,7 +104,7 @@ def main() -> None:
     if len(set(args.threads)) != len(args.threads) or min(args.threads) < 1:
         raise SystemExit(f"--threads: distinct positive counts, got {args.threads}")
     out = Path(tempfile.mkdtemp(prefix="demo_threads_")) if args.quick else OUT
-    source = tree_hash(ROOT / "avatarkd", ("*.py", "*.yaml"))
+    source = source_hash()
     runs = {n: run_demo(n, out, args.quick, source) for n in args.threads}
     rows = spread(runs)
     text = table(rows, runs)
