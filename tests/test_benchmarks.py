@@ -118,3 +118,25 @@ def test_demo_threads_reports_each_arms_range_across_thread_counts():
     text = demo_threads.table(rows, runs)
     assert "| student alone (y) | 0.5000 | 0.5300 | 3.00 |" in text
     assert "2 thread(s) 4.0 min, 1 thread(s) 7.0 min" in text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "script,args,printed",
+    [
+        ("demo_threads.py", ["--quick", "--threads", "2", "1"], "| arm | 2 threads | 1 thread | range (x100) |"),
+        ("shipped_cls.py", ["--quick"], "akd_student: cls_akd.yaml, 6 steps"),
+    ],
+)
+def test_quick_benchmark_scripts_run_end_to_end(script, args, printed):
+    """``--quick`` trains 6 steps per run in a temp dir and writes nothing under docs/."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    docs = {p: p.stat().st_mtime_ns for p in (root / "docs").rglob("*.json")}
+    proc = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / script), *args], capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert printed in proc.stdout
+    assert {p: p.stat().st_mtime_ns for p in (root / "docs").rglob("*.json")} == docs
