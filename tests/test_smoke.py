@@ -23,7 +23,7 @@ from benchmarks import quality
 
 SHIPPED = sorted(p.name for p in (resources.files("avatarkd") / "configs").iterdir() if p.name.endswith(".yaml"))
 SMALL = SMOKE_RUN
-TEACHER_ROW = "teacher (DeepLabV3/mobilenet_v2, ImageNet)"
+TEACHER_ROW = "teacher (LR-ASPP/mobilenet_v2, ImageNet)"
 
 
 def _random_teacher(raw: dict, tmp: Path) -> Path:
