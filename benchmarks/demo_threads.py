@@ -7,9 +7,9 @@ thread count, each in a fresh process with ``OMP_NUM_THREADS``/``MKL_NUM_THREADS
 the other (nothing else should run meanwhile: the first count's wall clock is the README's), and
 reports every arm's metric per thread count and its range across them. A thread count's finished
 run is reused while the hash of ``avatarkd/``'s code and of the demo's resolved configs is the one
-it ran with (``source_hash``), so
-the counts may run at different times (e.g. the 1-thread run on one core while the other is busy:
-its metrics do not depend on that; only the first count's wall clock must come from quiet cores).
+it ran with (``source_hash``), so the counts may run at different times (e.g. the 1-thread run on
+one core while the other is busy: its metrics do not depend on that; only the first count's wall
+clock must come from quiet cores).
 
 The first thread count's run is also written to ``docs/demo.json`` (the README's table).
 
