@@ -1,4 +1,4 @@
-"""Helpers shared by the study scripts (``realistic.py``, ``paper_regime.py``): run locks, hashes, statistics.
+"""Helpers shared by the benchmark scripts: run locks, hashes, test-read overrides, statistics.
 
 The statistics are written out here (no SciPy on the study machines): Student's t distribution
 by numerical integration of its density, its quantiles by bisection, the paired 95% t-interval
@@ -19,6 +19,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+
+# ----------------------------------------------------------------------------- test reads
+def alone_on_test(run_dir: Path) -> list[str]:
+    """Overrides that score a finished run's ``student.pt`` alone on the test split: no teacher, no
+    distillation, no ImageNet init over the trained weights, outputs kept in the run's folder."""
+    return [
+        "distill=null",
+        "teacher=null",
+        "eval.split=test",
+        "model.backbone_weights=null",
+        f"model.weights={run_dir / 'student.pt'}",
+        f"output_dir={run_dir}",
+    ]
 
 
 # ----------------------------------------------------------------------------- run locks

@@ -889,18 +889,7 @@ class RealBackend:
             if not (run_dir / "student.pt").is_file():  # diverged: no weights to evaluate
                 rec["test"] = 0.0
             else:
-                cfg = _config(
-                    d.student_config,
-                    [
-                        *self.s.extra,
-                        "distill=null",
-                        "teacher=null",
-                        "eval.split=test",
-                        "model.backbone_weights=null",
-                        f"model.weights={run_dir / 'student.pt'}",
-                        f"output_dir={run_dir}",
-                    ],
-                )
+                cfg = _config(d.student_config, [*self.s.extra, *_study.alone_on_test(run_dir)])
                 rec["test"] = evaluate(cfg)[d.metric]
             self._write(path, rec)
         return float(rec["test"])

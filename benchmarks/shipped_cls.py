@@ -30,6 +30,7 @@ from avatarkd.atomic import atomic_write_json  # noqa: E402
 from avatarkd.config import TrainConfig, apply_overrides, validate  # noqa: E402
 from avatarkd.demo import packaged_config  # noqa: E402
 from avatarkd.runner import evaluate, train  # noqa: E402
+from benchmarks._study import alone_on_test  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "out" / "shipped_cls"
 QUICK = ["train.steps=6", "train.log_every=2", "data.limit_train=64", "data.limit_val=32", "train.plots=false"]
@@ -41,16 +42,7 @@ def _cfg(name: str, overrides: list[str]) -> TrainConfig:
 
 def top1_on_test(name: str, run_dir: Path, extra: list[str]) -> float:
     """Top-1 of a finished run's weights on the test split (the model alone, no teacher)."""
-    over = [
-        *extra,
-        "distill=null",
-        "teacher=null",
-        "eval.split=test",
-        "model.backbone_weights=null",
-        f"model.weights={run_dir / 'student.pt'}",
-        f"output_dir={run_dir}",
-    ]
-    return float(evaluate(_cfg(name, over))["top1"])
+    return float(evaluate(_cfg(name, [*extra, *alone_on_test(run_dir)]))["top1"])
 
 
 def main() -> None:
